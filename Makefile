@@ -1,0 +1,35 @@
+# Every target creates or reuses the local venv, so any of them works first on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fercli-installed
+
+.PHONY: install test test-fast demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Full test suite: math, CLI and real-data tests (real-data ones skip without ../shared/datasets).
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+## Without the slow real-data tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not realdata"
+
+## The main job on the bundled default: classify the sample photos with the shipped model.
+demo: $(STAMP)
+	$(VENV)/bin/fer predict sample_images/ --annotate demo_out
+	@echo "Annotated images are in demo_out/"
+
+lint: $(STAMP)
+	$(PY) -m ruff check fercli tests bench
+
+bench: $(STAMP)
+	$(VENV)/bin/fer bench --device cpu
+
+clean:
+	rm -rf demo_out .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""Shared fixtures: paths to the real datasets in ../shared/datasets (skip when absent)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FER_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+CACHE = Path(os.environ.get("FER_TEST_CACHE", Path.home() / ".cache" / "fercli-tests"))
+
+
+@pytest.fixture(scope="session")
+def ckplus48_dir() -> Path:
+    p = SHARED / "CK+48"
+    if not p.is_dir():
+        pytest.skip(f"real CK+48 not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def fer2013_folders() -> Path:
+    """The FER2013 image-folder layout, unpacked once from the shared jpegpack into a cache."""
+    pack = SHARED / "fer2013.jpegpack"
+    tool = SHARED.parent / "tools" / "jpegpack.py"
+    if not pack.is_file() or not tool.is_file():
+        pytest.skip(f"FER2013 pack not found at {pack}")
+    dest = CACHE / "fer2013-unpacked"
+    done = CACHE / "fer2013-unpacked.ok"
+    if not done.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE / f"fer2013-unpacking-{os.getpid()}"
+        subprocess.run([sys.executable, str(tool), "unpack", str(pack), str(tmp)], check=True,
+                       capture_output=True)
+        if dest.exists():
+            import shutil
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        done.write_text("ok\n")
+    # The pack unpacks to DEST/fer2013/{train,test} or DEST/{train,test}; return the root
+    # that holds train/ and test/.
+    for cand in (dest / "fer2013", dest):
+        if (cand / "train").is_dir():
+            return cand
+    pytest.skip(f"unexpected layout in {dest}")
