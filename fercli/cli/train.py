@@ -1,0 +1,107 @@
+"""`fer train` and `fer evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fercli.cli import app
+from fercli.errors import FerError
+
+
+def _parse_fold(fold: Optional[str]) -> Optional[int]:
+    if fold is None:
+        return None
+    if fold == "all":
+        return -1
+    try:
+        return int(fold)
+    except ValueError:
+        raise FerError(f"--fold {fold!r} must be a fold number or 'all'") from None
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("fer2013", "--dataset", "-d",
+                                help="fer2013, ck+, or the path of a `fer prepare` output directory."),
+    model: Optional[str] = typer.Option(None, help="Model name: bcnn-resnet34 (the paper's OBSR-Net) or resnet34 (baseline). [default: bcnn-resnet34]"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, adam, adamw, sgd-gc, adam-gc, adamw-gc, or auto (the paper's: adamw-gc on FER2013, adam-gc on CK+). [default: auto]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 30; paper preset: 200]"),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size. [default: 64; paper preset: 16]"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate. [default: 1e-4]"),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw*, added to the gradient before GC for sgd*/adam*). [default: 1e-4]"),
+    schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: cosine or constant. [default: cosine; paper preset: constant]"),
+    image_size: Optional[int] = typer.Option(None, help="Resize faces on the device to this size before the network (48 → 2×2 final map, 96 → 3×3). [default: 48]"),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet ResNet34 weights (paper §2.2). [default: pretrained]"),
+    weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights: a torchvision resnet34 state dict (resnet34-b627a593.pth)."),
+    shared_backbone: Optional[bool] = typer.Option(None, "--shared-backbone", help="Symmetric B-CNN: one trunk for f_A and f_B (half the parameters)."),
+    freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone", help="Train only the classifier (the paper's literal §2.2 transfer learning)."),
+    gc_conv_only: Optional[bool] = typer.Option(None, "--gc-conv-only", help="Gradient centralization on conv weights only (not FC)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda. [default: auto]"),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on CUDA and bf16-capable CPUs), bf16 or fp32. [default: auto]"),
+    compile: Optional[bool] = typer.Option(None, "--compile", help="torch.compile the forward/backward (CUDA; first epoch pays the compile)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="On-device random translate ±10%, horizontal flip, rotation ±10°. [default: on]"),
+    seed: Optional[int] = typer.Option(None, help="Seed for init, shuffling and augmentation. [default: 0]"),
+    fold: Optional[str] = typer.Option(None, help="CK+: the subject-independent test fold (default 0), or 'all' to train every fold."),
+    train_subset: Optional[int] = typer.Option(None, help="Use only N training images (quick smoke runs)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. [default: runs/<dataset>-<model>-<optimizer>-<time>]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
+    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). Explicit flags override it."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Train a model on a prepared dataset; the best checkpoint is selected on validation data only.
+
+    FER2013: train on Training, select on PublicTest, report PrivateTest (`fer evaluate`).
+    CK+: test on one subject-independent fold, select on the next fold, train on the rest.
+    Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
+    history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
+    """
+    from fercli import engine, report
+
+    cfg = engine.make_train_config(
+        preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
+        weights=str(weights) if weights else None, shared_backbone=shared_backbone,
+        freeze_backbone=freeze_backbone, gc_conv_only=gc_conv_only, device=device, precision=precision,
+        compile=compile, augment=augment, seed=seed, fold=_parse_fold(fold), train_subset=train_subset,
+        out=str(out) if out else None, resume=resume, force=force,
+    )
+    with report.TrainProgress(quiet=quiet or json_out) as progress:
+        results = engine.train(cfg, on_event=progress)
+    if json_out:
+        report.print_json([{"run_dir": str(r.run_dir), "fold": r.fold, "best_epoch": r.best_epoch,
+                            "best_val_acc": r.best_val_acc, "val_split": r.val_split,
+                            "test_split": r.test_split, "images_per_second": r.images_per_second,
+                            "seconds": r.seconds, "device": r.device, "history": r.history} for r in results])
+        return
+    report.console.print(report.train_summary_table(results))
+    root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
+    report.console.print(f"Next: [bold]fer evaluate {root}[/]")
+
+
+@app.command()
+def evaluate(
+    target: Path = typer.Argument(..., help="A run directory (single run or CK+ k-fold root) or a checkpoint file."),
+    split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
+    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on, if not the one recorded in the run."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
+) -> None:
+    """Evaluate the validation-selected checkpoint: accuracy, per-class P/R/F1 (Tables 1–2),
+    macro-F1 and the confusion matrix (Fig. 9, also as confusion.png); writes metrics.json."""
+    from fercli import engine, report
+
+    cfg = engine.EvaluateConfig(target=str(target), split=split, tta=tta, device=device, dataset=dataset)
+    m = engine.evaluate_target(cfg)
+    if json_out:
+        report.print_json(m)
+        return
+    for t in report.metrics_tables(m):
+        report.console.print(t)
+    if "metrics_json" in m:
+        report.console.print(f"Wrote {m['metrics_json']}" + (f" and {m['confusion_png']}" if "confusion_png" in m else ""))
