@@ -141,11 +141,24 @@ def write_prepared(
     manifest.update(manifest_extra or {})
     manifest["fercli_version"] = __version__
     with atomic_directory(out, force=force) as tmp:
-        # Uncompressed: FER2013 is 83 MB of pixels, and np.load of a stored member is one read.
-        np.savez(tmp / DATA_FILE, **cols)
+        _write_npz(tmp / DATA_FILE, cols)
         manifest["sha256"] = sha256_file(tmp / DATA_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_npz(path: Path, cols: dict[str, np.ndarray]) -> None:
+    """np.savez, but byte-for-byte reproducible: fixed member timestamps, fixed order.
+
+    np.savez stamps each member with the current time, so preparing the same source twice
+    would give a different sha256. Stored uncompressed: FER2013 is 83 MB of pixels and a
+    stored member loads in one read.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in COLUMNS:
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(cols[key]), allow_pickle=False)
 
 
 def resolve_dataset(ref: str | Path) -> Path:
