@@ -1,0 +1,282 @@
+"""Engine: device-resident data, augmentation, honest selection, checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fercli import engine
+from fercli.dataset import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
+from fercli.errors import FerError
+
+
+def make_fer_like(path, n_per_split=(24, 12, 12), seed=0):
+    """A tiny FER2013-shaped prepared dataset (random pixels, random labels)."""
+    rng = np.random.default_rng(seed)
+    n = sum(n_per_split)
+    split = np.array(["train"] * n_per_split[0] + ["public_test"] * n_per_split[1]
+                     + ["private_test"] * n_per_split[2])
+    write_prepared(path, name="fer2013", classes=FER2013_CLASSES,
+                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
+                   labels=rng.integers(0, 7, n), split=split,
+                   source=np.array([f"fer2013.csv:{i + 2}" for i in range(n)]))
+    return path
+
+
+def make_ck_like(path, subjects=9, per_subject=4, folds=3, seed=0):
+    """A tiny CK+-shaped prepared dataset with subject-disjoint folds."""
+    rng = np.random.default_rng(seed)
+    n = subjects * per_subject
+    subject = np.repeat([f"S{i:03d}" for i in range(subjects)], per_subject)
+    fold = np.repeat(np.arange(subjects) % folds, per_subject)
+    write_prepared(path, name="ck+", classes=CKPLUS_CLASSES,
+                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
+                   labels=rng.integers(0, 7, n), split=np.full(n, "all"),
+                   source=np.array([f"{s}_001_{i:08d}.png" for i, s in enumerate(subject)]),
+                   subject=subject, sequence=np.array([f"{s}_001" for s in subject]), fold=fold)
+    return path
+
+
+def tiny_cfg(dataset, out, **kw):
+    base = dict(dataset=str(dataset), model="resnet34", pretrained=False, epochs=2, batch_size=8,
+                lr=1e-3, device="cpu", out=str(out), seed=0, eval_batch_size=16)
+    base.update(kw)
+    return engine.make_train_config(**base)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_augment_identity_when_all_ranges_are_zero():
+    x = torch.rand(4, 1, 48, 48)
+    g = torch.Generator().manual_seed(0)
+    y = engine.augment_batch(x, g, max_shift=0.0, max_rotate_deg=0.0, flip=False)
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+
+
+def test_augment_is_seeded_and_changes_images():
+    x = torch.rand(8, 1, 48, 48)
+    a = engine.augment_batch(x, torch.Generator().manual_seed(1))
+    b = engine.augment_batch(x, torch.Generator().manual_seed(1))
+    c = engine.augment_batch(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.allclose(a, x)
+    assert a.shape == x.shape
+
+
+def test_augment_flip_only_mirrors():
+    x = torch.rand(64, 1, 48, 48)
+    y = engine.augment_batch(x, torch.Generator().manual_seed(0), max_shift=0.0, max_rotate_deg=0.0)
+    mirrored = torch.isclose(y, x.flip(3), atol=1e-5).flatten(1).all(1)
+    same = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
+    assert bool((mirrored | same).all())
+    assert 10 < int(mirrored.sum()) < 54  # p = 0.5
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_fer_splits_select_on_public_report_private(tmp_path):
+    ds = load_prepared(make_fer_like(tmp_path / "fer"))
+    plan = engine.plan_splits(ds, None)
+    assert (plan.val_name, plan.test_name) == ("public_test", "private_test")
+    assert set(ds.split[plan.train]) == {"train"}
+    assert set(ds.split[plan.val]) == {"public_test"}
+    assert set(ds.split[plan.test]) == {"private_test"}
+
+
+@pytest.mark.parametrize("fold", [0, 1, 2])
+def test_ck_splits_are_subject_disjoint(tmp_path, fold):
+    ds = load_prepared(make_ck_like(tmp_path / "ck"))
+    plan = engine.plan_splits(ds, fold)
+    groups = [set(ds.subject[i]) for i in (plan.train, plan.val, plan.test)]
+    assert groups[0] and groups[1] and groups[2]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert plan.test_name == f"fold{fold}" and plan.val_name == f"fold{(fold + 1) % 3}"
+
+
+def test_ck_fold_out_of_range(tmp_path):
+    ds = load_prepared(make_ck_like(tmp_path / "ck"))
+    with pytest.raises(FerError, match="--fold 7 is out of range"):
+        engine.plan_splits(ds, 7)
+
+
+def test_training_never_touches_the_report_split(tmp_path, monkeypatch):
+    """Selection is honest: no device copy of PrivateTest rows is ever made by train()."""
+    ds_path = make_fer_like(tmp_path / "fer")
+    ds = load_prepared(ds_path)
+    private = set(ds.indices("private_test").tolist())
+    seen: list[set[int]] = []
+    real = engine.to_device
+
+    def spy(d, idx, device):
+        seen.append(set(np.asarray(idx).tolist()))
+        return real(d, idx, device)
+
+    monkeypatch.setattr(engine, "to_device", spy)
+    engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    assert seen and all(not (s & private) for s in seen)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_paper_preset_and_explicit_override():
+    cfg = engine.make_train_config("paper")
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.pretrained) == (16, 1e-4, 200, True)
+    assert engine.resolve_optimizer(cfg, "fer2013").optimizer == "adamw-gc"
+    assert engine.resolve_optimizer(cfg, "ck+").optimizer == "adam-gc"
+    assert engine.make_train_config("paper", batch_size=64).batch_size == 64
+    with pytest.raises(FerError, match="paper"):
+        engine.make_train_config("fastest")
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model", "vgg", "resnet34"), ("optimizer", "lamb", "adamw-gc"), ("schedule", "step", "cosine"),
+    ("device", "tpu", "cuda"), ("epochs", 0, "epochs"), ("lr", -1.0, "--lr"), ("image_size", 16, "image-size"),
+])
+def test_invalid_config_lists_allowed_values(tmp_path, field, value, needle):
+    cfg = dataclasses.replace(tiny_cfg(make_fer_like(tmp_path / "fer"), tmp_path / "run"), **{field: value})
+    with pytest.raises(FerError, match=needle):
+        engine.train(cfg)
+
+
+# ----------------------------------------------------------------------------- run dir, checkpoints, resume
+
+
+def test_run_directory_records_provenance(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run"))
+    run = res.run_dir
+    for name in ("config.json", "history.csv", "loss_curve.png", "last.pt", "best.pt", "train_summary.json"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "config.json").read_text())
+    assert info["dataset"]["sha256"] == load_prepared(ds_path).sha256
+    assert info["seed"] == 0 and info["device"].startswith("cpu")
+    assert info["code_version"]  # a commit hash or "unknown" outside a checkout
+    assert info["config"]["optimizer"] == "adamw-gc"  # auto → the paper's FER2013 choice
+    lines = (run / "history.csv").read_text().strip().splitlines()
+    assert lines[0].split(",")[:5] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert len(lines) == 3
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_round_trip_reproduces_predictions(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    ckpt = engine.load_checkpoint(res.run_dir / "last.pt")
+    model = engine.model_from_checkpoint(ckpt)
+    x = torch.from_numpy(load_prepared(ds_path).images[:6]).unsqueeze(1)
+    a = engine.predict_logits(model, x)
+    b = engine.predict_logits(engine.model_from_checkpoint(engine.load_checkpoint(res.run_dir / "last.pt")), x)
+    torch.testing.assert_close(a, b)
+    assert ckpt["classes"] == list(FER2013_CLASSES) and ckpt["epoch"] == 0
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    (full,) = engine.train(tiny_cfg(ds_path, tmp_path / "full", epochs=3))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(kind, info):
+        if kind == "epoch_end" and info["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3), on_event=stop_after_first_epoch)
+    with pytest.raises(FerError, match="--resume"):
+        engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3))
+    (resumed,) = engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3, resume=True))
+    assert resumed.history == full.history or [
+        {k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in resumed.history
+    ] == [{k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in full.history]
+    a = engine.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = engine.load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    with pytest.raises(FerError, match="--batch-size"):
+        engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=2, batch_size=4, resume=True))
+
+
+def test_training_refuses_data_that_no_longer_matches_its_manifest(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    data = ds_path / "data.npz"
+    raw = bytearray(data.read_bytes())
+    raw[-100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(FerError, match="sha256"):
+        engine.train(tiny_cfg(ds_path, tmp_path / "run"))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_reports_private_test_and_writes_metrics(tmp_path):
+    ds_path = make_fer_like(tmp_path / "fer")
+    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    m = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), device="cpu"))
+    assert m["split"] == "private_test" and m["selected_on"] == "public_test"
+    assert m["num_samples"] == 12
+    assert sum(map(sum, m["confusion"])) == 12
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert json.loads((res.run_dir / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    assert (res.run_dir / "confusion.png").is_file()
+    pub = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), split="public-test",
+                                                       device="cpu", write=False))
+    assert pub["split"] == "public_test" and pub["num_samples"] == 12
+    flip = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), tta="ten-crop",
+                                                        device="cpu", write=False))
+    assert flip["num_samples"] == 12
+
+
+def test_kfold_train_and_aggregate(tmp_path):
+    ds_path = make_ck_like(tmp_path / "ck")
+    results = engine.train(tiny_cfg(ds_path, tmp_path / "kfold", epochs=1, fold=-1))
+    assert [r.fold for r in results] == [0, 1, 2]
+    m = engine.evaluate_target(engine.EvaluateConfig(target=str(tmp_path / "kfold"), device="cpu"))
+    assert m["kfold"]["folds"] == 3
+    assert m["num_samples"] == 36  # every image is in exactly one test fold
+    accs = [f["accuracy"] for f in m["per_fold"]]
+    assert m["kfold"]["accuracy_mean"] == pytest.approx(float(np.mean(accs)))
+    assert m["kfold"]["accuracy_std"] == pytest.approx(float(np.std(accs)))
+
+
+def test_evaluate_refuses_other_class_set(tmp_path):
+    fer = make_fer_like(tmp_path / "fer")
+    ck = make_ck_like(tmp_path / "ck")
+    (res,) = engine.train(tiny_cfg(fer, tmp_path / "run", epochs=1))
+    with pytest.raises(FerError, match="classes"):
+        engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), dataset=str(ck), device="cpu"))
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_overfits_32_real_ck_faces(tmp_path, ckplus48_dir):
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    out = tmp_path / "ck"
+    r = CliRunner().invoke(app, ["prepare", "ck+", str(ckplus48_dir), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = engine.make_train_config(dataset=str(out), model="bcnn-resnet34", shared_backbone=True,
+                                   pretrained=False, epochs=12, batch_size=32, train_subset=32, lr=1e-3,
+                                   weight_decay=0.0, schedule="constant", augment=False,
+                                   optimizer="adam-gc", device="cpu", out=str(tmp_path / "run"))
+    (res,) = engine.train(cfg)
+    assert res.history[-1]["train_acc"] >= 0.95, res.history
