@@ -1,0 +1,154 @@
+"""`fer prepare` on the real FER2013 and CK+48 (../shared/datasets; skipped when absent).
+
+The FER2013 zip and CSV are built once from the image folders into the test cache
+(~/.cache/fercli-tests, or $FER_TEST_CACHE) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fercli.dataset import FER2013_CLASSES, PreparedDataset, load_prepared
+from fercli.ingest import prepare_ckplus, prepare_fer2013
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+FER_TABLE = {  # class: (Training, PublicTest, PrivateTest)
+    "angry": (3995, 467, 491),
+    "disgust": (436, 56, 55),
+    "fear": (4097, 496, 528),
+    "happy": (7215, 895, 879),
+    "neutral": (4965, 607, 626),
+    "sad": (4830, 653, 594),
+    "surprise": (3171, 415, 416),
+}
+FER_COUNTS = {
+    split: {c: FER_TABLE[c][k] for c in FER2013_CLASSES}
+    for k, split in enumerate(("train", "public_test", "private_test"))
+}
+CK48_COUNTS = {"anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happy": 207,
+               "sadness": 84, "surprise": 249}
+CACHE_VERSION = "v1"
+CACHE = Path(os.environ.get("FER_TEST_CACHE", Path.home() / ".cache" / "fercli-tests"))  # as conftest
+
+
+def _atomic_build(dest: Path, build) -> Path:  # type: ignore[no-untyped-def]
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        build(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def fer_folder_result(fer2013_folders: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("fer-real") / "folders"
+    return prepare_fer2013(fer2013_folders, out=out)
+
+
+@pytest.fixture(scope="module")
+def fer_folder_data(fer_folder_result) -> PreparedDataset:  # type: ignore[no-untyped-def]
+    return load_prepared(fer_folder_result.out)
+
+
+@pytest.fixture(scope="session")
+def fer2013_zip(fer2013_folders: Path) -> Path:
+    def build(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for split in ("train", "test"):
+                for p in sorted((fer2013_folders / split).rglob("*")):
+                    if p.is_file():
+                        zf.write(p, p.relative_to(fer2013_folders).as_posix())
+
+    return _atomic_build(CACHE / f"fer2013-folders-{CACHE_VERSION}.zip", build)
+
+
+@pytest.fixture(scope="module")
+def fer2013_csv(fer_folder_data: PreparedDataset) -> Path:
+    """The challenge CSV rebuilt from the folders, in the prepared (split, class, file) order."""
+    usage = {"train": "Training", "public_test": "PublicTest", "private_test": "PrivateTest"}
+
+    def build(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
+            fh.write("emotion,pixels,Usage\n")
+            for img, lab, s in zip(fer_folder_data.images, fer_folder_data.labels,
+                                   fer_folder_data.split, strict=True):
+                fh.write(f"{int(lab)},{' '.join(map(str, img.ravel().tolist()))},{usage[str(s)]}\n")
+
+    return _atomic_build(CACHE / f"fer2013-{CACHE_VERSION}" / "fer2013.csv", build)
+
+
+def test_fer2013_folders_exact_counts(fer_folder_result) -> None:  # type: ignore[no-untyped-def]
+    m = fer_folder_result.manifest
+    assert m["counts"] == FER_COUNTS
+    assert m["num_images"] == 35887
+    assert m["canonical_check"]["matches"] is True, m["canonical_check"]["differences"]
+    assert m["skipped"]["total"] == 0 and m["converted"]["total"] == 0
+    assert m["notes"] == []
+    dup = m["duplicates"]
+    assert dup["count"] > 1000 and dup["cross_split"] > 100  # FER2013 is known to hold duplicates
+    assert dup["extra_copies"] >= dup["count"]
+    # Well within the 10 s budget on 2 cores even on a busy machine.
+    assert fer_folder_result.seconds < 30
+
+
+def test_fer2013_zip_matches_folders(fer2013_zip: Path, fer_folder_result, fer_folder_data,
+                                     tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = prepare_fer2013(fer2013_zip, out=tmp_path / "z")
+    assert r.manifest["source"]["format"] == "fer2013-folders-zip"
+    assert r.counts == FER_COUNTS
+    assert r.manifest["duplicates"] == fer_folder_result.manifest["duplicates"]
+    d = load_prepared(r.out)
+    assert np.array_equal(d.images, fer_folder_data.images)
+    assert np.array_equal(d.labels, fer_folder_data.labels)
+    assert d.source.tolist() == fer_folder_data.source.tolist()
+
+
+def test_fer2013_csv_matches_folders(fer2013_csv: Path, fer_folder_result, fer_folder_data,
+                                     tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = prepare_fer2013(fer2013_csv, out=tmp_path / "c")
+    assert r.manifest["source"]["format"] == "fer2013-csv"
+    assert r.counts == FER_COUNTS
+    assert r.manifest["canonical_check"]["matches"] is True
+    dup, ref = r.manifest["duplicates"], fer_folder_result.manifest["duplicates"]
+    assert (dup["count"], dup["extra_copies"], dup["cross_split"]) == (
+        ref["count"], ref["extra_copies"], ref["cross_split"])
+    d = load_prepared(r.out)
+    assert np.array_equal(d.images, fer_folder_data.images)
+    assert np.array_equal(d.labels, fer_folder_data.labels)
+    assert np.array_equal(d.split, fer_folder_data.split)
+    assert d.source[0] == "fer2013.csv:2" and d.source[-1] == "fer2013.csv:35888"
+
+
+def test_ckplus48_exact_counts_and_subject_folds(ckplus48_dir: Path, tmp_path: Path) -> None:
+    r = prepare_ckplus(ckplus48_dir, out=tmp_path / "ck")
+    m = r.manifest
+    assert m["counts"] == {"all": CK48_COUNTS}
+    assert m["num_images"] == 981
+    assert m["num_subjects"] == 118 and len(m["subjects"]) == 118
+    assert m["num_sequences"] == 327
+    assert m["num_folds"] == 10
+    assert m["canonical_check"]["matches"] is True, m["canonical_check"]["differences"]
+    assert m["sequences_per_class"]["surprise"] == 83
+    d = load_prepared(r.out)
+    folds_of: dict[str, set[int]] = {}
+    for s, f in zip(d.subject.tolist(), d.fold.tolist(), strict=True):
+        folds_of.setdefault(s, set()).add(f)
+    assert all(len(v) == 1 for v in folds_of.values())  # no subject in two folds
+    sizes = np.bincount(d.fold, minlength=10)
+    assert sizes.min() >= 80 and sizes.max() <= 120, sizes  # stratified and balanced
+    for c in range(7):  # every class in every fold
+        assert (np.bincount(d.fold[d.labels == c], minlength=10) > 0).all()
+    again = load_prepared(prepare_ckplus(ckplus48_dir, out=tmp_path / "ck2").out)
+    assert np.array_equal(again.fold, d.fold)  # deterministic for the default seed
