@@ -31,6 +31,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the final file the mode a plain open() would."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def ensure_writable_parent(path: Path) -> None:
     """Create `path`'s parent, or fail with a one-line error naming it."""
     parent = Path(path).parent
@@ -52,6 +64,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _default_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -83,6 +96,7 @@ def atomic_save(path: Path | str) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        _default_mode(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -108,6 +122,7 @@ def atomic_directory(target: Path | str, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_dir(tmp)
+        _default_mode(tmp, directory=True)
         if target.exists():
             if not force:
                 raise FerError(f"output {target} appeared while writing (another process?)")

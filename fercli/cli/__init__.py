@@ -56,9 +56,8 @@ def _root(
 
 def _register() -> None:
     # Imported here so `fer --version` stays fast and each command lives in its own module.
-    from fercli.cli import prepare, train  # noqa: F401
-    from fercli.cli import prepare, train  # noqa: F401
-    from fercli.cli import prepare, train  # noqa: F401
+    # Order = order in `fer --help`: the data → model → results path, then tools.
+    from fercli.cli import prepare, train, predict, ablate  # noqa: F401
 
 
 _register()

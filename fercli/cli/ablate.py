@@ -1,0 +1,161 @@
+"""`fer ablate`: the paper's Table 5 ladder; `fer ablate --paper` prints Tables 3–5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fercli.cli import app
+
+
+def _pct(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _paper_tables() -> list[Any]:
+    from rich.table import Table
+
+    from fercli import paper
+
+    out: list[Any] = []
+    marks: dict[str, str] = {}  # source -> footnote mark
+    footnote = False
+    for t in paper.TABLES:
+        tab = Table(title=f"Table {t.number}. {t.title}", title_justify="left")
+        tab.add_column("row", no_wrap=True)
+        for c in t.columns:
+            tab.add_column({"fer2013": "FER2013 %", "ck+": "CK+ %"}.get(c, c), justify="right")
+        if any(r.note for r in t.rows):
+            tab.add_column("what")
+        for r in t.rows:
+            cells = []
+            for c in t.columns:
+                cell = r.cells[c]
+                if cell.value is None:
+                    footnote = True
+                    cells.append(cell.text() + "*")
+                else:
+                    mark = marks.setdefault(cell.source or "?", "abcdefgh"[len(marks)])
+                    cells.append(f"{cell.text()} ({mark})")
+            tab.add_row(r.name, *cells, *([r.note] if any(x.note for x in t.rows) else []))
+        if t.note:
+            tab.caption = t.note
+        out.append(tab)
+    for src, mark in marks.items():
+        out.append(f"({mark}) {src}")
+    if footnote:
+        out.append(f"* {paper.NOT_TRANSCRIBED_NOTE}")
+    out.append(f"Source: {paper.CITATION}, {paper.URL}")
+    return out
+
+
+def _result_tables(result: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    from fercli import paper
+
+    out: list[Any] = []
+    footnote = False
+    for t in result["tables"]:
+        title = f"Table 5 ladder on {t['dataset']} — {t['metric']}"
+        if t["folds"]:
+            title += f", {t['folds']['label']}"
+        title += "; ours = mean ± std over " + ("folds × seeds" if t["folds"] else "seeds")
+        tab = Table(title=title, title_justify="left")
+        tab.add_column("row", min_width=24)
+        tab.add_column("paper %", justify="right", max_width=13)
+        tab.add_column("ours %", justify="right", no_wrap=True)
+        tab.add_column("runs", justify="right", no_wrap=True)
+        tab.add_column("Δ pp", justify="right", no_wrap=True)
+        section = None
+        for r in t["rows"]:
+            if r["ladder"] != "paper" and r["ladder"] != section:
+                section = r["ladder"]
+                tab.add_section()
+                tab.add_row(f"[bold]{section}[/]", "", "", "", "")
+            if not r["in_paper"]:
+                paper_txt = "— (not in paper)"
+            elif r["paper_pct"] is None:
+                paper_txt = paper.NOT_TRANSCRIBED + "*"
+                footnote = True
+            else:
+                paper_txt = f"{r['paper_pct']:.2f}"
+            if r["status"] != "done":
+                ours = f"[yellow]{r['status']}[/]"
+            elif r["n_runs"] > 1:
+                ours = f"{_pct(r['ours_mean_pct'])} ± {_pct(r['ours_std_pct'])}"
+            else:
+                ours = _pct(r["ours_mean_pct"])
+            delta = "—" if r["delta_pp"] is None else f"{r['delta_pp']:+.2f}"
+            tab.add_row(r["name"], paper_txt, ours, str(r["n_runs"]), delta)
+        notes = []
+        if not t["weights"]["available"]:
+            notes.append(f"{t['ladder']}: {t['weights']['reason']}")
+        tab.caption = " ".join(notes) if notes else None
+        out.append(tab)
+    if footnote:
+        out.append(f"* {paper.NOT_TRANSCRIBED_NOTE}")
+    return out
+
+
+@app.command()
+def ablate(
+    dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+, all, or a prepared dataset directory."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per run. [default: fast preset 10; paper preset 200]"),
+    seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2 (mean ± std over them)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    preset: str = typer.Option("fast", help="fast: batch 64, lr 3e-4, cosine, 10 epochs; paper: batch 16, lr 1e-4, constant, 200 epochs (§3.2)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. [default: runs/ablate-<dataset>]"),
+    folds_limit: Optional[int] = typer.Option(None, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
+    train_subset: Optional[int] = typer.Option(None, help="Use only N training images per run (quick checks)."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
+    lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
+    weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights (torchvision resnet34 state dict) for the pretrained rows."),
+    force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    paper_only: bool = typer.Option(False, "--paper", help="Print the paper's Tables 3, 4 and 5 and exit (runs nothing)."),
+) -> None:
+    """Reproduce the paper's ablation (Table 5): ResNet34 → +ImageNet pretraining → +bilinear
+    (B-CNN) → +gradient centralization, each trained by the same engine as `fer train`.
+
+    Finished runs are cached under --out and interrupted ones resume, so rerunning continues
+    where it stopped. Without ImageNet weights the pretrained rows say "weights unavailable"
+    and the from-scratch ladder (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) runs instead.
+    """
+    from fercli import ablate as core
+    from fercli import paper, report
+
+    if paper_only:
+        if json_out:
+            report.print_json(paper.as_dict())
+            return
+        for t in _paper_tables():
+            report.console.print(t, highlight=False)
+        return
+    cfg = core.AblateConfig(
+        dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,
+        out=str(out) if out else None, folds_limit=folds_limit, train_subset=train_subset,
+        weights=str(weights) if weights else None, batch_size=batch_size, lr=lr, force=force,
+    )
+    err = report.err_console
+    with report.TrainProgress(quiet=quiet or json_out) as progress:
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "ablate_run" and not (quiet or json_out):
+                fold = "" if info["fold"] is None else f" fold {info['fold']}"
+                progress.progress.console.print(
+                    f"[{info['index']}/{info['total']}] {info['dataset']} {info['row']} seed {info['seed']}{fold}: "
+                    f"{ {'cached': 'cached, not retrained', 'resumed': 'resuming', 'trained': 'training'}[info['status']] }",
+                    highlight=False)
+            progress(kind, info)
+
+        result = core.run_ablation(cfg, on_event=on_event)
+    if json_out:
+        report.print_json(result)
+        return
+    for t in _result_tables(result):
+        report.console.print(t, highlight=False)
+    err.print(f"wrote {', '.join(result['files'])} ({result['runs']['cached']} of {result['runs']['total']} "
+              f"runs reused from cache)", highlight=False)

@@ -1,0 +1,656 @@
+"""`fer predict`: find every face in photos and classify its expression.
+
+Per image: decode robustly (PIL, EXIF orientation, any mode → RGB, size checked from the
+header before decoding), find faces with OpenCV's bundled Haar cascade, crop each with a
+margin (square, border-replicated at the image edge), greyscale, resize to 48×48 with
+INTER_AREA — the same preprocessing `fer prepare` gives the training data — and classify
+all faces of all images in batches through engine.predict_logits.
+
+Nothing here imports Typer or Rich: `run_predict` returns frozen dataclasses, the CLI
+renders them. A file that cannot be read is reported in its ImageResult (error) and the
+rest still run; the CLI exits 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fercli.errors import FerError
+from fercli.fsutil import atomic_write_bytes, atomic_write_text
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS_DIR / "default_model.npz"
+RUNS_DIR = Path("runs")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 50_000_000  # refuse bigger images before decoding them (no OOM)
+FACE_SIZE = 48  # what the models were trained on (FER2013 and CK+48 are 48×48)
+DETECTORS = ("haar", "none")
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
+MIN_FACE_PX = 30
+MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    inputs: tuple[str, ...]
+    model: str | None = None  # run dir | .pt checkpoint | exported .npz; None = default model
+    detector: str = "haar"  # haar | none (whole image is one face)
+    tta: str = "none"  # none | flip (| ten-crop)
+    device: str = "auto"
+    margin: float = 0.2  # enlarge the detected box by this fraction of its size (10% per side)
+    batch_size: int = 64
+    annotate: str | None = None  # folder for annotated copies
+    csv: str | None = None  # CSV file, one row per face
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    box: tuple[int, int, int, int]  # x, y, w, h in the (EXIF-rotated) image
+    label: str
+    probs: dict[str, float]
+
+    @property
+    def confidence(self) -> float:
+        return self.probs[self.label]
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    path: str
+    faces: tuple[FaceResult, ...] = ()
+    error: str | None = None
+    size: tuple[int, int] | None = None  # width, height
+    annotated: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path,
+                "faces": [{"box": list(f.box), "label": f.label, "probs": dict(f.probs)} for f in self.faces],
+                "error": self.error}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str  # "--model", "bundled default", "newest local run"
+    path: str
+    description: str
+    classes: tuple[str, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    images: tuple[ImageResult, ...]
+    model: ModelInfo
+    device: str
+    runner: dict[str, Any]
+    seconds: float
+    csv: str | None = None
+    annotate_dir: str | None = None
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return [r for r in self.images if r.error is not None]
+
+    @property
+    def num_faces(self) -> int:
+        return sum(len(r.faces) for r in self.images)
+
+
+class BadImage(Exception):
+    """An unreadable image; becomes the ImageResult's error (or a FerError when alone)."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _is_truncated_jpeg(path: Path, size: int) -> bool:
+    # A complete JPEG ends with the end-of-image marker FFD9 (possibly followed by padding).
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 4096))
+        if b"\xff\xd9" in fh.read():
+            return False
+        fh.seek(0)
+        return b"\xff\xd9" not in fh.read()
+
+
+def load_image(path: Path | str) -> np.ndarray:
+    """Decode any image to RGB uint8 (H, W, 3), EXIF orientation applied; raises BadImage."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise BadImage(f"image too large (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image, or a corrupt or unsupported one (cannot identify the format)") from None
+    except OSError as exc:
+        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+    with im:
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise BadImage(f"corrupt image (size {w}x{h})")
+        if w * h > MAX_IMAGE_PIXELS:
+            raise BadImage(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels "
+                           f"(limit {MAX_IMAGE_PIXELS // 1_000_000}); downscale it first")
+        if im.format == "JPEG" and _is_truncated_jpeg(path, size):
+            raise BadImage("truncated or corrupt JPEG (no end-of-image marker)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+                try:
+                    im = ImageOps.exif_transpose(im) or im
+                except Exception:  # a broken EXIF block must not lose the picture
+                    pass
+                return _to_rgb(im)
+        except BadImage:
+            raise
+        except Exception as exc:  # truncated data, decoder errors, ...
+            msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+            raise BadImage(f"truncated or corrupt image ({msg})") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
+        grey = np.clip(np.rint(a * 255.0 / top), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+# --------------------------------------------------------------------------- faces
+
+_DETECTOR: cv2.CascadeClassifier | None = None
+
+
+def _haar() -> cv2.CascadeClassifier:
+    global _DETECTOR
+    if _DETECTOR is None:
+        from fercli.ingest import _haar_detector  # same loader and error messages as prepare
+
+        _DETECTOR = _haar_detector()
+    return _DETECTOR
+
+
+def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Every frontal face (x, y, w, h) in a greyscale image, left to right."""
+    h, w = grey.shape[:2]
+    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+    small = grey if scale >= 1 else cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                               interpolation=cv2.INTER_AREA)
+    side = min(small.shape[:2])
+    ms = max(MIN_FACE_PX, round(MIN_FACE_FRACTION * side))
+    if side < ms:
+        return []
+    found = _haar().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(ms, ms))
+    boxes = []
+    for x, y, fw, fh in (tuple(int(v) for v in f) for f in found):
+        bx, by = max(0, round(x / scale)), max(0, round(y / scale))
+        boxes.append((bx, by, min(round(fw / scale), w - bx), min(round(fh / scale), h - by)))
+    return sorted(boxes, key=lambda b: (b[0], b[1]))
+
+
+def crop_face(grey: np.ndarray, box: tuple[int, int, int, int], margin: float, size: int = FACE_SIZE) -> np.ndarray:
+    """Square crop around `box` enlarged by `margin`, edge-replicated, resized (INTER_AREA)."""
+    x, y, w, h = box
+    side = max(1, round(max(w, h) * (1 + margin)))
+    x0 = round(x + w / 2 - side / 2)
+    y0 = round(y + h / 2 - side / 2)
+    x1, y1 = x0 + side, y0 + side
+    H, W = grey.shape[:2]
+    pad = max(0, -x0, -y0, x1 - W, y1 - H)
+    if pad:
+        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    crop = grey[y0:y1, x0:x1]
+    interp = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def whole_image_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """--detector none: the whole (already cropped) face image, resized to size×size."""
+    h, w = grey.shape[:2]
+    interp = cv2.INTER_AREA if min(h, w) >= size else cv2.INTER_LINEAR
+    return cv2.resize(grey, (size, size), interpolation=interp)
+
+
+# --------------------------------------------------------------------------- model
+
+
+OPTIMIZE_MODES = ("auto", "eager", "jit")
+# What `fer predict` uses on the CPU. bench/bench_predict.py (docs/benchmarks.md): a frozen
+# TorchScript model (trace + freeze + optimize_for_inference, oneDNN fusion) is faster per
+# face at batch 1 but no faster at batch 64, and building it costs seconds — so a one-shot
+# CLI run stays eager and batched; a long-lived caller classifying one face at a time (a
+# webcam loop, a server) should pass optimize="jit".
+CPU_OPTIMIZE = "eager"
+JIT_MIN_FACES = 64  # "auto": freeze only for runs with at least this many faces
+
+
+class FaceClassifier:
+    """A model ready for inference: eval mode, channels_last, inference_mode, batched.
+
+    On the CPU it can run the model frozen into TorchScript (see JIT_MIN_FACES and
+    docs/benchmarks.md); on CUDA it runs eager with bf16 autocast. fp32 on the CPU: bf16
+    autocast measured no faster at batch 1 there.
+    """
+
+    def __init__(self, model: torch.nn.Module, classes: list[str] | tuple[str, ...],
+                 device: torch.device, *, channels_last: bool = True, optimize: str = CPU_OPTIMIZE) -> None:
+        from fercli.engine import autocast_dtype
+
+        if optimize not in OPTIMIZE_MODES:
+            raise ValueError(f"optimize must be one of {OPTIMIZE_MODES}, got {optimize!r}")
+        self.device = device
+        self.classes = tuple(classes)
+        self.channels_last = channels_last
+        self.model = model.to(device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = autocast_dtype(device, "auto") if device.type == "cuda" else None
+        self.optimize = optimize if device.type == "cpu" else "eager"
+        self._frozen: torch.nn.Module | None = None
+        self._frozen_error: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "channels_last": self.channels_last,
+                "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+                "threads": torch.get_num_threads(), "optimize": self.optimize,
+                "torchscript": self._frozen is not None, "torchscript_error": self._frozen_error}
+
+    def prepare(self) -> FaceClassifier:
+        """Build the frozen TorchScript model now (optimize jit/auto on the CPU)."""
+        if self.optimize == "eager" or self._frozen is not None or self._frozen_error is not None:
+            return self
+        x = torch.zeros(1, 1, FACE_SIZE, FACE_SIZE, device=self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # torch.jit deprecation notices, tracer warnings
+                traced = torch.jit.trace(self.model, x, check_trace=False)
+                self._frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        except Exception as exc:  # any failure: stay eager, say why in describe()
+            self._frozen_error = f"{type(exc).__name__}: {str(exc).strip()[:120]}"
+        return self
+
+    def _runner(self, n_forward_faces: int) -> torch.nn.Module:
+        if self.optimize == "jit" or (self.optimize == "auto" and n_forward_faces >= JIT_MIN_FACES):
+            self.prepare()
+        return self._frozen if self._frozen is not None else self.model
+
+    def predict_proba(self, faces: np.ndarray, *, tta: str = "none", batch_size: int = 64) -> np.ndarray:
+        """uint8 faces (N, 48, 48) -> probabilities (N, C) float64, each row summing to 1."""
+        from fercli.engine import predict_logits
+
+        if faces.shape[0] == 0:
+            return np.zeros((0, len(self.classes)))
+        if faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
+            raise ValueError(f"faces must be N x {FACE_SIZE} x {FACE_SIZE}, got {faces.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(faces)).unsqueeze(1).to(self.device)
+        # The frozen model was traced on 48x48 input (its resize branch is baked in): ten-crop's
+        # smaller views must run eager.
+        model = self.model if tta == "ten-crop" else self._runner(faces.shape[0] * (2 if tta == "flip" else 1))
+        logp = predict_logits(model, x, batch_size=batch_size, amp_dtype=self.amp_dtype,
+                              tta=tta, channels_last=self.channels_last)
+        p = logp.double().exp().cpu().numpy()
+        return p / p.sum(axis=1, keepdims=True)
+
+
+def _newest_run_checkpoint(root: Path) -> Path | None:
+    from fercli.engine import BEST_CHECKPOINT
+
+    if not root.is_dir():
+        return None
+    best: tuple[float, Path] | None = None
+    for p in root.rglob(BEST_CHECKPOINT):
+        try:
+            m = p.stat().st_mtime
+        except OSError:
+            continue
+        if best is None or m > best[0]:
+            best = (m, p)
+    return best[1] if best else None
+
+
+def _load_any(path: Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
+    """A run dir (best.pt), a .pt checkpoint, or an exported .npz (or its shard index)."""
+    from fercli.engine import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from fercli.export import INDEX_SUFFIX, exported_exists, load_exported
+
+    if path.is_dir():
+        if (path / BEST_CHECKPOINT).is_file():
+            path = path / BEST_CHECKPOINT
+        elif any(path.glob("fold-*/" + BEST_CHECKPOINT)):
+            raise FerError(f"--model {path} is a k-fold root with one model per fold; pass one fold, "
+                           f"e.g. {path / 'fold-0'}")
+        else:
+            raise FerError(f"--model {path}: no {BEST_CHECKPOINT} in this directory (give a `fer train` "
+                           f"run directory, a .pt checkpoint or an exported .npz)")
+    if path.suffix == ".npz" or path.name.endswith(INDEX_SUFFIX) or (not path.exists() and exported_exists(path)):
+        model, info = load_exported(path)
+        return model, list(info["classes"]), info
+    if not path.exists():
+        raise FerError(f"--model {path} does not exist")
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    info = {"model_spec": ckpt["model_spec"], "dataset_name": ckpt.get("dataset_name"),
+            "best_epoch": (ckpt.get("best") or {}).get("epoch"),
+            "best_val_acc": (ckpt.get("best") or {}).get("val_acc")}
+    return model, list(ckpt["classes"]), info
+
+
+def no_model_message() -> str:
+    return (f"no model to predict with: no bundled model at {DEFAULT_MODEL} and no trained run "
+            f"under ./{RUNS_DIR}; train one with `fer prepare fer2013 SRC && fer train --dataset fer2013` "
+            f"or pass --model RUN_DIR|CHECKPOINT.pt|MODEL.npz")
+
+
+def resolve_model(ref: str | None) -> tuple[torch.nn.Module, ModelInfo]:
+    """--model, else the bundled default model, else the newest ./runs/**/best.pt."""
+    from fercli.export import exported_exists
+
+    if ref is not None:
+        source, path = "--model", Path(ref).expanduser()
+    elif exported_exists(DEFAULT_MODEL):
+        source, path = "bundled default model", DEFAULT_MODEL
+    else:
+        newest = _newest_run_checkpoint(RUNS_DIR)
+        if newest is None:
+            raise FerError(no_model_message())
+        source, path = "newest local run (no bundled model)", newest
+    model, classes, info = _load_any(path)
+    spec = info.get("model_spec") or getattr(model, "spec", {})
+    desc = f"{spec.get('name', '?')}" + (" (shared trunk)" if spec.get("shared_backbone") else "")
+    if info.get("dataset_name"):
+        desc += f" trained on {info['dataset_name']}"
+    acc = info.get("private_test_accuracy")
+    if isinstance(acc, (int, float)):
+        desc += f", PrivateTest accuracy {100 * acc:.2f}%"
+    return model, ModelInfo(source=source, path=str(path), description=desc, classes=tuple(classes),
+                            details={k: info.get(k) for k in ("model_spec", "dataset_name", "dataset_sha256",
+                                                             "private_test_accuracy", "training_command",
+                                                             "best_epoch") if k in info})
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: Path
+    root: Path | None  # the folder argument it was found under, or None for a file argument
+
+
+def _is_within(p: Path, parent: Path) -> bool:
+    try:
+        p.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def expand_inputs(inputs: tuple[str, ...], exclude: Path | None = None) -> list[_Input]:
+    """Files as given; folders walked recursively (sorted) for image extensions."""
+    if not inputs:
+        raise FerError("give at least one image or folder")
+    out: list[_Input] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found = []
+            for dirpath, dirnames, filenames in os.walk(p):
+                d = Path(dirpath)
+                dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
+                                     and not (exclude is not None and _is_within(d / n, exclude)))
+                for n in sorted(filenames):
+                    if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    found.append(d / n)
+            if not found:
+                raise FerError(f"{p}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+            for f in sorted(found, key=lambda q: q.relative_to(p).as_posix()):
+                key = f.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    out.append(_Input(f, p))
+        elif p.exists():
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(_Input(p, None))
+        else:
+            raise FerError(f"{p}: no such file or folder")
+    return out
+
+
+def _annotated_paths(items: list[_Input], out_dir: Path) -> list[Path]:
+    """Mirror names under out_dir; refuse any that would land on an input."""
+    folder_args = {it.root for it in items if it.root is not None}
+    result: list[Path] = []
+    used: set[Path] = set()
+    input_keys = {it.path.resolve() for it in items}
+    for it in items:
+        if it.root is None:
+            rel = Path(it.path.name)
+        elif len(folder_args) == 1:
+            rel = it.path.relative_to(it.root)
+        else:
+            rel = Path(it.root.resolve().name) / it.path.relative_to(it.root)
+        if rel.suffix.lower() not in IMAGE_EXTENSIONS:
+            rel = rel.with_suffix(rel.suffix + ".png")
+        target = out_dir / rel
+        k = 1
+        while target.resolve() in used:
+            target = out_dir / rel.with_name(f"{rel.stem}-{k}{rel.suffix}")
+            k += 1
+        if target.resolve() in input_keys or (target.exists() and any(
+                _same_file(target, i.path) for i in items)):
+            raise FerError(f"--annotate {out_dir}: annotated copy {target} would overwrite the input "
+                           f"{target}; choose another folder")
+        used.add(target.resolve())
+        result.append(target)
+    return result
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- annotate
+
+
+def _annotate(rgb: np.ndarray, faces: tuple[FaceResult, ...]) -> np.ndarray:
+    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    h, w = img.shape[:2]
+    thick = max(1, round(min(h, w) / 250))
+    if not faces:
+        cv2.putText(img, "no face detected", (8, max(20, h // 20)), cv2.FONT_HERSHEY_SIMPLEX,
+                    max(0.5, min(h, w) / 600), (0, 0, 255), thick, cv2.LINE_AA)
+        return img
+    for i, f in enumerate(faces):
+        x, y, bw, bh = f.box
+        cv2.rectangle(img, (x, y), (x + bw, y + bh), (0, 255, 0), thick + 1)
+        text = f"{i}: {f.label} {100 * f.confidence:.0f}%"
+        scale = max(0.4, min(2.0, bw / 220))
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y - 4 if y - th - base - 4 >= 0 else y + bh + th + 4
+        cv2.rectangle(img, (x, ty - th - base), (x + tw + 2, ty + base), (0, 255, 0), -1)
+        cv2.putText(img, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return img
+
+
+def _write_image(path: Path, bgr: np.ndarray) -> None:
+    ext = path.suffix.lower()
+    ok, buf = cv2.imencode(ext if ext in IMAGE_EXTENSIONS else ".png", bgr)
+    if not ok:
+        raise FerError(f"cannot encode annotated image {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def csv_text(images: tuple[ImageResult, ...] | list[ImageResult], classes: tuple[str, ...]) -> str:
+    """One row per face; an image without faces (or that failed) gets one row with its note."""
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["path", "face", "x", "y", "w", "h", "label", "probability", *[f"p_{c}" for c in classes], "error"])
+    for r in images:
+        if r.error is not None or not r.faces:
+            wr.writerow([r.path, "", "", "", "", "", "", "", *[""] * len(classes), r.error or "no face detected"])
+            continue
+        for i, f in enumerate(r.faces):
+            wr.writerow([r.path, i, *f.box, f.label, f"{f.confidence:.6f}",
+                         *[f"{f.probs[c]:.6f}" for c in classes], ""])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def validate(cfg: PredictConfig) -> None:
+    from fercli.engine import TTA_MODES
+
+    if cfg.detector not in DETECTORS:
+        raise FerError(f"--detector {cfg.detector!r} is not one of: {', '.join(DETECTORS)}")
+    if cfg.tta not in TTA_MODES:
+        raise FerError(f"--tta {cfg.tta!r} is not one of: {', '.join(TTA_MODES)}")
+    if not (math.isfinite(cfg.margin) and 0 <= cfg.margin <= 2):
+        raise FerError(f"--margin must be between 0 and 2, got {cfg.margin}")
+    if cfg.batch_size < 1:
+        raise FerError(f"--batch-size must be ≥ 1, got {cfg.batch_size}")
+
+
+def run_predict(
+    cfg: PredictConfig,
+    *,
+    classifier: FaceClassifier | None = None,
+    on_progress: ProgressFn | None = None,
+) -> PredictResult:
+    """Detect and classify every face in cfg.inputs; write --csv / --annotate if asked."""
+    from fercli.engine import device_name, resolve_device
+
+    t0 = time.perf_counter()
+    validate(cfg)
+    progress = on_progress or (lambda stage, done, total: None)
+    annotate_dir = Path(cfg.annotate).expanduser() if cfg.annotate else None
+    items = expand_inputs(cfg.inputs, exclude=annotate_dir)
+    targets = _annotated_paths(items, annotate_dir) if annotate_dir is not None else None
+    if cfg.csv is not None:
+        csv_path = Path(cfg.csv).expanduser()
+        if any(_same_file(csv_path, it.path) or csv_path.resolve() == it.path.resolve() for it in items):
+            raise FerError(f"--csv {csv_path} is one of the input images; choose another file")
+
+    if classifier is None:
+        device = resolve_device(cfg.device)
+        model, info = resolve_model(cfg.model)
+        classifier = FaceClassifier(model, info.classes, device)
+    else:
+        info = ModelInfo(source="given", path="", description="in-memory model", classes=classifier.classes)
+    classes = classifier.classes
+
+    # 1. decode, detect, crop (only crops and boxes are kept: memory stays small).
+    records: list[tuple[str, tuple[int, int] | None, list[tuple[int, int, int, int]], str | None]] = []
+    crops: list[np.ndarray] = []
+    single_file = len(items) == 1 and items[0].root is None
+    for n, it in enumerate(items):
+        progress("detect", n, len(items))
+        try:
+            rgb = load_image(it.path)
+        except BadImage as exc:
+            if single_file:
+                raise FerError(f"{it.path}: {exc}", exit_code=1) from None
+            records.append((str(it.path), None, [], str(exc)))
+            continue
+        grey = to_grey(rgb)
+        h, w = grey.shape
+        if cfg.detector == "none":
+            boxes = [(0, 0, w, h)]
+            crops.append(whole_image_face(grey))
+        else:
+            boxes = detect_faces(grey)
+            crops.extend(crop_face(grey, b, cfg.margin) for b in boxes)
+        records.append((str(it.path), (w, h), boxes, None))
+    progress("detect", len(items), len(items))
+
+    # 2. classify every face of every image, in batches.
+    progress("classify", 0, len(crops))
+    faces_arr = np.stack(crops) if crops else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
+    probs = classifier.predict_proba(faces_arr, tta=cfg.tta, batch_size=cfg.batch_size)
+    progress("classify", len(crops), len(crops))
+
+    results: list[ImageResult] = []
+    k = 0
+    for path, size, boxes, error in records:
+        faces = []
+        for b in boxes:
+            p = probs[k]
+            k += 1
+            faces.append(FaceResult(box=tuple(int(v) for v in b), label=classes[int(np.argmax(p))],
+                                    probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
+        results.append(ImageResult(path=path, faces=tuple(faces), error=error, size=size))
+
+    # 3. annotated copies (re-decoded one at a time), CSV.
+    if targets is not None:
+        for n, (r, target) in enumerate(zip(results, targets, strict=True)):
+            progress("annotate", n, len(results))
+            if r.error is not None:
+                continue
+            try:
+                rgb = load_image(r.path)
+            except BadImage:
+                continue
+            _write_image(target, _annotate(rgb, r.faces))
+            results[n] = ImageResult(path=r.path, faces=r.faces, error=r.error, size=r.size,
+                                     annotated=str(target))
+    if cfg.csv is not None:
+        atomic_write_text(Path(cfg.csv).expanduser(), csv_text(results, classes))
+    return PredictResult(images=tuple(results), model=info, device=device_name(classifier.device),
+                         runner=classifier.describe(), seconds=time.perf_counter() - t0,
+                         csv=cfg.csv, annotate_dir=str(annotate_dir) if annotate_dir else None)

@@ -1,0 +1,119 @@
+"""`fer ablate`: the paper's tables, and a tiny from-scratch ladder on a small CK+ fixture."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fercli import ablate, paper
+from fercli.cli import app
+from fercli.errors import FerError
+from fercli.ingest import prepare_ckplus
+from tests.fixtures import make_ckplus48_tree
+
+runner = CliRunner()
+
+
+def test_paper_tables_print_without_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["ablate", "--paper"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    for text in ("Table 3", "Table 4", "Table 5", "77.65", "98.82", "70.55", "ResNet34_Pretrain_BCN_GC",
+                 "n/a (not", "not transcribed", paper.URL):
+        assert text in out, text
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    data = json.loads(runner.invoke(app, ["ablate", "--paper", "--json"]).stdout)
+    t5 = next(t for t in data["tables"] if t["number"] == 5)
+    rows = {r["name"]: r for r in t5["rows"]}
+    assert rows["ResNet34_Pretrain_BCN_GC"]["fer2013"] == {"value": 77.65, "source": "abstract"}
+    assert rows["ResNet34_Pretrain"]["fer2013"]["value"] is None  # never invented
+
+
+def test_paper_data_only_holds_found_numbers() -> None:
+    values = sorted(c.value for t in paper.TABLES for r in t.rows for c in r.cells.values() if c.value is not None)
+    assert values == [70.55, 77.65, 77.65, 98.82, 98.82]
+    assert all(c.source for t in paper.TABLES for r in t.rows for c in r.cells.values() if c.value is not None)
+
+
+def test_seeds_and_settings_are_checked(tmp_path: Path) -> None:
+    assert ablate.parse_seeds("0, 1,2") == (0, 1, 2)
+    for bad in ("", "a,b", "1,1"):
+        with pytest.raises(FerError):
+            ablate.parse_seeds(bad)
+    res = runner.invoke(app, ["ablate", "--dataset", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ck")
+    src = make_ckplus48_tree(root / "src")
+    return prepare_ckplus(src, out=root / "ck").out
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("train_summary.json"))}
+
+
+@pytest.mark.slow
+def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    out = tmp_path / "abl"
+    args = ["ablate", "--dataset", str(tiny_ck), "--epochs", "1", "--train-subset", "8", "--batch-size", "4",
+            "--folds-limit", "1", "--seeds", "0", "--device", "cpu", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    (table,) = result["tables"]
+    assert table["dataset"] == "ck+" and table["ladder"] == ablate.SCRATCH_LABEL
+    assert table["folds"]["used"] == 1 and "first 1 of" in table["folds"]["label"]
+    assert table["weights"]["available"] is False and "weights" in table["weights"]["reason"].lower()
+    rows = {r["name"]: r for r in table["rows"]}
+    assert list(rows) == ["ResNet34", "ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC",
+                          "ResNet34_BCN", "ResNet34_BCN_GC"]
+    for name in ("ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC"):
+        assert rows[name]["status"] == ablate.WEIGHTS_UNAVAILABLE and rows[name]["n_runs"] == 0
+    assert rows["ResNet34_Pretrain_BCN_GC"]["paper_pct"] == 98.82  # the paper's value is still shown
+    for name in ("ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"):
+        r = rows[name]
+        assert r["status"] == "done" and r["n_runs"] == 1 and 0 <= r["ours_mean_pct"] <= 100
+        assert r["runs"][0]["split"] == "fold0"
+    assert rows["ResNet34_BCN_GC"]["optimizer"] == "adam-gc" and rows["ResNet34_BCN"]["optimizer"] == "adam"
+    assert rows["ResNet34_BCN"]["in_paper"] is False
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["tables"][0]["rows"][0]["ours_mean_pct"] == rows["ResNet34"]["ours_mean_pct"]
+    csv_rows = list(csv.DictReader(io.StringIO((out / "ablation.csv").read_text())))
+    assert [r["row"] for r in csv_rows] == list(rows)
+    assert {r["status"] for r in csv_rows[1:4]} == {ablate.WEIGHTS_UNAVAILABLE}
+
+    # Rerun: everything comes from the cache, nothing is retrained.
+    before = _mtimes(out)
+    assert len(before) == 3
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert _mtimes(out) == before
+    assert "3 of 3 runs reused" in res.stderr
+    text = " ".join(res.stdout.split())  # independent of line wrapping
+    assert "from-scratch ladder (ImageNet weights unavailable)" in text
+    assert "weights unavailable" in text
+
+    # An interrupted run (last.pt but no summary) is resumed, not restarted.
+    run = out / "ResNet34_BCN" / "seed0" / "fold0"
+    (run / "train_summary.json").unlink()
+    (run / "metrics.json").unlink()
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
+    assert runs["ResNet34_BCN"][0]["status"] == "resumed"
+    assert runs["ResNet34"][0]["status"] == "cached"
+
+    # Different settings never silently reuse a cached run.
+    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01"])
+    assert res.exit_code == 2 and "--force" in res.stderr

@@ -1,0 +1,150 @@
+"""`fer export` / fercli.export: fp16 .npz round trip, shards, corrupt files (untrained models)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.engine import CHECKPOINT_FORMAT, save_checkpoint
+from fercli.errors import FerError
+from fercli.export import INDEX_SUFFIX, META_KEY, export_model, load_exported
+from fercli.model import build_model
+from tests.fixtures import face_image
+
+runner = CliRunner()
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def make_run(run_dir: Path, name: str = "resnet34", shared: bool = False, seed: int = 0,
+             metrics: dict | None = None) -> torch.nn.Module:
+    """A run directory holding an untrained model in the engine's checkpoint format."""
+    torch.manual_seed(seed)
+    model = build_model(name, len(CLASSES), shared_backbone=shared).eval()
+    # Non-trivial BatchNorm statistics, so the round trip checks buffers too.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(123)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"dataset": "fer2013", "model": name, "shared_backbone": shared, "epochs": 1, "seed": seed}
+    save_checkpoint(run_dir / "best.pt", {
+        "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": CLASSES,
+        "model": model.state_dict(), "config": cfg, "best": {"epoch": 1, "val_acc": 0.25},
+        "dataset_sha256": "ab" * 32, "dataset_name": "fer2013", "fercli_version": "0.1.0",
+    })
+    (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return model
+
+
+def faces_batch(n: int = 4) -> torch.Tensor:
+    base = torch.from_numpy(np.array(face_image(48))).float().div(255)
+    return torch.stack([base.roll(i, dims=1) for i in range(n)]).unsqueeze(1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    d = tmp_path_factory.mktemp("export") / "run"
+    model = make_run(d, metrics={"split": "private_test", "accuracy": 0.5, "macro_f1": 0.4})
+    return d, model
+
+
+def test_round_trip_fp16_matches_original(run_dir: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    d, model = run_dir
+    info = export_model(d, tmp_path / "m.npz")
+    assert info["dtype"] == "float16" and info["private_test_accuracy"] == 0.5
+    assert info["model_spec"] == dict(model.spec) and info["classes"] == CLASSES
+    assert "fer train" in info["training_command"] and info["dataset_sha256"] == "ab" * 32
+    # Compact: about 2 bytes per parameter.
+    n_params = sum(p.numel() for p in model.parameters())
+    assert (tmp_path / "m.npz").stat().st_size < 2.2 * n_params
+    loaded, meta = load_exported(tmp_path / "m.npz")
+    assert meta["classes"] == CLASSES and not loaded.training
+    x = faces_batch()
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert torch.allclose(a, b, atol=2e-2, rtol=2e-2), (a - b).abs().max()
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    sd = loaded.state_dict()
+    assert all(v.dtype == torch.float32 for k, v in sd.items() if v.is_floating_point())
+    assert int(sd["trunk.bn1.num_batches_tracked"]) == 123
+    # Plain arrays only, readable without pickle; the sidecar holds the same metadata.
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["fc.weight"].dtype == np.float16 and z["trunk.bn1.num_batches_tracked"].dtype == np.int64
+        assert json.loads(z[META_KEY].tobytes())["format"] == "fercli-export-v1"
+    assert json.loads((tmp_path / "m.json").read_text())["classes"] == CLASSES
+
+
+def test_shards_round_trip_and_cli(run_dir: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    d, model = run_dir
+    out = tmp_path / "sharded.npz"
+    res = runner.invoke(app, ["export", str(d), "--out", str(out), "--max-shard-mb", "16"])
+    assert res.exit_code == 0, res.output
+    assert "MB" in res.stdout and str(out) in res.stdout
+    parts = sorted(tmp_path.glob("sharded.npz.part*"))
+    assert len(parts) >= 3 and all(p.stat().st_size <= 16 * 1024 * 1024 for p in parts)
+    assert not out.exists() and Path(f"{out}{INDEX_SUFFIX}").is_file()
+    loaded, _ = load_exported(out)  # the .npz name finds its index
+    x = faces_batch(2)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=2e-2, rtol=2e-2)
+    # A damaged shard is refused, naming it.
+    parts[1].write_bytes(parts[1].read_bytes()[:-10])
+    with pytest.raises(FerError, match=parts[1].name):
+        load_exported(out)
+
+
+def test_truncated_and_bad_files_are_one_line_errors(run_dir: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    d, _ = run_dir
+    good = tmp_path / "good.npz"
+    export_model(d, good)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FerError, match="cut.npz.*(truncated|corrupt)"):
+        load_exported(cut)
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(FerError, match="empty.npz"):
+        load_exported(empty)
+    # A plain npz without metadata, and one whose arrays do not fit the spec.
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    with pytest.raises(FerError, match="not a fercli exported model"):
+        load_exported(tmp_path / "plain.npz")
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / "wrong.npz", "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "fc.weight.npy":
+                zout.writestr(item, zin.read(item))
+    with pytest.raises(FerError, match="wrong.npz.*missing"):
+        load_exported(tmp_path / "wrong.npz")
+    with pytest.raises(FerError, match="does not exist"):
+        load_exported(tmp_path / "nope.npz")
+
+
+def test_export_cli_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 2 and "no best.pt" in res.stderr
+    res = runner.invoke(app, ["export", str(tmp_path / "missing"), "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+@pytest.mark.slow
+def test_bilinear_shared_round_trip(tmp_path: Path) -> None:
+    model = make_run(tmp_path / "run", "bcnn-resnet34", shared=True)
+    export_model(tmp_path / "run", tmp_path / "b.npz")
+    loaded, info = load_exported(tmp_path / "b.npz")
+    assert info["model_spec"]["shared_backbone"] is True
+    x = faces_batch(2)
+    with torch.no_grad():
+        pa, pb = model(x).softmax(1), loaded(x).softmax(1)
+    assert torch.allclose(pa, pb, atol=5e-3)
