@@ -76,8 +76,12 @@ class TrainProgress:
             rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
             p.update(self.batch_task, advance=1, info=f"{rate:,.0f} img/s")
         elif kind == "epoch_end":
-            p.update(self.epoch_task, advance=1,
-                     info=f"train {pct(info['train_acc'])}%  val {pct(info['val_acc'])}%  loss {info['val_loss']:.3f}")
+            line = (f"train {pct(info['train_acc'])}%  val {pct(info['val_acc'])}%  "
+                    f"loss {info['val_loss']:.3f}  {info['img_per_s']:,.0f} img/s")
+            p.update(self.epoch_task, advance=1, info=line)
+            if not err_console.is_terminal and not p.disable:
+                # Logs and nohup'ed runs get a plain line per epoch (no live bars there).
+                err_console.print(f"epoch {info['epoch']}: {line}", highlight=False)
 
 
 def train_summary_table(results: list[Any]) -> Table:
