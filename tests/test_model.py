@@ -354,3 +354,29 @@ def test_pretrained_weights_load_into_every_trunk(resnet34_file):
     plain = build_model("resnet34", 7, weights=resnet34_file)
     torch.testing.assert_close(plain.trunk.layer3[0].conv2.weight, saved["layer3.0.conv2.weight"])
     assert plain.fc.weight.shape == (7, 512)
+
+
+# ----------------------------------------------------------------------------- fused head
+
+
+def test_fused_head_equals_signed_sqrt_then_normalize_values_and_gradients():
+    """normalize_bilinear's fused Function == F.normalize(signed_sqrt(x)) (eq. 5–6)."""
+    import torch.nn.functional as F
+
+    from fercli.model import normalize_bilinear, signed_sqrt
+
+    torch.manual_seed(0)
+    m = torch.randn(3, 8, 8, dtype=torch.float64)
+    m[0, :2] = 0.0  # exact zeros, as ReLU features give
+    a = m.clone().requires_grad_(True)
+    b = m.clone().requires_grad_(True)
+    za = normalize_bilinear(a)
+    zb = F.normalize(signed_sqrt(b.flatten(1)), dim=1)
+    torch.testing.assert_close(za, zb)
+    w = torch.randn_like(za)
+    (za * w).sum().backward()
+    (zb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.isfinite(a.grad).all()
+    x = torch.randn(2, 4, 4, dtype=torch.float64).abs().add(0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(normalize_bilinear, (x,))
