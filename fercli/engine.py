@@ -87,6 +87,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     eval_batch_size: int = 256
+    threads: int | None = None  # CPU intra-op threads; None = torch's default (one per core)
 
 
 SCHEDULES = ("cosine", "constant")
@@ -526,6 +527,10 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     from fercli.optim import build_optimizer
 
     emit = on_event or (lambda kind, info: None)
+    if cfg.threads is not None:
+        # On a busy 2-core machine one thread is several times faster than two fighting
+        # over a shared core (docs/benchmarks.md); on an idle machine the default wins.
+        torch.set_num_threads(max(1, cfg.threads))
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, cfg.precision)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
