@@ -201,14 +201,19 @@ def build_optimizer(
         raise FerError("nothing to optimise: the model has no trainable parameters")
 
     gc = {"gc_conv_only": gc_conv_only}
+    # Fused Adam/AdamW kernels: one pass over all parameters instead of a chain of foreach
+    # ops (measured ~5% of a CPU training step, docs/benchmarks.md; fewer launches on CUDA).
+    tensors = [p for g in params for p in g["params"]] if isinstance(params[0], dict) else params
+    fused = {"fused": True} if all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors) else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd-gc":
         return SGDGC(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **gc)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adam-gc":
-        return AdamGC(params, lr=lr, weight_decay=weight_decay, **gc)
+        return AdamGC(params, lr=lr, weight_decay=weight_decay, **gc, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return AdamWGC(params, lr=lr, weight_decay=weight_decay, **gc)  # "adamw-gc"
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+    return AdamWGC(params, lr=lr, weight_decay=weight_decay, **gc, **fused)  # "adamw-gc"

@@ -57,7 +57,7 @@ def _root(
 def _register() -> None:
     # Imported here so `fer --version` stays fast and each command lives in its own module.
     # Order = order in `fer --help`: the data → model → results path, then tools.
-    from fercli.cli import prepare, train, predict, ablate  # noqa: F401
+    from fercli.cli import prepare, train, predict, ablate, bench  # noqa: F401
 
 
 _register()

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Ablation of the engine's speed choices, one at a time, on device-resident data.
+
+Every variant trains through fercli.engine.train_one_epoch (device-resident uint8 data,
+device randperm batches, augment_batch on the device); only the step differs:
+
+  fp32                 fp32 eager, contiguous, AdamW(foreach=False) + python-loop GC, .item()/step
+  +channels_last       ... model and batches channels_last
+  +bf16                ... bf16 autocast (the bilinear head stays fp32, as in the model)
+  +foreach_gc          fercli's AdamWGC (GC as one foreach op; torch's default AdamW impl)
+  -item = engine       no .item() per step (the engine's default step)
+  +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (proposed, not yet the default)
+  +fused_head          + the B-CNN head's signed sqrt + L2 normalisation as one autograd
+                       Function (SqrtNormalize below; proposed for fercli.model, not yet used)
+  fp32+foreach_gc      the engine with --precision fp32 (channels_last, foreach GC, no .item())
+  compile              the engine with torch.compile (mode from --compile-mode; slow to compile on CPU)
+  reduce-overhead      torch.compile(mode="reduce-overhead"): CUDA graphs (CUDA only)
+
+Variants are measured round-robin, `--rounds` times, each from a fresh model, so a
+background load that comes and goes hits them alike; the median img/s is reported, and the
+median CPU time per image (this process, all threads), which a shared CPU disturbs much
+less than wall time (use --threads 1 there: with 2 threads an OpenMP barrier waits for a
+descheduled thread, so even CPU time inflates).
+
+    PYTHONPATH=. python3 bench/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
+    python3 bench/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import fercli.model  # noqa: E402
+from fercli import bench, engine  # noqa: E402
+from fercli.model import build_model  # noqa: E402
+from fercli.optim import AdamWGC  # noqa: E402
+
+CHAIN = ("fp32", "+channels_last", "+bf16", "+foreach_gc", "engine", "+fused_adamw", "+fused_head")
+VARIANTS = (*CHAIN, "fp32+foreach_gc", "compile", "reduce-overhead")
+DEFAULT = CHAIN
+
+
+class SqrtNormalize(torch.autograd.Function):
+    """z = normalize(sign(x)·(sqrt(|x| + eps) − sqrt(eps)), dim=1): eq. (5)-(6) in one Function.
+
+    Bit-for-bit the forward of fercli.model's sqrt(relu(x)+eps) − sqrt(relu(−x)+eps) followed
+    by F.normalize (for x > 0 both are sqrt(x+eps) − sqrt(eps), mirrored for x < 0, exactly 0
+    at 0), and the same gradient (0 at exactly 0). Forward allocates one (N, 262144) tensor
+    instead of ~8, backward two instead of ~10; only z and the norms are saved. On a CPU this
+    makes the B-CNN head's forward+backward ~3.5× cheaper (first-touch page faults of each
+    fresh 67 MB fp32 tensor are a large part of the cost).
+    """
+
+    @staticmethod
+    def forward(ctx, x, eps=1e-5, norm_eps=1e-12):  # type: ignore[no-untyped-def]
+        r = torch.tensor(eps, dtype=x.dtype).sqrt().item()  # sqrt(0 + eps) in x's dtype: y(0) = 0
+        y = torch.abs(x).add_(eps).sqrt_().sub_(r).copysign_(x)  # eq. (5)
+        n = torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min_(norm_eps)
+        z = y.div_(n)  # eq. (6), as F.normalize: y / max(||y||, 1e-12)
+        ctx.save_for_backward(z, n)
+        ctx.r = r
+        return z
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        z, n = ctx.saved_tensors
+        gz = torch.bmm(g.unsqueeze(1), z.unsqueeze(2)).squeeze(2)  # (N, 1) = <g, z>, no (N, D) temporary
+        gy = torch.addcmul(g, z, gz, value=-1).div_(n)  # through the L2 normalisation
+        # d/dx (sqrt(|x|+eps)) = 0.5 / sqrt(|x|+eps) = 0.5 / (|y| + r), |y| = |z|·n; 0 at x = 0.
+        d = torch.abs(z).mul_(n).add_(ctx.r)
+        return gy.div_(d).mul_(0.5).masked_fill_(z == 0, 0), None, None
+
+
+def fused_normalize_bilinear(m: torch.Tensor) -> torch.Tensor:
+    return SqrtNormalize.apply(m.flatten(1))
+
+
+def spec(variant: str) -> dict:
+    """channels_last, bf16, foreach GC (vs python loop), .item() per step, fused, compile mode."""
+    base = {"cl": False, "bf16": False, "foreach_gc": False, "item": True, "fused": False,
+            "fused_head": False, "compile": None}
+    if variant in CHAIN:
+        s = dict(base)
+        for v in CHAIN[1: CHAIN.index(variant) + 1]:
+            s.update({"+channels_last": {"cl": True}, "+bf16": {"bf16": True},
+                      "+foreach_gc": {"foreach_gc": True}, "engine": {"item": False},
+                      "+fused_adamw": {"fused": True}, "+fused_head": {"fused_head": True}}[v])
+        return s
+    if variant == "fp32+foreach_gc":
+        return {**base, "cl": True, "foreach_gc": True, "item": False}
+    if variant in ("compile", "reduce-overhead"):
+        return {**base, "cl": True, "bf16": True, "foreach_gc": True, "item": False,
+                "compile": "default" if variant == "compile" else "reduce-overhead"}
+    raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def measure(variant: str, args: argparse.Namespace, device: torch.device, x: torch.Tensor,
+            y: torch.Tensor) -> tuple[float, float]:
+    """(img/s, CPU ms per image) of one variant, from a fresh model."""
+    s = spec(variant)
+    torch.manual_seed(0)
+    model = build_model(args.model, 7, image_size=args.image_size, shared_backbone=args.shared_backbone).to(device)
+    if s["cl"]:
+        model.to(memory_format=torch.channels_last)
+    amp = torch.bfloat16 if s["bf16"] else None
+    if s["foreach_gc"]:
+        kw = {"fused": True} if s["fused"] else {}
+        opt = AdamWGC(model.parameters(), lr=1e-4, weight_decay=1e-4, **kw)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, foreach=False)
+
+    if s["compile"]:
+        step_fn = bench.compiled_step(model, opt, device, amp, s["compile"])
+    else:
+        def step_fn(xb: torch.Tensor, yb: torch.Tensor):  # type: ignore[no-untyped-def]
+            opt.zero_grad(set_to_none=True)
+            with engine._autocast(device, amp):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+            loss.backward()
+            if not s["foreach_gc"]:
+                bench.centralize_python_loop(model)
+            opt.step()
+            if s["item"]:
+                loss.item()
+            return loss, logits
+
+    warm = args.warmup if not s["compile"] else max(args.warmup, 3)
+    original = fercli.model.normalize_bilinear
+    if s["fused_head"]:
+        fercli.model.normalize_bilinear = fused_normalize_bilinear  # BilinearResNet34.pooled uses it
+    try:
+        return bench.engine_throughput(model, opt, x, y, batch_size=args.batch_size, steps=args.steps,
+                                       warmup=warm, amp_dtype=amp, channels_last=s["cl"], step_fn=step_fn)
+    finally:
+        fercli.model.normalize_bilinear = original
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="bcnn-resnet34")
+    ap.add_argument("--shared-backbone", action="store_true")
+    ap.add_argument("--image-size", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(DEFAULT))
+    ap.add_argument("--dataset", default="fer2013")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--json", dest="json_out", default=None, help="also write the result to this file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = engine.resolve_device(args.device)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        spec(v)
+    data = bench.load_bench_data(bench.BenchConfig(dataset=args.dataset))
+    xi, yi = bench.tiled(data, max(args.steps, args.warmup, 3) * args.batch_size)
+    x = torch.from_numpy(xi).unsqueeze(1).to(device)
+    y = torch.from_numpy(yi).to(device)
+    load0 = os.getloadavg()
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_ms: dict[str, list[float]] = {v: [] for v in variants}
+    errors: dict[str, str] = {}
+    t0 = time.perf_counter()
+
+    def summary() -> dict:
+        done = [v for v in variants if results[v]]
+        return {
+            "model": args.model, "shared_backbone": args.shared_backbone, "image_size": args.image_size,
+            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+            "device": engine.device_name(device), "threads": torch.get_num_threads(), "data": data.kind,
+            "torch_version": torch.__version__,
+            "load_average": {"start": [round(v, 2) for v in load0],
+                             "end": [round(v, 2) for v in os.getloadavg()]},
+            "seconds": round(time.perf_counter() - t0, 1),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "img_per_s_median": {v: round(statistics.median(results[v]), 2) for v in done},
+            "img_per_s_all": {v: [round(x, 2) for x in results[v]] for v in done},
+            "cpu_ms_per_image_median": {v: round(statistics.median(cpu_ms[v]), 3) for v in done},
+            "cpu_ms_per_image_all": {v: [round(x, 3) for x in cpu_ms[v]] for v in done},
+            "errors": errors,
+        }
+
+    for r in range(args.rounds):
+        for v in variants:
+            if v in errors:
+                continue
+            try:
+                ips, ms = measure(v, args, device, x, y)
+            except Exception as exc:  # one variant failing (a compile mode, say) is a result too
+                errors[v] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                print(f"round {r + 1} {v:>16}: FAILED {errors[v]}", file=sys.stderr, flush=True)
+                continue
+            finally:
+                if v in ("compile", "reduce-overhead"):
+                    torch._dynamo.reset()
+            results[v].append(ips)
+            cpu_ms[v].append(ms)
+            print(f"round {r + 1} {v:>16}: {ips:8.1f} img/s  {ms:8.2f} CPU ms/img", file=sys.stderr, flush=True)
+            if args.json_out:  # after every measurement: a run stopped by a timeout keeps what it has
+                Path(args.json_out).write_text(json.dumps(summary(), indent=2) + "\n")
+    out = summary()
+    done = list(out["img_per_s_median"])
+    if done:
+        base, base_ms = out["img_per_s_median"][done[0]], out["cpu_ms_per_image_median"][done[0]]
+        print(f"\n{'variant':>16}  {'img/s':>8}  {'vs ' + done[0]:>9}  {'CPU ms/img':>10}  {'vs ' + done[0]:>9}")
+        for v in done:
+            m, ms = out["img_per_s_median"][v], out["cpu_ms_per_image_median"][v]
+            print(f"{v:>16}  {m:8.1f}  {m / base:8.2f}×  {ms:10.2f}  {base_ms / ms:8.2f}×")
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text + "\n")
+
+if __name__ == "__main__":
+    main()

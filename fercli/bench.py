@@ -1,0 +1,555 @@
+"""`fer bench`: the project's training engine against a reference pipeline and the hardware.
+
+Two training pipelines, same model, batch size, input size, device and process:
+
+  engine     fercli.engine.train_one_epoch on a DeviceSplit, with the engine's defaults:
+             the whole (uint8) dataset on the device, batches sliced from a device randperm,
+             augment_batch on the device (one affine_grid + grid_sample per batch), bf16
+             autocast where engine.autocast_dtype says, channels_last, AdamW-GC whose
+             gradient centralization is one foreach op, no host sync inside the epoch;
+             optionally torch.compile (mode "default" = exactly `fer train --compile`;
+             "reduce-overhead" adds CUDA graphs).
+  reference  the usual way: a torch Dataset over the same decoded uint8 images, a
+             DataLoader with worker processes (persistent_workers, pin_memory on CUDA), the
+             same augmentations per image with torchvision.transforms.v2 (RandomAffine
+             translate 0.1 + rotate 10, RandomHorizontalFlip, ToDtype float32 scaled),
+             fp32 eager, contiguous memory format, torch.optim.AdamW(foreach=False) after a
+             python loop that centralises each >= 2-D gradient (the same AdamW-GC math), and
+             `loss.item()` every step for the running loss.
+
+Throughput is steady state: warm-up steps first (DataLoader workers start, cuDNN picks
+algorithms, torch.compile compiles), then `steps` timed steps; on CUDA timed with
+torch.cuda.Event. FLOPs per image come from torch.utils.flop_counter.FlopCounterMode over one
+fp32 forward+backward (matmul/conv FLOPs only, 2 per multiply-add; elementwise ops are not
+counted), so TFLOP/s = FLOPs/image x img/s. The hardware limit is a dense matmul timed in
+the same run (8192^3 bf16 on CUDA, 2048^3 bf16 and fp32 on CPU).
+
+Nothing here imports Typer or Rich: progress goes through a callback, results are a dict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fercli.errors import FerError
+
+# ("phase", {"name": ...}) before each measurement; ("result", {...}) after.
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+REFERENCE_DESCRIPTION = (
+    "torch Dataset + DataLoader(num_workers={workers}, persistent_workers, pin_memory={pin}) with "
+    "per-image torchvision.transforms.v2 (RandomAffine(10°, translate 0.1), RandomHorizontalFlip, "
+    "ToDtype float32); fp32 eager, contiguous; torch.optim.AdamW(foreach=False) after a python-loop "
+    "gradient centralization; loss.item() every step"
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    model: str = "bcnn-resnet34"
+    shared_backbone: bool = False
+    image_size: int = 48
+    batch_size: int = 64
+    steps: int | None = None  # timed steps per pipeline; None: 10 on CPU, 50 on CUDA
+    warmup: int | None = None  # None: 2 on CPU, 10 on CUDA, 15 with --compile
+    dataset: str = "fer2013"  # fer2013 | ck+ | a prepared directory
+    synthetic: bool = False  # force synthetic data even if the dataset is prepared
+    max_images: int = 4096  # distinct training images used (tiled to fill the steps)
+    compile: bool = False
+    compile_mode: str = "default"
+    reference: bool = True
+    inference: bool = True
+    workers: int | None = None  # reference DataLoader workers; None: 2 on CPU, 8 on CUDA
+    inference_batch: int | None = None  # None: 64 on CPU, 256 on CUDA
+    threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
+    seed: int = 0
+
+
+def validate(cfg: BenchConfig) -> None:
+    from fercli.model import MODEL_NAMES
+
+    if cfg.model not in MODEL_NAMES:
+        raise FerError(f"--model {cfg.model!r} is not one of: {', '.join(MODEL_NAMES)}")
+    if cfg.shared_backbone and cfg.model != "bcnn-resnet34":
+        raise FerError("--shared-backbone only applies to model bcnn-resnet34")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise FerError(f"--compile-mode {cfg.compile_mode!r} is not one of: {', '.join(COMPILE_MODES)}")
+    if cfg.image_size < 32:
+        raise FerError(f"--image-size must be ≥ 32 (ResNet34 downsamples 32×), got {cfg.image_size}")
+    for name in ("batch_size", "steps", "max_images", "inference_batch", "threads"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise FerError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+    for name in ("warmup", "workers"):
+        v = getattr(cfg, name)
+        if v is not None and v < 0:
+            raise FerError(f"--{name} must be ≥ 0, got {v}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BenchData:
+    images: np.ndarray  # uint8 (N, H, W)
+    labels: np.ndarray  # int64 (N,)
+    num_classes: int
+    kind: str  # dataset name, or "synthetic"
+    path: str | None
+    note: str | None
+
+
+def synthetic_data(n: int = 1024, size: int = 48, num_classes: int = 7, seed: int = 0) -> BenchData:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+    return BenchData(images, labels, num_classes, "synthetic", None, None)
+
+
+def load_bench_data(cfg: BenchConfig) -> BenchData:
+    """The first `max_images` training images of a prepared dataset, else synthetic faces.
+
+    A dataset *name* (fer2013, ck+) that is not prepared falls back to synthetic data and
+    says so; an explicit directory that does not exist is an error.
+    """
+    from fercli.dataset import DATASET_DIRS, load_prepared
+    from fercli.engine import plan_splits
+
+    if cfg.synthetic:
+        return synthetic_data(min(cfg.max_images, 1024), seed=cfg.seed)
+    try:
+        ds = load_prepared(cfg.dataset)
+    except FerError as exc:
+        if cfg.dataset not in DATASET_DIRS:
+            raise
+        d = synthetic_data(min(cfg.max_images, 1024), seed=cfg.seed)
+        return BenchData(d.images, d.labels, d.num_classes, "synthetic", None,
+                         f"synthetic data: {exc}")
+    idx = plan_splits(ds, None).train[: cfg.max_images]
+    return BenchData(np.ascontiguousarray(ds.images[idx]), ds.labels[idx].astype(np.int64),
+                     len(ds.classes), ds.name, str(ds.path), None)
+
+
+def tiled(data: BenchData, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n images drawn from data (a random permutation, repeated as needed)."""
+    rng = np.random.default_rng(seed)
+    reps = math.ceil(n / len(data.labels))
+    idx = np.concatenate([rng.permutation(len(data.labels)) for _ in range(reps)])[:n]
+    return data.images[idx], data.labels[idx]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall time of a block: torch.cuda.Event pairs on CUDA, perf_counter on CPU.
+
+    Also the CPU time of this process (all its threads) over the block: on a shared CPU,
+    wall time depends on the other load; CPU time per image much less so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = float("nan")
+        self.cpu_seconds = float("nan")
+
+    def __enter__(self) -> Timer:
+        _sync(self.device)
+        self._cpu0 = time.process_time()
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._cpu0
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | None = None,
+                  reps: int | None = None) -> float:
+    """Dense n×n×n matmul rate in TFLOP/s (2n³ per product), after warm-up."""
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 2048)
+    reps = reps or (20 if cuda else 4)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
+    for _ in range(3 if cuda else 1):
+        c = a @ b
+    with Timer(device) as t:
+        for _ in range(reps):
+            c = a @ b
+    del c
+    return 2 * n**3 * reps / t.seconds / 1e12
+
+
+def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """FLOPs of one fp32 forward+backward divided by the batch (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                  amp_dtype: torch.dtype | None, mode: str = "default"):  # type: ignore[no-untyped-def]
+    """A train_one_epoch step_fn. mode "default" is exactly `fer train --compile`
+    (engine._compiled_step); other modes compile forward+backward with that torch.compile
+    mode (reduce-overhead = CUDA graphs); the optimizer step stays eager (foreach)."""
+    from fercli import engine
+
+    if mode == "default":
+        return engine._compiled_step(model, optimizer, device, amp_dtype)
+    fwd = torch.compile(model, mode=mode)
+    graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # CUDA graphs
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        optimizer.zero_grad(set_to_none=True)
+        with engine._autocast(device, amp_dtype):
+            logits = fwd(x)
+            loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach().clone(), logits.detach().clone()
+
+    return step
+
+
+def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                      y: torch.Tensor, *, batch_size: int, steps: int, warmup: int,
+                      amp_dtype: torch.dtype | None, channels_last: bool = True,
+                      step_fn: Callable[..., Any] | None = None, augment: bool = True,
+                      seed: int = 0) -> tuple[float, float]:
+    """(img/s, CPU ms per image) of engine.train_one_epoch over `steps` batches, after
+    `warmup` batches.
+
+    x: uint8 (≥ max(steps, warmup)·B, 1, H, W) on the device, y its labels. Each call of
+    train_one_epoch ends in its one host sync, so the timer sees all the work.
+    """
+    from fercli.engine import DeviceSplit, epoch_generator, train_one_epoch
+
+    device = x.device
+    if warmup:
+        n = warmup * batch_size
+        train_one_epoch(model, optimizer, DeviceSplit(x[:n], y[:n]), batch_size=batch_size,
+                        gen=epoch_generator(seed, 0, device), amp_dtype=amp_dtype, augment=augment,
+                        channels_last=channels_last, step_fn=step_fn)
+    n = steps * batch_size
+    with Timer(device) as t:
+        train_one_epoch(model, optimizer, DeviceSplit(x[:n], y[:n]), batch_size=batch_size,
+                        gen=epoch_generator(seed, 1, device), amp_dtype=amp_dtype, augment=augment,
+                        channels_last=channels_last, step_fn=step_fn)
+    return n / t.seconds, 1000 * t.cpu_seconds / n
+
+
+# --------------------------------------------------------------------------- reference
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Decoded uint8 faces (N, H, W) + labels, a transform applied per image."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[..., Any]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def reference_transform() -> Callable[..., Any]:
+    """The engine's augmentations, the usual per-image torchvision way."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToImage(),  # (H, W) uint8 ndarray -> (1, H, W) uint8 image tensor
+        v2.RandomAffine(degrees=10, translate=(0.1, 0.1)),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),  # the ToTensor of v2: [0, 1] floats
+    ])
+
+
+def centralize_python_loop(model: nn.Module) -> None:
+    """Gradient centralization the usual way: one python iteration per parameter."""
+    for p in model.parameters():
+        g = p.grad
+        if g is not None and g.dim() > 1:
+            g.sub_(g.mean(dim=tuple(range(1, g.dim())), keepdim=True))
+
+
+def default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if device.type == "cuda" else min(2, cpus)
+
+
+def reference_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
+                         labels: np.ndarray, device: torch.device, *, batch_size: int, steps: int,
+                         warmup: int, workers: int, seed: int = 0) -> tuple[float, float]:
+    """(img/s, main-process CPU ms per image) of the usual DataLoader + per-image
+    transforms + fp32 eager loop (the workers' CPU time is not included)."""
+    ds = FaceDataset(images, labels, reference_transform())
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=g)
+    model.train()
+    running = 0.0
+
+    def one_step(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        nonlocal running
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        centralize_python_loop(model)
+        optimizer.step()
+        running += loss.item()
+
+    batches = iter(loader)
+    try:
+        for _ in range(max(warmup, 1)):  # ≥ 1: the first batch waits for the workers to start
+            one_step(next(batches))
+        with Timer(device) as t:
+            for _ in range(steps):
+                one_step(next(batches))
+    finally:
+        del batches, loader  # shuts the worker processes down
+    return steps * batch_size / t.seconds, 1000 * t.cpu_seconds / (steps * batch_size)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def inference_timing(model: nn.Module, x: torch.Tensor, *, amp_dtype: torch.dtype | None,
+                     channels_last: bool, batch: int, reps1: int, reps_batched: int,
+                     warmup: int) -> tuple[float, float]:
+    """(median ms per face at batch 1, img/s at `batch`) through engine.predict_logits."""
+    from fercli.engine import predict_logits
+
+    device = x.device
+    model.eval()
+    one = x[:1]
+    xb = x[:batch]
+
+    def run(inp: torch.Tensor, bs: int) -> None:
+        out = predict_logits(model, inp, batch_size=bs, amp_dtype=amp_dtype, channels_last=channels_last)
+        _sync(device)
+        del out
+
+    for _ in range(warmup):
+        run(one, 1)
+        run(xb, batch)
+    times = []
+    for _ in range(reps1):
+        t0 = time.perf_counter()
+        run(one, 1)
+        times.append(time.perf_counter() - t0)
+    with Timer(device) as t:
+        for _ in range(reps_batched):
+            predict_logits(model, xb, batch_size=batch, amp_dtype=amp_dtype, channels_last=channels_last)
+    model.train()
+    return 1000 * statistics.median(times), reps_batched * xb.shape[0] / t.seconds
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return []
+
+
+def run_bench(cfg: BenchConfig, on_event: ProgressCallback | None = None) -> dict[str, Any]:
+    """Measure both pipelines (and inference, FLOPs, the matmul rate); return a flat dict."""
+    validate(cfg)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bench(cfg, on_event)
+    finally:
+        torch.set_num_threads(threads)  # an in-process caller keeps its own setting
+
+
+def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str, Any]:
+    from fercli.engine import autocast_dtype, device_name, resolve_device
+    from fercli.model import build_model
+    from fercli.optim import build_optimizer
+
+    emit = on_event or (lambda kind, info: None)
+    device = resolve_device(cfg.device)
+    cuda = device.type == "cuda"
+    steps = cfg.steps or (50 if cuda else 10)
+    warmup = cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 2)
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    infer_batch = cfg.inference_batch or (256 if cuda else 64)
+    amp_dtype = autocast_dtype(device, "auto")
+    bs = cfg.batch_size
+    load_start = _load()
+    notes: list[str] = []
+
+    emit("phase", {"name": "loading data"})
+    data = load_bench_data(cfg)
+    if data.note:
+        notes.append(data.note)
+    n_needed = max(steps, warmup, 1) * bs
+    xi, yi = tiled(data, max(n_needed, infer_batch), seed=cfg.seed)
+    x = torch.from_numpy(np.ascontiguousarray(xi)).unsqueeze(1).to(device)
+    y = torch.from_numpy(yi).to(device)
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, data.num_classes, image_size=cfg.image_size, pretrained=False,
+                           shared_backbone=cfg.shared_backbone).to(device)
+
+    # ---- engine: the project's defaults
+    model = fresh_model().to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("adamw-gc", model, lr=1e-4, weight_decay=1e-4)
+    emit("phase", {"name": "counting FLOPs"})
+    fb = min(bs, 8)
+    flops = flops_per_image(model, x[:fb].float().div(255).contiguous(memory_format=torch.channels_last),
+                            y[:fb])
+    step_fn = compiled_step(model, optimizer, device, amp_dtype, cfg.compile_mode) if cfg.compile else None
+    emit("phase", {"name": f"engine: {warmup} warm-up + {steps} timed steps"
+                           + (f" (torch.compile {cfg.compile_mode})" if cfg.compile else "")})
+    engine_ips, engine_cpu_ms = engine_throughput(
+        model, optimizer, x, y, batch_size=bs, steps=steps, warmup=warmup, amp_dtype=amp_dtype,
+        channels_last=True, step_fn=step_fn, seed=cfg.seed)
+    emit("result", {"name": "engine", "img_per_s": engine_ips})
+
+    infer_ms = infer_ips = None
+    if cfg.inference:
+        emit("phase", {"name": "inference: batch 1 and batched"})
+        infer_ms, infer_ips = inference_timing(
+            model, x, amp_dtype=amp_dtype, channels_last=True, batch=infer_batch,
+            reps1=50 if cuda else 20, reps_batched=20 if cuda else 3, warmup=10 if cuda else 2)
+    del model, optimizer, step_fn
+    if cfg.compile:
+        torch._dynamo.reset()
+    if cuda:
+        torch.cuda.empty_cache()
+
+    # ---- reference: the usual way
+    ref_ips = ref_cpu_ms = None
+    if cfg.reference:
+        emit("phase", {"name": f"reference: DataLoader({workers} workers), {steps} timed steps"})
+        ref_model = fresh_model()
+        ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, weight_decay=1e-4, foreach=False)
+        # The same images as the engine, tiled to cover warm-up + timed steps.
+        ri, ry = tiled(data, (max(warmup, 1) + steps) * bs, seed=cfg.seed)
+        ref_ips, ref_cpu_ms = reference_throughput(
+            ref_model, ref_opt, ri, ry, device, batch_size=bs, steps=steps, warmup=warmup,
+            workers=workers, seed=cfg.seed)
+        emit("result", {"name": "reference", "img_per_s": ref_ips})
+        del ref_model, ref_opt
+        if cuda:
+            torch.cuda.empty_cache()
+
+    # ---- the hardware: dense matmul rates
+    emit("phase", {"name": "matmul peak"})
+    rates = {"bf16": matmul_tflops(device, torch.bfloat16), "fp32": matmul_tflops(device, torch.float32)}
+    peak_dtype = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+    peak = rates[peak_dtype]
+
+    engine_tflops = flops * engine_ips / 1e12
+    ref_tflops = flops * ref_ips / 1e12 if ref_ips else None
+    load_end = _load()
+    cpus = os.cpu_count() or 1
+    if not cuda and load_start and max(load_start[0], load_end[0]) > 0.5 * cpus:
+        notes.append(f"CPU contended: load average {load_start[0]} at start, {load_end[0]} at end "
+                     f"on {cpus} CPUs (other processes were running)")
+    if cuda and cfg.compile and warmup < 3:
+        notes.append("torch.compile with fewer than 3 warm-up steps: compile time is in the timing")
+    return {
+        "engine_img_per_s": round(engine_ips, 2),
+        "reference_img_per_s": round(ref_ips, 2) if ref_ips else None,
+        "speedup": round(engine_ips / ref_ips, 3) if ref_ips else None,
+        "engine_cpu_ms_per_image": round(engine_cpu_ms, 3),
+        "reference_cpu_ms_per_image": round(ref_cpu_ms, 3) if ref_cpu_ms is not None else None,
+        "flops_per_image": int(flops),
+        "engine_tflops": round(engine_tflops, 4),
+        "reference_tflops": round(ref_tflops, 4) if ref_tflops is not None else None,
+        "peak_matmul_tflops": round(peak, 3),
+        "peak_dtype": peak_dtype,
+        "fraction_of_peak": round(engine_tflops / peak, 4),
+        "reference_fraction_of_peak": round(ref_tflops / peak, 4) if ref_tflops is not None else None,
+        "matmul_tflops": {k: round(v, 3) for k, v in rates.items()},
+        "inference_ms_per_face_batch1": round(infer_ms, 3) if infer_ms is not None else None,
+        "inference_batch": infer_batch,
+        "inference_img_per_s_batched": round(infer_ips, 1) if infer_ips is not None else None,
+        "device": device_name(device),
+        "device_type": device.type,
+        "data": data.kind,
+        "data_path": data.path,
+        "distinct_images": int(len(data.labels)),
+        "model": cfg.model,
+        "shared_backbone": cfg.shared_backbone,
+        "batch_size": bs,
+        "image_size": cfg.image_size,
+        "steps": steps,
+        "warmup": warmup,
+        "engine": {
+            "precision": peak_dtype if amp_dtype else "fp32",
+            "channels_last": True,
+            "optimizer": "adamw-gc (fercli.optim.AdamWGC: foreach GC, torch AdamW default impl)",
+            "compile": cfg.compile_mode if cfg.compile else None,
+            "data": "device-resident uint8, device randperm batches, augment_batch on the device",
+        },
+        "reference": {
+            "precision": "fp32",
+            "channels_last": False,
+            "optimizer": "torch.optim.AdamW(foreach=False) + python-loop GC",
+            "workers": workers,
+            "pipeline": REFERENCE_DESCRIPTION.format(workers=workers, pin=device.type == "cuda"),
+        } if cfg.reference else None,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": cpus,
+        "platform": platform.platform(),
+        "load_average": {"start": load_start, "end": load_end},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+    }

@@ -1,0 +1,98 @@
+"""`fer bench`: training throughput of the engine vs a reference pipeline vs the hardware."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from fercli.cli import app
+
+
+@app.command()
+def bench(
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    model: str = typer.Option("bcnn-resnet34", help="bcnn-resnet34 or resnet34."),
+    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="Symmetric B-CNN: one trunk for f_A and f_B."),
+    image_size: int = typer.Option(48, help="Network input size (faces are resized on the device)."),
+    batch_size: int = typer.Option(64, help="Training batch size of both pipelines."),
+    steps: Optional[int] = typer.Option(None, help="Timed steps per pipeline. [default: 10 on CPU, 50 on CUDA]"),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps first. [default: 2 on CPU, 10 on CUDA, 15 with --compile]"),
+    dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+ or a prepared directory; an unprepared name falls back to synthetic data (reported as data: synthetic)."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Use random synthetic faces even if the dataset is prepared."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the engine's forward/backward (the reference stays eager)."),
+    compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default (= fer train --compile), reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also measure the reference DataLoader pipeline."),
+    inference: bool = typer.Option(True, "--inference/--no-inference", help="Also time inference (batch 1 and batched)."),
+    workers: Optional[int] = typer.Option(None, help="Reference DataLoader workers. [default: 2 on CPU, 8 on CUDA]"),
+    inference_batch: Optional[int] = typer.Option(None, help="Batch of the batched inference timing. [default: 64 on CPU, 256 on CUDA]"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (CPU). [default: torch's, one per core]"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Steady-state training img/s of the project's engine (device-resident data, on-device
+    augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader +
+    torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image,
+    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency."""
+    from fercli import report
+    from fercli.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(device=device, model=model, shared_backbone=shared_backbone, image_size=image_size,
+                      batch_size=batch_size, steps=steps, warmup=warmup, dataset=dataset, synthetic=synthetic,
+                      compile=compile, compile_mode=compile_mode, reference=reference, inference=inference,
+                      workers=workers, inference_batch=inference_batch, threads=threads)
+    status = report.err_console.status("benchmarking…")
+    status.start()
+
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        if kind == "phase":
+            status.update(f"[bold]{info['name']}[/]…")
+        elif kind == "result":
+            report.err_console.print(f"  {info['name']}: {info['img_per_s']:,.1f} img/s")
+
+    try:
+        result = run_bench(cfg, on_event=on_event)
+    finally:
+        status.stop()
+    if json_out:
+        report.print_json(result)
+        return
+    report.console.print(_table(result))
+    for note in result["notes"]:
+        report.console.print(f"[yellow]note:[/] {note}")
+
+
+def _fmt(v: Any, spec: str = ",.1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _table(r: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    shared = " (shared backbone)" if r["shared_backbone"] else ""
+    t = Table(title=f"fer bench: {r['model']}{shared}, {r['image_size']} px, batch {r['batch_size']}, "
+                    f"{r['steps']} timed steps on {r['device']} — data: {r['data']}")
+    t.add_column("pipeline")
+    t.add_column("train img/s", justify="right")
+    t.add_column("TFLOP/s", justify="right")
+    t.add_column(f"of {r['peak_dtype']} matmul", justify="right")
+    t.add_column("how")
+    eng = r["engine"]
+    how = f"{eng['precision']}, channels_last, on-device data + aug, foreach GC"
+    if eng["compile"]:
+        how += f", torch.compile ({eng['compile']})"
+    t.add_row("engine", _fmt(r["engine_img_per_s"]), _fmt(r["engine_tflops"], ".3f"),
+              f"{100 * r['fraction_of_peak']:.1f}%", how)
+    if r["reference"] is not None:
+        frac = r["reference_fraction_of_peak"]
+        t.add_row("reference", _fmt(r["reference_img_per_s"]), _fmt(r["reference_tflops"], ".3f"),
+                  "—" if frac is None else f"{100 * frac:.1f}%",
+                  f"DataLoader({r['reference']['workers']} workers) + transforms.v2, fp32, "
+                  "loop GC, .item()")
+    t.add_section()
+    t.add_row("speedup", f"[bold]{_fmt(r['speedup'], '.2f')}×[/]", "", "", "engine / reference")
+    t.add_row("FLOPs / image", f"{r['flops_per_image'] / 1e9:.2f} G", "", "", "fwd+bwd")
+    mm = r["matmul_tflops"]
+    t.add_row("matmul peak", "", f"{mm['bf16']:.3g} bf16", f"{mm['fp32']:.3g} fp32", "measured now")
+    t.add_row("inference", f"{_fmt(r['inference_ms_per_face_batch1'], '.2f')} ms/face", "", "",
+              f"batch 1; {_fmt(r['inference_img_per_s_batched'])} img/s at {r['inference_batch']}")
+    return t
