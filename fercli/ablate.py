@@ -84,6 +84,7 @@ class AblateConfig:
     batch_size: int | None = None
     lr: float | None = None
     force: bool = False
+    threads: int | None = None  # not part of a run's identity: only how fast it runs
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -141,7 +142,8 @@ def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: 
     base = dict(PAPER_PRESET) if cfg.preset == "paper" else dict(FAST_PRESET)
     base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
-                train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir))
+                train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
+                threads=cfg.threads)
     for k in ("epochs", "batch_size", "lr"):
         if getattr(cfg, k) is not None:
             base[k] = getattr(cfg, k)

@@ -113,6 +113,7 @@ def ablate(
     batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
     weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights (torchvision resnet34 state dict) for the pretrained rows."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per run (see `fer train --threads`)."),
     force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -139,6 +140,7 @@ def ablate(
         dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,
         out=str(out) if out else None, folds_limit=folds_limit, train_subset=train_subset,
         weights=str(weights) if weights else None, batch_size=batch_size, lr=lr, force=force,
+        threads=threads,
     )
     err = report.err_console
     with report.TrainProgress(quiet=quiet or json_out) as progress:
