@@ -29,5 +29,9 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "gpu_payload: $(mib "$payload") MiB; repo working tree: $(mib "$tree") MiB; travels: $(mib "$total") MiB of $LIMIT_MIB"
 if [ "$total" -gt $((LIMIT_MIB * 1048576)) ]; then
   echo "make_gpu_payload: over the device call's $LIMIT_MIB MiB limit: ignore large untracked files or drop CK+48" >&2
+  if ls fercli/assets/default_model.* >/dev/null 2>&1; then
+    echo "make_gpu_payload: the shipped default model (fercli/assets/default_model.*, ~46 MB) need not travel:" >&2
+    echo "  mv fercli/assets/default_model.* /tmp/  before the device call, and  git checkout fercli/assets  after it" >&2
+  fi
   exit 1
 fi

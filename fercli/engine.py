@@ -540,13 +540,6 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
                        f"or --force to start over")
     if cfg.resume and not last_path.is_file():
         raise FerError(f"--resume: no checkpoint {last_path} to resume from")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FerError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise FerError(f"run directory {run_dir} is not writable")
-
     plan = plan_splits(ds, cfg.fold)
     train_idx = plan.train
     if cfg.train_subset is not None:
@@ -596,6 +589,14 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         "model_spec": dict(model.spec),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    # Created only now, after everything that can fail on bad input (dataset, weights, resume
+    # checks) has passed, so a refused run leaves no directory behind.
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FerError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise FerError(f"run directory {run_dir} is not writable")
     atomic_write_json(run_dir / "config.json", run_info)
 
     step_fn = None
