@@ -1320,22 +1320,42 @@ def _haar_detector() -> cv2.CascadeClassifier:
     return det
 
 
-def detect_face(grey: np.ndarray, detector: cv2.CascadeClassifier | None = None) -> tuple[int, int, int, int] | None:
-    """Largest frontal face (x, y, w, h) in a greyscale image, or None (OpenCV Haar cascade)."""
+def detect_faces(
+    grey: np.ndarray,
+    detector: cv2.CascadeClassifier | None = None,
+    *,
+    max_side: int = DETECT_MAX_SIDE,
+    min_px: int = 24,
+    min_fraction: float = 1 / 8,
+) -> list[tuple[int, int, int, int]]:
+    """Every frontal face (x, y, w, h) in a greyscale image (OpenCV Haar cascade).
+
+    The image is downscaled so its long side is at most `max_side` (detection cost grows
+    with area), faces smaller than max(min_px, min_fraction × short side) at that scale are
+    ignored, and boxes are scaled back and clipped to the image. Shared by `fer prepare ck+`
+    (largest face per frame) and `fer predict` (every face in a photo).
+    """
     det = detector or _haar_detector()
     h, w = grey.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    small = cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else grey
+    scale = min(1.0, max_side / max(h, w))
+    small = grey if scale >= 1 else cv2.resize(
+        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     side = min(small.shape[:2])
-    faces = det.detectMultiScale(
-        small, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, side // 8), max(24, side // 8))
-    )
-    if len(faces) == 0:
-        return None
-    x, y, fw, fh = max((tuple(int(v) for v in f) for f in faces), key=lambda b: b[2] * b[3])
-    box = (round(x / scale), round(y / scale), round(fw / scale), round(fh / scale))
-    bx, by = max(0, box[0]), max(0, box[1])
-    return bx, by, min(box[2], w - bx), min(box[3], h - by)
+    ms = max(min_px, round(min_fraction * side))
+    if side < ms:
+        return []
+    boxes = []
+    for x, y, fw, fh in (tuple(int(v) for v in f) for f in det.detectMultiScale(
+            small, scaleFactor=1.1, minNeighbors=5, minSize=(ms, ms))):
+        bx, by = max(0, round(x / scale)), max(0, round(y / scale))
+        boxes.append((bx, by, min(round(fw / scale), w - bx), min(round(fh / scale), h - by)))
+    return boxes
+
+
+def detect_face(grey: np.ndarray, detector: cv2.CascadeClassifier | None = None) -> tuple[int, int, int, int] | None:
+    """Largest frontal face (x, y, w, h) in a greyscale image, or None."""
+    faces = detect_faces(grey, detector)
+    return max(faces, key=lambda b: b[2] * b[3]) if faces else None
 
 
 def crop_face(grey: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:

@@ -214,20 +214,11 @@ def _haar() -> cv2.CascadeClassifier:
 
 
 def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Every frontal face (x, y, w, h) in a greyscale image, left to right."""
-    h, w = grey.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    small = grey if scale >= 1 else cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                               interpolation=cv2.INTER_AREA)
-    side = min(small.shape[:2])
-    ms = max(MIN_FACE_PX, round(MIN_FACE_FRACTION * side))
-    if side < ms:
-        return []
-    found = _haar().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(ms, ms))
-    boxes = []
-    for x, y, fw, fh in (tuple(int(v) for v in f) for f in found):
-        bx, by = max(0, round(x / scale)), max(0, round(y / scale))
-        boxes.append((bx, by, min(round(fw / scale), w - bx), min(round(fh / scale), h - by)))
+    """Every frontal face (x, y, w, h) in a greyscale photo, left to right."""
+    from fercli.ingest import detect_faces as haar_faces
+
+    boxes = haar_faces(grey, _haar(), max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX,
+                       min_fraction=MIN_FACE_FRACTION)
     return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
