@@ -31,12 +31,16 @@ def fer2013_folders() -> Path:
         pytest.skip(f"FER2013 pack not found at {pack}")
     dest = CACHE / "fer2013-unpacked"
     done = CACHE / "fer2013-unpacked.ok"
+    if done.exists() and not any((c / "train").is_dir() for c in (dest / "fer2013", dest)):
+        done.unlink()  # a stale marker (e.g. the cache was a link into a cleaned /tmp)
     if not done.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = CACHE / f"fer2013-unpacking-{os.getpid()}"
         subprocess.run([sys.executable, str(tool), "unpack", str(pack), str(tmp)], check=True,
                        capture_output=True)
-        if dest.exists():
+        if dest.is_symlink():
+            dest.unlink()
+        elif dest.exists():
             import shutil
             shutil.rmtree(dest)
         tmp.rename(dest)
