@@ -534,7 +534,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         "engine": {
             "precision": peak_dtype if amp_dtype else "fp32",
             "channels_last": True,
-            "optimizer": "adamw-gc (fercli.optim.AdamWGC: foreach GC, torch AdamW default impl)",
+            "optimizer": "adamw-gc (fercli.optim.AdamWGC: foreach GC, fused AdamW kernel)",
             "compile": cfg.compile_mode if cfg.compile else None,
             "data": "device-resident uint8, device randperm batches, augment_batch on the device",
         },
