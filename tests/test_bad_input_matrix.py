@@ -23,6 +23,7 @@ from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
 from fercli import engine
+from fercli.cli import app
 from tests.fixtures import (
     face_image,
     fer_csv_row,
@@ -36,8 +37,6 @@ from tests.fixtures import (
     write_huge_png,
     zip_tree,
 )
-
-from fercli.cli import app
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"

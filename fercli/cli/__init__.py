@@ -13,6 +13,7 @@ import typer
 from fercli import __version__
 from fercli.errors import FerError
 
+
 class _FerGroup(typer.core.TyperGroup):
     """Turns a FerError from any command into `error: <one line>` and its exit code."""
 
@@ -57,7 +58,10 @@ def _root(
 def _register() -> None:
     # Imported here so `fer --version` stays fast and each command lives in its own module.
     # Order = order in `fer --help`: the data → model → results path, then tools.
-    from fercli.cli import prepare, train, predict, ablate, bench  # noqa: F401
+    import importlib
+
+    for module in ("prepare", "train", "predict", "ablate", "bench"):
+        importlib.import_module(f"fercli.cli.{module}")
 
 
 _register()
