@@ -9,9 +9,10 @@ device randperm batches, augment_batch on the device); only the step differs:
   +bf16                ... bf16 autocast (the bilinear head stays fp32, as in the model)
   +foreach_gc          fercli's AdamWGC (GC as one foreach op; torch's default AdamW impl)
   -item = engine       no .item() per step (the engine's default step)
-  +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (proposed, not yet the default)
+  +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (now the engine's default)
   +fused_head          + the B-CNN head's signed sqrt + L2 normalisation as one autograd
-                       Function (SqrtNormalize below; proposed for fercli.model, not yet used)
+                       Function (fercli.model's default; earlier variants patch in the
+                       unfused F.normalize(signed_sqrt(x)) to measure what it buys)
   fp32+foreach_gc      the engine with --precision fp32 (channels_last, foreach GC, no .item())
   compile              the engine with torch.compile (mode from --compile-mode; slow to compile on CPU)
   reduce-overhead      torch.compile(mode="reduce-overhead"): CUDA graphs (CUDA only)
@@ -52,39 +53,9 @@ VARIANTS = (*CHAIN, "fp32+foreach_gc", "compile", "reduce-overhead")
 DEFAULT = CHAIN
 
 
-class SqrtNormalize(torch.autograd.Function):
-    """z = normalize(sign(x)·(sqrt(|x| + eps) − sqrt(eps)), dim=1): eq. (5)-(6) in one Function.
-
-    Bit-for-bit the forward of fercli.model's sqrt(relu(x)+eps) − sqrt(relu(−x)+eps) followed
-    by F.normalize (for x > 0 both are sqrt(x+eps) − sqrt(eps), mirrored for x < 0, exactly 0
-    at 0), and the same gradient (0 at exactly 0). Forward allocates one (N, 262144) tensor
-    instead of ~8, backward two instead of ~10; only z and the norms are saved. On a CPU this
-    makes the B-CNN head's forward+backward ~3.5× cheaper (first-touch page faults of each
-    fresh 67 MB fp32 tensor are a large part of the cost).
-    """
-
-    @staticmethod
-    def forward(ctx, x, eps=1e-5, norm_eps=1e-12):  # type: ignore[no-untyped-def]
-        r = torch.tensor(eps, dtype=x.dtype).sqrt().item()  # sqrt(0 + eps) in x's dtype: y(0) = 0
-        y = torch.abs(x).add_(eps).sqrt_().sub_(r).copysign_(x)  # eq. (5)
-        n = torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min_(norm_eps)
-        z = y.div_(n)  # eq. (6), as F.normalize: y / max(||y||, 1e-12)
-        ctx.save_for_backward(z, n)
-        ctx.r = r
-        return z
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[no-untyped-def]
-        z, n = ctx.saved_tensors
-        gz = torch.bmm(g.unsqueeze(1), z.unsqueeze(2)).squeeze(2)  # (N, 1) = <g, z>, no (N, D) temporary
-        gy = torch.addcmul(g, z, gz, value=-1).div_(n)  # through the L2 normalisation
-        # d/dx (sqrt(|x|+eps)) = 0.5 / sqrt(|x|+eps) = 0.5 / (|y| + r), |y| = |z|·n; 0 at x = 0.
-        d = torch.abs(z).mul_(n).add_(ctx.r)
-        return gy.div_(d).mul_(0.5).masked_fill_(z == 0, 0), None, None
-
-
-def fused_normalize_bilinear(m: torch.Tensor) -> torch.Tensor:
-    return SqrtNormalize.apply(m.flatten(1))
+def unfused_normalize_bilinear(m: torch.Tensor) -> torch.Tensor:
+    """Eq. (4)-(6) as separate ops: what fercli.model did before its fused Function."""
+    return torch.nn.functional.normalize(fercli.model.signed_sqrt(m.flatten(1)), dim=1)
 
 
 def spec(variant: str) -> dict:
@@ -139,8 +110,8 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device, x: tor
 
     warm = args.warmup if not s["compile"] else max(args.warmup, 3)
     original = fercli.model.normalize_bilinear
-    if s["fused_head"]:
-        fercli.model.normalize_bilinear = fused_normalize_bilinear  # BilinearResNet34.pooled uses it
+    if not s["fused_head"]:
+        fercli.model.normalize_bilinear = unfused_normalize_bilinear  # BilinearResNet34.pooled uses it
     try:
         return bench.engine_throughput(model, opt, x, y, batch_size=args.batch_size, steps=args.steps,
                                        warmup=warm, amp_dtype=amp, channels_last=s["cl"], step_fn=step_fn)

@@ -2,8 +2,7 @@
 # One GPU check of fercli in at most 9 minutes, offline, installing nothing.
 #
 #   1. unpack gpu_payload/fer2013.jpegpack, `fer prepare fer2013` (and ck+ from CK+48)
-#   2. `fer bench --device cuda --json`: bcnn-resnet34 and resnet34 at 48 px and 96 px, batch 16,
-#      and bench/bench_proposed.py (the proposed fused head + fused AdamW)
+#   2. `fer bench --device cuda --json`: bcnn-resnet34 and resnet34 at 48 px and 96 px, batch 16
 #   3. train bcnn-resnet34 (shared backbone, from scratch: no ImageNet weights offline) on
 #      FER2013 within a wall-clock budget (epochs sized from a measured img/s), evaluate the
 #      PublicTest-selected checkpoint on PrivateTest, export it (`fer export`, if present)
@@ -122,13 +121,6 @@ done
 run_step bench_bcnn_48_b16 60 "${FER[@]}" bench --device "$DEVICE" --json --model bcnn-resnet34 --image-size 48 \
   --batch-size 16 --no-inference $BENCH_STEPS
 
-# The proposed engine changes (fused B-CNN head, fused AdamW), patched in: bench/bench_proposed.py.
-if [ "$DRY" = 1 ]; then
-  run_step bench_bcnn_48_proposed 60 "$PY" bench/bench_proposed.py --device "$DEVICE" --steps 2 --batch-size 8
-else
-  run_step bench_bcnn_48_proposed 60 "$PY" bench/bench_proposed.py --device "$DEVICE" --steps 50
-fi
-
 # ---------------------------------------------------------------- 4a. launch-bound: compile, CUDA graphs
 if [ "$DRY" = 1 ]; then
   ABL16="--steps 1 --warmup 1 --rounds 1 --variants engine"
@@ -216,7 +208,7 @@ bench_keys = ("engine_img_per_s", "reference_img_per_s", "speedup", "flops_per_i
               "torch_version", "date", "notes")
 benches = {}
 for name in ("bench_bcnn_48", "bench_resnet34_48", "bench_bcnn_96", "bench_resnet34_96",
-             "bench_bcnn_48_b16", "bench_bcnn_48_proposed", "bench_train_config"):
+             "bench_bcnn_48_b16", "bench_train_config"):
     r = load(name + ".out")
     if r:
         benches[name] = {k: r.get(k) for k in bench_keys}
