@@ -238,21 +238,9 @@ def compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: to
 
     if mode == "default":
         return engine._compiled_step(model, optimizer, device, amp_dtype)
-    fwd = torch.compile(model, mode=mode)
     graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # CUDA graphs
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        optimizer.zero_grad(set_to_none=True)
-        with engine._autocast(device, amp_dtype):
-            logits = fwd(x)
-            loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        optimizer.step()
-        return loss.detach().clone(), logits.detach().clone()
-
-    return step
+    return engine.make_train_step(torch.compile(model, mode=mode), optimizer, device, amp_dtype,
+                                  cuda_graphs=graphs)
 
 
 def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,

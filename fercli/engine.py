@@ -52,6 +52,8 @@ BEST_CHECKPOINT = "best.pt"
 
 # Progress events: ("epoch_start", {...}), ("step", {"images": n}), ("epoch_end", row).
 ProgressCallback = Callable[[str, dict[str, Any]], None]
+# One optimisation step on a batch: (x, y) -> (loss, logits), see make_train_step.
+TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- config
@@ -314,10 +316,10 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     augment: bool = True,
     channels_last: bool = False,
-    step_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    step_fn: TrainStep | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over `data` in random order; returns mean loss and accuracy.
+    """One pass over `data` in random order; returns mean loss, accuracy and images seen.
 
     Drops the last partial batch so every step has the same shape (what torch.compile and
     CUDA graphs want); with fewer images than one batch, the batch shrinks to fit.
@@ -328,6 +330,8 @@ def train_one_epoch(
     bs = min(batch_size, n)
     steps = n // bs
     perm = torch.randperm(n, generator=gen, device=device)
+    if step_fn is None:
+        step_fn = make_train_step(model, optimizer, device, amp_dtype)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for s in range(steps):
@@ -338,22 +342,14 @@ def train_one_epoch(
             x = augment_batch(x, gen)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if step_fn is not None:
-            loss, logits = step_fn(x, y)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp_dtype):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            loss.backward()
-            optimizer.step()
+        loss, logits = step_fn(x, y)
         loss_sum += loss.detach() * bs
         correct += (logits.detach().argmax(1) == y).sum()
         if on_step is not None:
             on_step(bs)
     seen = max(steps * bs, 1)
     # The one host sync of the epoch.
-    return {"loss": float(loss_sum) / seen, "acc": float(correct) / seen}
+    return {"loss": float(loss_sum) / seen, "acc": float(correct) / seen, "images": steps * bs}
 
 
 @torch.inference_mode()
@@ -620,7 +616,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
                              channels_last=cfg.channels_last, step_fn=step_fn,
                              on_step=lambda n: emit("step", {"images": n}))
         train_seconds = time.perf_counter() - t0
-        seen = (len(train_data) // min(cfg.batch_size, len(train_data))) * min(cfg.batch_size, len(train_data))
+        seen = tr["images"]
         images_done += seen
         va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
                       channels_last=cfg.channels_last)
@@ -668,21 +664,36 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace("_orig_mod.", ""): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def _compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                   amp_dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
-    """forward+backward through torch.compile; the optimizer step stays eager (foreach)."""
-    fwd = torch.compile(model)
+def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                    device: torch.device, amp_dtype: torch.dtype | None,
+                    cuda_graphs: bool = False) -> TrainStep:
+    """One optimisation step: (x, y) -> (loss, logits), no host sync.
+
+    `forward` is the model, or torch.compile(model) for --compile. With CUDA graphs
+    (torch.compile mode reduce-overhead) the outputs live in graph-owned memory that the
+    next replay overwrites, so they are cloned before the caller accumulates them.
+    """
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp_dtype):
-            logits = fwd(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         optimizer.step()
+        if cuda_graphs:
+            return loss.detach().clone(), logits.detach().clone()
         return loss, logits
 
     return step
+
+
+def _compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> TrainStep:
+    """`fer train --compile`: forward+backward through torch.compile; the optimizer step stays eager."""
+    return make_train_step(torch.compile(model), optimizer, device, amp_dtype)
 
 
 # --------------------------------------------------------------------------- evaluation
