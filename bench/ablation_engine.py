@@ -45,6 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import fercli.model  # noqa: E402
 from fercli import bench, engine  # noqa: E402
+from fercli.device import device_name, resolve_device  # noqa: E402
 from fercli.model import build_model  # noqa: E402
 from fercli.optim import AdamWGC  # noqa: E402
 
@@ -137,7 +138,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         spec(v)
@@ -156,7 +157,7 @@ def main() -> None:
         return {
             "model": args.model, "shared_backbone": args.shared_backbone, "image_size": args.image_size,
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-            "device": engine.device_name(device), "threads": torch.get_num_threads(), "data": data.kind,
+            "device": device_name(device), "threads": torch.get_num_threads(), "data": data.kind,
             "torch_version": torch.__version__,
             "load_average": {"start": [round(v, 2) for v in load0],
                              "end": [round(v, 2) for v in os.getloadavg()]},

@@ -137,7 +137,7 @@ def _optimizer(ds: _Dataset, gc: bool) -> str:
 
 
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
-    from fercli.engine import PAPER_PRESET, make_train_config
+    from fercli.config import PAPER_PRESET, make_train_config
 
     base = dict(PAPER_PRESET) if cfg.preset == "paper" else dict(FAST_PRESET)
     base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
@@ -171,7 +171,9 @@ def _check_same(run_dir: Path, tcfg: Any) -> None:
 
 def _run_one(cfg: AblateConfig, tcfg: Any, run_dir: Path, emit: Any, info: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse, or resume) one run and evaluate its selected checkpoint."""
-    from fercli.engine import LAST_CHECKPOINT, EvaluateConfig, evaluate_target, train
+    from fercli.checkpoints import LAST_CHECKPOINT
+    from fercli.evaluate import EvaluateConfig, evaluate_target
+    from fercli.runs import train
 
     summary, metrics_path = run_dir / "train_summary.json", run_dir / "metrics.json"
     status = "trained"
@@ -274,7 +276,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
                         run_dir = run_dir / f"fold{fold}"
                     tcfg = _train_config(cfg, ds, rung, seed, fold, run_dir)
                     plan.append((ds, rung, seed, fold, run_dir, tcfg))
-    from fercli.engine import validate_config
+    from fercli.config import validate_config
 
     for *_, tcfg in plan:
         validate_config(tcfg)
@@ -310,7 +312,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
                                  else f"all {ds.num_folds} folds")} if ds.kfold else None),
             "rows": rows,
         })
-    from fercli.engine import PAPER_PRESET
+    from fercli.config import PAPER_PRESET
 
     preset = dict(FAST_PRESET if cfg.preset == "fast" else PAPER_PRESET)
     for k in ("epochs", "batch_size", "lr"):

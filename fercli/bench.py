@@ -5,7 +5,7 @@ Two training pipelines, same model, batch size, input size, device and process:
   engine     fercli.engine.train_one_epoch on a DeviceSplit, with the engine's defaults:
              the whole (uint8) dataset on the device, batches sliced from a device randperm,
              augment_batch on the device (one affine_grid + grid_sample per batch), bf16
-             autocast where engine.autocast_dtype says, channels_last, AdamW-GC whose
+             autocast where fercli.device.autocast_dtype says, channels_last, AdamW-GC whose
              gradient centralization is one foreach op, no host sync inside the epoch;
              optionally torch.compile (mode "default" = exactly `fer train --compile`;
              "reduce-overhead" adds CUDA graphs).
@@ -128,8 +128,8 @@ def load_bench_data(cfg: BenchConfig) -> BenchData:
     A dataset *name* (fer2013, ck+) that is not prepared falls back to synthetic data and
     says so; an explicit directory that does not exist is an error.
     """
+    from fercli.data import plan_splits
     from fercli.dataset import DATASET_DIRS, load_prepared
-    from fercli.engine import plan_splits
 
     if cfg.synthetic:
         return synthetic_data(min(cfg.max_images, 1024), seed=cfg.seed)
@@ -232,12 +232,12 @@ def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 def compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                   amp_dtype: torch.dtype | None, mode: str = "default"):  # type: ignore[no-untyped-def]
     """A train_one_epoch step_fn. mode "default" is exactly `fer train --compile`
-    (engine._compiled_step); other modes compile forward+backward with that torch.compile
+    (engine.compiled_step); other modes compile forward+backward with that torch.compile
     mode (reduce-overhead = CUDA graphs); the optimizer step stays eager (foreach)."""
     from fercli import engine
 
     if mode == "default":
-        return engine._compiled_step(model, optimizer, device, amp_dtype)
+        return engine.compiled_step(model, optimizer, device, amp_dtype)
     graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # CUDA graphs
     return engine.make_train_step(torch.compile(model, mode=mode), optimizer, device, amp_dtype,
                                   cuda_graphs=graphs)
@@ -254,7 +254,8 @@ def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, x: tor
     x: uint8 (≥ max(steps, warmup)·B, 1, H, W) on the device, y its labels. Each call of
     train_one_epoch ends in its one host sync, so the timer sees all the work.
     """
-    from fercli.engine import DeviceSplit, epoch_generator, train_one_epoch
+    from fercli.data import DeviceSplit, epoch_generator
+    from fercli.engine import train_one_epoch
 
     device = x.device
     if warmup:
@@ -403,7 +404,7 @@ def run_bench(cfg: BenchConfig, on_event: ProgressCallback | None = None) -> dic
 
 
 def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str, Any]:
-    from fercli.engine import autocast_dtype, device_name, resolve_device
+    from fercli.device import autocast_dtype, device_name, resolve_device
     from fercli.model import build_model
     from fercli.optim import build_optimizer
 

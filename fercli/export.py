@@ -55,7 +55,7 @@ _SAFE_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run dir or None) for a run directory or a .pt file."""
-    from fercli.engine import BEST_CHECKPOINT
+    from fercli.checkpoints import BEST_CHECKPOINT
 
     if src.is_dir():
         ck = src / BEST_CHECKPOINT
@@ -81,7 +81,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def train_command(config: dict[str, Any]) -> str:
     """A `fer train ...` command line that reproduces `config` (non-default options only)."""
-    from fercli.engine import TrainConfig
+    from fercli.config import TrainConfig
 
     defaults = dataclasses.asdict(TrainConfig())
     skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
@@ -150,7 +150,7 @@ def export_model(
 
     Returns the metadata written to __meta__ plus where the file(s) went and their sizes.
     """
-    from fercli.engine import load_checkpoint, model_from_checkpoint
+    from fercli.checkpoints import load_checkpoint, model_from_checkpoint
 
     if dtype not in DTYPES:
         raise FerError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")

@@ -269,7 +269,7 @@ class FaceClassifier:
 
     def __init__(self, model: torch.nn.Module, classes: list[str] | tuple[str, ...],
                  device: torch.device, *, channels_last: bool = True, optimize: str = CPU_OPTIMIZE) -> None:
-        from fercli.engine import autocast_dtype
+        from fercli.device import autocast_dtype
 
         if optimize not in OPTIMIZE_MODES:
             raise ValueError(f"optimize must be one of {OPTIMIZE_MODES}, got {optimize!r}")
@@ -330,7 +330,7 @@ class FaceClassifier:
 
 
 def _newest_run_checkpoint(root: Path) -> Path | None:
-    from fercli.engine import BEST_CHECKPOINT
+    from fercli.checkpoints import BEST_CHECKPOINT
 
     if not root.is_dir():
         return None
@@ -347,7 +347,7 @@ def _newest_run_checkpoint(root: Path) -> Path | None:
 
 def _load_any(path: Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     """A run dir (best.pt), a .pt checkpoint, or an exported .npz (or its shard index)."""
-    from fercli.engine import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from fercli.checkpoints import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
     from fercli.export import INDEX_SUFFIX, exported_exists, load_exported
 
     if path.is_dir():
@@ -565,7 +565,7 @@ def run_predict(
     on_progress: ProgressFn | None = None,
 ) -> PredictResult:
     """Detect and classify every face in cfg.inputs; write --csv / --annotate if asked."""
-    from fercli.engine import device_name, resolve_device
+    from fercli.device import device_name, resolve_device
 
     t0 = time.perf_counter()
     validate(cfg)

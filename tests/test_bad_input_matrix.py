@@ -22,7 +22,7 @@ from PIL import Image
 from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
-from fercli import engine
+from fercli import checkpoints, config, runs
 from fercli.cli import app
 from tests.fixtures import (
     face_image,
@@ -55,9 +55,9 @@ def trained_run(tmp_path_factory) -> Path:
     """A real (tiny) fer train run on a FER2013-shaped dataset: best.pt + last.pt."""
     root = tmp_path_factory.mktemp("run")
     ds = make_fer_like(root / "fer")
-    cfg = engine.make_train_config(dataset=str(ds), model="resnet34", pretrained=False, epochs=1,
+    cfg = config.make_train_config(dataset=str(ds), model="resnet34", pretrained=False, epochs=1,
                                    batch_size=8, device="cpu", out=str(root / "run"))
-    engine.train(cfg)
+    runs.train(cfg)
     return root / "run"
 
 
@@ -285,7 +285,7 @@ def predict_crafted_pickle_model(t: Path, run: Path) -> Case:
             return (os.system, (f"touch {t / 'pwned'}",))
 
     evil = t / "evil.pt"
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "model_spec": Payload(), "model": {}, "classes": []}, evil)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "model_spec": Payload(), "model": {}, "classes": []}, evil)
     return Case(["predict", str(SAMPLES / "astronaut.jpg"), "--model", str(evil)], [evil], "evil.pt", [t / "pwned"])
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fercli import engine
+from fercli import checkpoints, config, data, engine, runs
+from fercli import evaluate as evaluation
 from fercli.dataset import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
 from fercli.errors import FerError
 
@@ -45,7 +46,7 @@ def tiny_cfg(dataset, out, **kw):
     base = dict(dataset=str(dataset), model="resnet34", pretrained=False, epochs=2, batch_size=8,
                 lr=1e-3, device="cpu", out=str(out), seed=0, eval_batch_size=16)
     base.update(kw)
-    return engine.make_train_config(**base)
+    return config.make_train_config(**base)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -54,15 +55,15 @@ def tiny_cfg(dataset, out, **kw):
 def test_augment_identity_when_all_ranges_are_zero():
     x = torch.rand(4, 1, 48, 48)
     g = torch.Generator().manual_seed(0)
-    y = engine.augment_batch(x, g, max_shift=0.0, max_rotate_deg=0.0, flip=False)
+    y = data.augment_batch(x, g, max_shift=0.0, max_rotate_deg=0.0, flip=False)
     torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
 
 def test_augment_is_seeded_and_changes_images():
     x = torch.rand(8, 1, 48, 48)
-    a = engine.augment_batch(x, torch.Generator().manual_seed(1))
-    b = engine.augment_batch(x, torch.Generator().manual_seed(1))
-    c = engine.augment_batch(x, torch.Generator().manual_seed(2))
+    a = data.augment_batch(x, torch.Generator().manual_seed(1))
+    b = data.augment_batch(x, torch.Generator().manual_seed(1))
+    c = data.augment_batch(x, torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert not torch.allclose(a, x)
@@ -71,7 +72,7 @@ def test_augment_is_seeded_and_changes_images():
 
 def test_augment_flip_only_mirrors():
     x = torch.rand(64, 1, 48, 48)
-    y = engine.augment_batch(x, torch.Generator().manual_seed(0), max_shift=0.0, max_rotate_deg=0.0)
+    y = data.augment_batch(x, torch.Generator().manual_seed(0), max_shift=0.0, max_rotate_deg=0.0)
     mirrored = torch.isclose(y, x.flip(3), atol=1e-5).flatten(1).all(1)
     same = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
     assert bool((mirrored | same).all())
@@ -83,7 +84,7 @@ def test_augment_flip_only_mirrors():
 
 def test_fer_splits_select_on_public_report_private(tmp_path):
     ds = load_prepared(make_fer_like(tmp_path / "fer"))
-    plan = engine.plan_splits(ds, None)
+    plan = data.plan_splits(ds, None)
     assert (plan.val_name, plan.test_name) == ("public_test", "private_test")
     assert set(ds.split[plan.train]) == {"train"}
     assert set(ds.split[plan.val]) == {"public_test"}
@@ -93,7 +94,7 @@ def test_fer_splits_select_on_public_report_private(tmp_path):
 @pytest.mark.parametrize("fold", [0, 1, 2])
 def test_ck_splits_are_subject_disjoint(tmp_path, fold):
     ds = load_prepared(make_ck_like(tmp_path / "ck"))
-    plan = engine.plan_splits(ds, fold)
+    plan = data.plan_splits(ds, fold)
     groups = [set(ds.subject[i]) for i in (plan.train, plan.val, plan.test)]
     assert groups[0] and groups[1] and groups[2]
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
@@ -103,7 +104,7 @@ def test_ck_splits_are_subject_disjoint(tmp_path, fold):
 def test_ck_fold_out_of_range(tmp_path):
     ds = load_prepared(make_ck_like(tmp_path / "ck"))
     with pytest.raises(FerError, match="--fold 7 is out of range"):
-        engine.plan_splits(ds, 7)
+        data.plan_splits(ds, 7)
 
 
 def test_training_never_touches_the_report_split(tmp_path, monkeypatch):
@@ -112,14 +113,14 @@ def test_training_never_touches_the_report_split(tmp_path, monkeypatch):
     ds = load_prepared(ds_path)
     private = set(ds.indices("private_test").tolist())
     seen: list[set[int]] = []
-    real = engine.to_device
+    real = data.to_device
 
     def spy(d, idx, device):
         seen.append(set(np.asarray(idx).tolist()))
         return real(d, idx, device)
 
-    monkeypatch.setattr(engine, "to_device", spy)
-    engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    monkeypatch.setattr(runs, "to_device", spy)
+    runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
     assert seen and all(not (s & private) for s in seen)
 
 
@@ -127,13 +128,13 @@ def test_training_never_touches_the_report_split(tmp_path, monkeypatch):
 
 
 def test_paper_preset_and_explicit_override():
-    cfg = engine.make_train_config("paper")
+    cfg = config.make_train_config("paper")
     assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.pretrained) == (16, 1e-4, 200, True)
-    assert engine.resolve_optimizer(cfg, "fer2013").optimizer == "adamw-gc"
-    assert engine.resolve_optimizer(cfg, "ck+").optimizer == "adam-gc"
-    assert engine.make_train_config("paper", batch_size=64).batch_size == 64
+    assert config.resolve_optimizer(cfg, "fer2013").optimizer == "adamw-gc"
+    assert config.resolve_optimizer(cfg, "ck+").optimizer == "adam-gc"
+    assert config.make_train_config("paper", batch_size=64).batch_size == 64
     with pytest.raises(FerError, match="paper"):
-        engine.make_train_config("fastest")
+        config.make_train_config("fastest")
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -143,7 +144,7 @@ def test_paper_preset_and_explicit_override():
 def test_invalid_config_lists_allowed_values(tmp_path, field, value, needle):
     cfg = dataclasses.replace(tiny_cfg(make_fer_like(tmp_path / "fer"), tmp_path / "run"), **{field: value})
     with pytest.raises(FerError, match=needle):
-        engine.train(cfg)
+        runs.train(cfg)
 
 
 # ----------------------------------------------------------------------------- run dir, checkpoints, resume
@@ -151,7 +152,7 @@ def test_invalid_config_lists_allowed_values(tmp_path, field, value, needle):
 
 def test_run_directory_records_provenance(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run"))
+    (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run"))
     run = res.run_dir
     for name in ("config.json", "history.csv", "loss_curve.png", "last.pt", "best.pt", "train_summary.json"):
         assert (run / name).is_file(), name
@@ -168,19 +169,19 @@ def test_run_directory_records_provenance(tmp_path):
 
 def test_checkpoint_round_trip_reproduces_predictions(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
-    ckpt = engine.load_checkpoint(res.run_dir / "last.pt")
-    model = engine.model_from_checkpoint(ckpt)
+    (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    ckpt = checkpoints.load_checkpoint(res.run_dir / "last.pt")
+    model = checkpoints.model_from_checkpoint(ckpt)
     x = torch.from_numpy(load_prepared(ds_path).images[:6]).unsqueeze(1)
     a = engine.predict_logits(model, x)
-    b = engine.predict_logits(engine.model_from_checkpoint(engine.load_checkpoint(res.run_dir / "last.pt")), x)
+    b = engine.predict_logits(checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(res.run_dir / "last.pt")), x)
     torch.testing.assert_close(a, b)
     assert ckpt["classes"] == list(FER2013_CLASSES) and ckpt["epoch"] == 0
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    (full,) = engine.train(tiny_cfg(ds_path, tmp_path / "full", epochs=3))
+    (full,) = runs.train(tiny_cfg(ds_path, tmp_path / "full", epochs=3))
 
     class Stop(Exception):
         pass
@@ -190,24 +191,24 @@ def test_resume_equals_uninterrupted_run(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3), on_event=stop_after_first_epoch)
+        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3), on_event=stop_after_first_epoch)
     with pytest.raises(FerError, match="--resume"):
-        engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3))
-    (resumed,) = engine.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3, resume=True))
+        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3))
+    (resumed,) = runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3, resume=True))
     assert resumed.history == full.history or [
         {k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in resumed.history
     ] == [{k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in full.history]
-    a = engine.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = engine.load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    a = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = checkpoints.load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_changed_settings(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
     with pytest.raises(FerError, match="--batch-size"):
-        engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=2, batch_size=4, resume=True))
+        runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=2, batch_size=4, resume=True))
 
 
 def test_training_refuses_data_that_no_longer_matches_its_manifest(tmp_path):
@@ -217,7 +218,7 @@ def test_training_refuses_data_that_no_longer_matches_its_manifest(tmp_path):
     raw[-100] ^= 0xFF
     data.write_bytes(bytes(raw))
     with pytest.raises(FerError, match="sha256"):
-        engine.train(tiny_cfg(ds_path, tmp_path / "run"))
+        runs.train(tiny_cfg(ds_path, tmp_path / "run"))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -225,27 +226,27 @@ def test_training_refuses_data_that_no_longer_matches_its_manifest(tmp_path):
 
 def test_evaluate_reports_private_test_and_writes_metrics(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    (res,) = engine.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
-    m = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), device="cpu"))
+    (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    m = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), device="cpu"))
     assert m["split"] == "private_test" and m["selected_on"] == "public_test"
     assert m["num_samples"] == 12
     assert sum(map(sum, m["confusion"])) == 12
     assert 0.0 <= m["accuracy"] <= 1.0
     assert json.loads((res.run_dir / "metrics.json").read_text())["accuracy"] == m["accuracy"]
     assert (res.run_dir / "confusion.png").is_file()
-    pub = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), split="public-test",
+    pub = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), split="public-test",
                                                        device="cpu", write=False))
     assert pub["split"] == "public_test" and pub["num_samples"] == 12
-    flip = engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), tta="ten-crop",
+    flip = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), tta="ten-crop",
                                                         device="cpu", write=False))
     assert flip["num_samples"] == 12
 
 
 def test_kfold_train_and_aggregate(tmp_path):
     ds_path = make_ck_like(tmp_path / "ck")
-    results = engine.train(tiny_cfg(ds_path, tmp_path / "kfold", epochs=1, fold=-1))
+    results = runs.train(tiny_cfg(ds_path, tmp_path / "kfold", epochs=1, fold=-1))
     assert [r.fold for r in results] == [0, 1, 2]
-    m = engine.evaluate_target(engine.EvaluateConfig(target=str(tmp_path / "kfold"), device="cpu"))
+    m = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(tmp_path / "kfold"), device="cpu"))
     assert m["kfold"]["folds"] == 3
     assert m["num_samples"] == 36  # every image is in exactly one test fold
     accs = [f["accuracy"] for f in m["per_fold"]]
@@ -256,9 +257,9 @@ def test_kfold_train_and_aggregate(tmp_path):
 def test_evaluate_refuses_other_class_set(tmp_path):
     fer = make_fer_like(tmp_path / "fer")
     ck = make_ck_like(tmp_path / "ck")
-    (res,) = engine.train(tiny_cfg(fer, tmp_path / "run", epochs=1))
+    (res,) = runs.train(tiny_cfg(fer, tmp_path / "run", epochs=1))
     with pytest.raises(FerError, match="classes"):
-        engine.evaluate_target(engine.EvaluateConfig(target=str(res.run_dir), dataset=str(ck), device="cpu"))
+        evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), dataset=str(ck), device="cpu"))
 
 
 # ----------------------------------------------------------------------------- real data
@@ -274,9 +275,9 @@ def test_overfits_32_real_ck_faces(tmp_path, ckplus48_dir):
     out = tmp_path / "ck"
     r = CliRunner().invoke(app, ["prepare", "ck+", str(ckplus48_dir), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    cfg = engine.make_train_config(dataset=str(out), model="bcnn-resnet34", shared_backbone=True,
+    cfg = config.make_train_config(dataset=str(out), model="bcnn-resnet34", shared_backbone=True,
                                    pretrained=False, epochs=12, batch_size=32, train_subset=32, lr=1e-3,
                                    weight_decay=0.0, schedule="constant", augment=False,
                                    optimizer="adam-gc", device="cpu", out=str(tmp_path / "run"))
-    (res,) = engine.train(cfg)
+    (res,) = runs.train(cfg)
     assert res.history[-1]["train_acc"] >= 0.95, res.history

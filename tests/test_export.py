@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
-from fercli.engine import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.errors import FerError
 from fercli.export import INDEX_SUFFIX, META_KEY, export_model, load_exported
 from fercli.model import build_model

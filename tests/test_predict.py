@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fercli import predict as P
+from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
-from fercli.engine import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.model import build_model
 from tests.fixtures import SAMPLE_DIR, face_image, save_variant, tree_digest, write_huge_png
 

@@ -15,7 +15,7 @@ import torch
 from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
-from fercli import engine
+from fercli import checkpoints
 from fercli.cli import app
 from fercli.dataset import load_prepared
 
@@ -54,7 +54,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # Whatever the kill interrupted, what is on disk loads and is a complete epoch.
-    ckpt = engine.load_checkpoint(killed_run / "last.pt")
+    ckpt = checkpoints.load_checkpoint(killed_run / "last.pt")
     assert ckpt["epoch"] < 2, "the run finished before it was killed; the test proves nothing"
 
     r = subprocess.run(fer_cmd(*args, "--out", str(killed_run), "--resume"), env=sub_env(),
@@ -64,8 +64,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     r = subprocess.run(fer_cmd(*args, "--out", str(full_run)), env=sub_env(), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    a = engine.load_checkpoint(full_run / "last.pt")
-    b = engine.load_checkpoint(killed_run / "last.pt")
+    a = checkpoints.load_checkpoint(full_run / "last.pt")
+    b = checkpoints.load_checkpoint(killed_run / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     strip = lambda hs: [{k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in hs]  # noqa: E731
@@ -74,7 +74,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 def test_interrupted_checkpoint_write_leaves_previous_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    engine.save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT, "x": torch.ones(3)})
+    checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "x": torch.ones(3)})
     before = path.read_bytes()
 
     def boom(obj, f, *a, **k):
@@ -83,7 +83,7 @@ def test_interrupted_checkpoint_write_leaves_previous_file_intact(tmp_path, monk
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        engine.save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT, "x": torch.zeros(3)})
+        checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "x": torch.zeros(3)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -105,7 +105,7 @@ class _Payload:
 def test_crafted_pickle_checkpoint_is_refused_and_never_runs(tmp_path, container):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    payload = {"format": engine.CHECKPOINT_FORMAT, "model_spec": _Payload(marker), "model": {},
+    payload = {"format": checkpoints.CHECKPOINT_FORMAT, "model_spec": _Payload(marker), "model": {},
                "classes": []}
     if container == "torch-zip":
         torch.save(payload, evil)

@@ -60,7 +60,7 @@ def _register() -> None:
     # Order = order in `fer --help`: the data → model → results path, then tools.
     import importlib
 
-    for module in ("prepare", "train", "predict", "ablate", "bench"):
+    for module in ("prepare", "train", "ablate", "predict", "export", "bench"):
         importlib.import_module(f"fercli.cli.{module}")
 
 

@@ -1,4 +1,4 @@
-"""`fer predict` and `fer export`."""
+"""`fer predict`: faces in photos → expressions, tables, JSON/CSV, annotated images."""
 
 from __future__ import annotations
 
@@ -124,29 +124,3 @@ def predict(
         err.print(f"wrote {n} annotated image(s) to {result.annotate_dir}", highlight=False)
     if result.failed:
         raise typer.Exit(1)
-
-
-@app.command("export")
-def export_cmd(
-    source: Path = typer.Argument(..., help="A `fer train` run directory (its best.pt) or a .pt checkpoint."),
-    out: Path = typer.Option(..., "--out", "-o", help="The .npz file to write (a .json sidecar goes beside it)."),
-    max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
-    dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),
-    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
-) -> None:
-    """Export a trained model to a compact, pickle-free .npz that `fer predict --model` loads."""
-    from fercli import export, report
-
-    info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
-    if json_out:
-        report.print_json(info)
-        return
-    mb = info["bytes"] / 1e6
-    where = ", ".join(info["files"])
-    acc = info.get("private_test_accuracy")
-    report.console.print(
-        f"exported {info['model_spec']['name']} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
-        f"— {mb:.1f} MB to {where}"
-        + (f"; PrivateTest accuracy {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""),
-        highlight=False)
-    report.console.print(f"metadata: {info['sidecar']}", highlight=False)

@@ -61,9 +61,9 @@ def train(
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
     history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
     """
-    from fercli import engine, report
+    from fercli import config, report, runs
 
-    cfg = engine.make_train_config(
+    cfg = config.make_train_config(
         preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
         weights=str(weights) if weights else None, shared_backbone=shared_backbone,
@@ -72,7 +72,7 @@ def train(
         out=str(out) if out else None, resume=resume, force=force,
     )
     with report.TrainProgress(quiet=quiet or json_out) as progress:
-        results = engine.train(cfg, on_event=progress)
+        results = runs.train(cfg, on_event=progress)
     if json_out:
         report.print_json([{"run_dir": str(r.run_dir), "fold": r.fold, "best_epoch": r.best_epoch,
                             "best_val_acc": r.best_val_acc, "val_split": r.val_split,
@@ -95,10 +95,11 @@ def evaluate(
 ) -> None:
     """Evaluate the validation-selected checkpoint: accuracy, per-class P/R/F1 (Tables 1–2),
     macro-F1 and the confusion matrix (Fig. 9, also as confusion.png); writes metrics.json."""
-    from fercli import engine, report
+    from fercli import evaluate as evaluation
+    from fercli import report
 
-    cfg = engine.EvaluateConfig(target=str(target), split=split, tta=tta, device=device, dataset=dataset)
-    m = engine.evaluate_target(cfg)
+    cfg = evaluation.EvaluateConfig(target=str(target), split=split, tta=tta, device=device, dataset=dataset)
+    m = evaluation.evaluate_target(cfg)
     if json_out:
         report.print_json(m)
         return

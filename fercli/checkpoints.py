@@ -1,0 +1,66 @@
+"""Checkpoint files: format marker, atomic save, safe load, rebuild the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fercli.errors import FerError
+from fercli.fsutil import atomic_save
+
+CHECKPOINT_FORMAT = "fercli-checkpoint-v1"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temp file + rename: a kill never leaves a half-written checkpoint."""
+    with atomic_save(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Load a fercli checkpoint without executing code from it (weights_only=True)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FerError(f"{path} is a directory; expected a checkpoint file (.pt)")
+    if not path.is_file():
+        raise FerError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise FerError(f"{path}: refused to load: the file contains code or objects that are "
+                           f"not plain tensors (untrusted pickle)") from None
+        raise FerError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FerError(f"{path}: not a fercli checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    for key in ("model_spec", "model", "classes"):
+        if key not in ckpt:
+            raise FerError(f"{path}: checkpoint is missing '{key}'")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
+    """Rebuild the architecture from its spec and load the weights, strictly."""
+    from fercli.model import model_from_spec
+
+    model = model_from_spec(ckpt["model_spec"])
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FerError(f"{path}: weights do not fit model {ckpt['model_spec'].get('name')}: {first[:160]}") from None
+    return model
+
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # Strip torch.compile's `_orig_mod.` prefix if present; store contiguous CPU tensors.
+    return {k.replace("_orig_mod.", ""): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+

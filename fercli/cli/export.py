@@ -1,0 +1,36 @@
+"""`fer export`: a trained model → a compact, pickle-free file that `fer predict --model` loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fercli.cli import app
+
+
+@app.command("export")
+def export_cmd(
+    source: Path = typer.Argument(..., help="A `fer train` run directory (its best.pt) or a .pt checkpoint."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .npz file to write (a .json sidecar goes beside it)."),
+    max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
+    dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Export a trained model to a compact, pickle-free .npz that `fer predict --model` loads."""
+    from fercli import export, report
+
+    info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
+    if json_out:
+        report.print_json(info)
+        return
+    mb = info["bytes"] / 1e6
+    where = ", ".join(info["files"])
+    acc = info.get("private_test_accuracy")
+    report.console.print(
+        f"exported {info['model_spec']['name']} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
+        f"— {mb:.1f} MB to {where}"
+        + (f"; PrivateTest accuracy {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""),
+        highlight=False)
+    report.console.print(f"metadata: {info['sidecar']}", highlight=False)

@@ -1,0 +1,102 @@
+"""Training configuration: the frozen TrainConfig, presets and validation.
+
+`fer train` builds exactly one TrainConfig (CLI options over a preset) and hands it to
+`fercli.runs.train`; config.json records it verbatim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fercli.errors import FerError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved verbatim to config.json."""
+
+    dataset: str = "fer2013"  # fer2013 | ck+ | path to a prepared directory
+    model: str = "bcnn-resnet34"
+    optimizer: str = "auto"  # auto = the paper's choice: adamw-gc (FER2013), adam-gc (CK+)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | constant
+    image_size: int = 48
+    pretrained: bool = True
+    weights: str | None = None
+    shared_backbone: bool = False
+    freeze_backbone: bool = False
+    gc_conv_only: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp32
+    compile: bool = False
+    channels_last: bool = True
+    augment: bool = True
+    seed: int = 0
+    fold: int | None = None  # CK+: test fold; None = fold 0; -1 = every fold
+    train_subset: int | None = None  # use only N training images (smoke runs)
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    eval_batch_size: int = 256
+    threads: int | None = None  # CPU intra-op threads; None = torch's default (one per core)
+
+
+SCHEDULES = ("cosine", "constant")
+PRESETS = ("paper",)
+
+# §3.2 of the paper: batch 16, lr 1e-4, 200 epochs, ImageNet-pretrained, AdamW-GC on
+# FER2013 / Adam-GC on CK+ (the optimizer is resolved per dataset by "auto"). The paper
+# names no schedule, so the preset keeps the learning rate constant.
+PAPER_PRESET = {"batch_size": 16, "lr": 1e-4, "epochs": 200, "pretrained": True,
+                "optimizer": "auto", "schedule": "constant"}
+
+
+def make_train_config(preset: str | None = None, **explicit: Any) -> TrainConfig:
+    """TrainConfig from a preset plus explicitly given options (explicit ones win)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise FerError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
+        values.update(PAPER_PRESET)
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def resolve_optimizer(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
+    if cfg.optimizer != "auto":
+        return cfg
+    is_ck = dataset_name.lower().startswith("ck")
+    return dataclasses.replace(cfg, optimizer="adam-gc" if is_ck else "adamw-gc")
+PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    from fercli.model import MODEL_NAMES
+    from fercli.optim import OPTIMIZER_NAMES
+
+    def allowed(field: str, value: Any, names: tuple[str, ...]) -> None:
+        if value not in names:
+            raise FerError(f"--{field} {value!r} is not one of: {', '.join(names)}")
+
+    allowed("model", cfg.model, tuple(MODEL_NAMES))
+    allowed("optimizer", cfg.optimizer, ("auto", *OPTIMIZER_NAMES))
+    allowed("schedule", cfg.schedule, SCHEDULES)
+    allowed("precision", cfg.precision, PRECISIONS)
+    allowed("device", cfg.device, DEVICES)
+    for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise FerError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(cfg, name)}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise FerError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise FerError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
+    if cfg.image_size < 32:
+        raise FerError(f"--image-size must be ≥ 32 (ResNet34 downsamples 32×), got {cfg.image_size}")
+

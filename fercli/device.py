@@ -1,0 +1,43 @@
+"""Device and precision: which device a run uses, its human-readable name, and autocast."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from fercli.config import DEVICES
+from fercli.errors import FerError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FerError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
+    if name not in DEVICES:
+        raise FerError(f"--device {name!r} is not one of: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast where it pays: always on CUDA; on CPU only with native bf16 support."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    # On a CPU without AVX512-BF16/AMX bf16 autocast is slower than fp32.
+    try:
+        caps = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        caps = ""
+    return torch.bfloat16 if "AVX512" in caps.upper() else None
+

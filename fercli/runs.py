@@ -1,0 +1,263 @@
+"""Runs: a run directory from config to checkpoints, with provenance and resume.
+
+`train(cfg)` is what `fer train` calls: it loads the prepared dataset, plans the splits
+(selection never sees the report split), builds model and optimizer, runs the epochs of
+fercli.engine and writes config.json, history.csv, best.pt, last.pt and loss_curve.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fercli import __version__
+from fercli.checkpoints import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    LAST_CHECKPOINT,
+    cpu_state,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fercli.config import TrainConfig, resolve_optimizer, validate_config
+from fercli.data import epoch_generator, plan_splits, to_device
+from fercli.dataset import PreparedDataset, load_prepared
+from fercli.device import autocast_dtype, device_name, resolve_device
+from fercli.engine import compiled_step, evaluate, train_one_epoch
+from fercli.errors import FerError
+from fercli.fsutil import atomic_write_json, atomic_write_text
+
+# Progress events: ("epoch_start", {...}), ("step", {"images": n}), ("epoch_end", row).
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+def git_version() -> str:
+    """`<commit>[+dirty]` of the checkout the code runs from, or `unknown`."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_acc: float
+    val_split: str
+    test_split: str
+    history: list[dict[str, Any]]
+    device: str
+    fold: int | None
+    seconds: float
+    images_per_second: float
+
+
+def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{dataset_name}-{cfg.model}-{cfg.optimizer}-{stamp}"
+
+
+def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))  # epoch is 0-based
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[TrainResult]:
+    """Train one run (or every CK+ fold with fold=-1); returns one result per fold."""
+    validate_config(cfg)
+    ds = load_prepared(cfg.dataset)
+    cfg = resolve_optimizer(cfg, ds.name)
+    if cfg.fold == -1:
+        if "train" in set(ds.split.tolist()):
+            raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
+        k = int(ds.fold.max()) + 1
+        root = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+        results = []
+        for f in range(k):
+            sub = dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}"))
+            results.append(_train_single(sub, ds, on_event))
+        atomic_write_json(root / "kfold.json", {"folds": k, "config": dataclasses.asdict(cfg)})
+        return results
+    return [_train_single(cfg, ds, on_event)]
+
+
+def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None) -> TrainResult:
+    from fercli.model import build_model
+    from fercli.optim import build_optimizer
+
+    emit = on_event or (lambda kind, info: None)
+    if cfg.threads is not None:
+        # On a busy 2-core machine one thread is several times faster than two fighting
+        # over a shared core (docs/benchmarks.md); on an idle machine the default wins.
+        torch.set_num_threads(max(1, cfg.threads))
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+    last_path = run_dir / LAST_CHECKPOINT
+    if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.resume or cfg.force):
+        raise FerError(f"run directory {run_dir} already exists: pass --resume to continue it "
+                       f"or --force to start over")
+    if cfg.resume and not last_path.is_file():
+        raise FerError(f"--resume: no checkpoint {last_path} to resume from")
+    plan = plan_splits(ds, cfg.fold)
+    train_idx = plan.train
+    if cfg.train_subset is not None:
+        rng = np.random.default_rng(cfg.seed)
+        train_idx = np.sort(rng.permutation(train_idx)[: cfg.train_subset])
+    train_data = to_device(ds, train_idx, device)
+    val_data = to_device(ds, plan.val, device)
+
+    # Model init is seeded; CPU kernels are deterministic for what we use.
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(ds.classes), image_size=cfg.image_size,
+                        pretrained=cfg.pretrained, weights=cfg.weights,
+                        shared_backbone=cfg.shared_backbone, freeze_backbone=cfg.freeze_backbone)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                gc_conv_only=cfg.gc_conv_only)
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
+    start_epoch = 0
+    if cfg.resume:
+        ckpt = load_checkpoint(last_path)
+        if ckpt.get("dataset_sha256") != ds.sha256:
+            raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
+        saved = ckpt.get("config", {})
+        for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold"):
+            if saved.get(key) != getattr(cfg, key):
+                raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
+                               f"the run's {saved.get(key)!r} in {last_path}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, best, start_epoch = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
+
+    run_info = {
+        "config": dataclasses.asdict(cfg),
+        "dataset": {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256,
+                    "classes": ds.classes, "train": int(train_idx.size), "val": int(plan.val.size),
+                    "test": int(plan.test.size), "val_split": plan.val_name, "test_split": plan.test_name},
+        "code_version": git_version(),
+        "fercli_version": __version__,
+        "torch_version": torch.__version__,
+        "device": device_name(device),
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "seed": cfg.seed,
+        "model_spec": dict(model.spec),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    # Created only now, after everything that can fail on bad input (dataset, weights, resume
+    # checks) has passed, so a refused run leaves no directory behind.
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FerError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise FerError(f"run directory {run_dir} is not writable")
+    atomic_write_json(run_dir / "config.json", run_info)
+
+    step_fn = None
+    if cfg.compile:
+        step_fn = compiled_step(model, optimizer, device, amp_dtype)
+
+    emit("run_start", {"run_dir": str(run_dir), "epochs": cfg.epochs, "start_epoch": start_epoch,
+                       "train_images": int(train_idx.size), "device": run_info["device"],
+                       "steps_per_epoch": max(len(train_data) // min(cfg.batch_size, len(train_data)), 1)})
+    t_run = time.perf_counter()
+    images_done = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = _lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        emit("epoch_start", {"epoch": epoch + 1, "epochs": cfg.epochs})
+        gen = epoch_generator(cfg.seed, epoch, device)
+        t0 = time.perf_counter()
+        tr = train_one_epoch(model, optimizer, train_data, batch_size=cfg.batch_size, gen=gen,
+                             amp_dtype=amp_dtype, augment=cfg.augment,
+                             channels_last=cfg.channels_last, step_fn=step_fn,
+                             on_step=lambda n: emit("step", {"images": n}))
+        train_seconds = time.perf_counter() - t0
+        seen = tr["images"]
+        images_done += seen
+        va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
+                      channels_last=cfg.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
+               "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr,
+               "img_per_s": round(seen / max(train_seconds, 1e-9), 2),
+               "epoch_seconds": round(time.perf_counter() - t0, 3)}
+        history.append(row)
+        improved = va["acc"] > best["val_acc"] or (va["acc"] == best["val_acc"] and va["loss"] < best["val_loss"])
+        if improved:
+            best = {"epoch": epoch + 1, "val_acc": va["acc"], "val_loss": va["loss"]}
+        payload = {
+            "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
+            "model": cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "history": history, "best": best, "config": dataclasses.asdict(cfg),
+            "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
+        }
+        if improved:
+            # best.pt: selected on validation data only (PublicTest / a CK+ training fold).
+            best_payload = {k: v for k, v in payload.items() if k != "optimizer"}
+            save_checkpoint(run_dir / BEST_CHECKPOINT, best_payload)
+        save_checkpoint(last_path, payload)
+        _write_history(run_dir, history)
+        emit("epoch_end", row)
+
+    seconds = time.perf_counter() - t_run
+    if history:
+        try:
+            from fercli.plots import plot_loss_curve
+
+            plot_loss_curve(history, run_dir / "loss_curve.png")
+        except ImportError:  # matplotlib missing: the CSV still has everything
+            pass
+    result = TrainResult(run_dir=run_dir, best_epoch=int(best["epoch"]), best_val_acc=float(best["val_acc"]),
+                         val_split=plan.val_name, test_split=plan.test_name, history=history,
+                         device=run_info["device"], fold=cfg.fold, seconds=seconds,
+                         images_per_second=images_done / max(seconds, 1e-9))
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    return result
+
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
