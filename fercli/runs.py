@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,27 +39,10 @@ from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.engine import compiled_step, evaluate, train_one_epoch
 from fercli.errors import FerError
 from fercli.fsutil import atomic_write_json, atomic_write_text
+from fercli.provenance import code_version
 
 # Progress events: ("epoch_start", {...}), ("step", {"images": n}), ("epoch_end", row).
 ProgressCallback = Callable[[str, dict[str, Any]], None]
-
-
-def git_version() -> str:
-    """`<commit>[+dirty]` of the checkout the code runs from, or `unknown`."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        if not sha:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-
 
 
 @dataclass(frozen=True)
@@ -175,7 +157,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         "dataset": {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256,
                     "classes": ds.classes, "train": int(train_idx.size), "val": int(plan.val.size),
                     "test": int(plan.test.size), "val_split": plan.val_name, "test_split": plan.test_name},
-        "code_version": git_version(),
+        "code_version": code_version(),
         "fercli_version": __version__,
         "torch_version": torch.__version__,
         "device": device_name(device),

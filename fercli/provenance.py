@@ -1,0 +1,61 @@
+"""Provenance: which code produced a run, a checkpoint or an exported model.
+
+`code_version()` records a git commit only when the enclosing checkout is *this* project's:
+its toplevel must track fercli's own files (fercli/__init__.py and fercli/provenance.py at
+that path). A copy of the code inside another repository (as on the first GPU run, whose
+model recorded the enclosing repository's commit) or an installed wheel gives
+`unknown (fercli X.Y.Z)` instead of a wrong commit. Untracked files count as dirty: a new
+module that is not committed yet changes what the code does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fercli import __version__
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Paths, relative to the repository toplevel, that only fercli's own checkout tracks.
+_OWN_FILES = ("fercli/__init__.py", "fercli/provenance.py")
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=10).stdout.strip()
+
+
+def code_version(package_dir: Path | None = None) -> str:
+    """`<commit>[+dirty]` of fercli's own checkout, else `unknown (fercli <version>)`."""
+    here = (package_dir or PACKAGE_DIR).resolve()
+    unknown = f"unknown (fercli {__version__})"
+    try:
+        top = _git(["rev-parse", "--show-toplevel"], here)
+        if not top:
+            return unknown
+        top_path = Path(top).resolve()
+        # The package must sit at <toplevel>/fercli, and the checkout must track our files.
+        if here != top_path / "fercli":
+            return unknown
+        tracked = _git(["ls-files", "--", *_OWN_FILES], top_path).splitlines()
+        if sorted(tracked) != sorted(_OWN_FILES):
+            return unknown
+        sha = _git(["rev-parse", "HEAD"], top_path)
+        if not sha:
+            return unknown
+        # Untracked files count (a new, uncommitted module changes the code); ignored ones don't.
+        dirty = _git(["status", "--porcelain", "--untracked-files=normal"], top_path)
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return unknown
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def stamp(**extra: Any) -> dict[str, Any]:
+    """The provenance block every checkpoint and export carries."""
+    return {"code_version": code_version(), "fercli_version": __version__, **extra}
