@@ -14,10 +14,14 @@ from fercli.optim import (
     SGDGC,
     AdamGC,
     AdamWGC,
+    FlatGC,
     build_optimizer,
     centralize_gradient,
     centralize_gradient_,
     centralized_gradients,
+    graph_capturable,
+    set_lr,
+    use_tensor_lr,
 )
 
 D = torch.float64
@@ -95,6 +99,75 @@ def test_gc_is_an_idempotent_orthogonal_projection():
         assert not torch.allclose(c, g)
 
 
+def test_flat_gc_equals_per_tensor_gc_exactly():
+    """The batched GC (one buffer, one mean + one subtract per unit size) == eq. (8)-(9) per
+    tensor, bit for bit in float64: shapes chosen so that conv and FC weights share a unit
+    size (r = 18) and get merged into one block, plus 1-D params it must leave alone."""
+    torch.manual_seed(0)
+    shapes = [(4, 2, 3, 3), (3, 18), (5,), (6, 8, 1, 1), (2, 18), (7, 5), (3, 1, 3, 3)]
+    grads = [torch.randn(*s, dtype=D) + i for i, s in enumerate(shapes)]
+    params = [torch.randn(*s, dtype=D) for s in shapes]
+    before = [g.clone() for g in grads]
+    for wd in (0.0, 0.25):
+        flat = FlatGC(grads, conv_only=False, with_all=bool(wd))
+        assert len(flat.blocks) == 4  # r = 8, 9, 18 (merged across shapes), 5
+        out = flat(grads, params, wd)
+        for o, g, p in zip(out, grads, params, strict=True):
+            assert torch.equal(o, gc_reference(g + wd * p))
+        for g, b in zip(grads, before, strict=True):
+            assert torch.equal(g, b)  # never modified in place
+    # conv_only: only 4-D kernels
+    out = FlatGC(grads, conv_only=True, with_all=False)(grads)
+    for o, g in zip(out, grads, strict=True):
+        assert torch.equal(o, gc_reference(g, min_dim=4))
+
+
+def test_flat_gc_handles_channels_last_gradients():
+    torch.manual_seed(0)
+    g = (torch.randn(8, 4, 3, 3, dtype=D) + 2).contiguous(memory_format=torch.channels_last)
+    out = FlatGC([g], conv_only=False, with_all=False)([g])
+    assert out[0].stride() == g.stride()  # fused optimizers see the grad's own layout
+    torch.testing.assert_close(out[0], gc_reference(g), rtol=0, atol=1e-13)
+
+
+def test_gc_step_on_resnet34_is_batched_not_per_tensor():
+    """GC of a whole ResNet34 (36 conv + 1 FC weights) in a handful of mean kernels."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fercli.model import build_model
+
+    model = build_model("resnet34", 7, pretrained=False)
+    opt = build_optimizer("adamw-gc", model, lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+
+    class Count(TorchDispatchMode):
+        means = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.mean:
+                Count.means += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        opt.step()
+    weights = sum(p.dim() >= 2 for p in model.parameters())
+    assert weights > 30 and 0 < Count.means <= 12, (weights, Count.means)
+
+
+def test_tensor_lr_follows_set_lr_in_place():
+    model = tiny_model().float()
+    opt = build_optimizer("adamw-gc", model, lr=1e-3)
+    assert graph_capturable(opt)
+    use_tensor_lr(opt, True)
+    lr = opt.param_groups[0]["lr"]
+    set_lr(opt, 5e-4)
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(5e-4)
+    use_tensor_lr(opt, False)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and not torch.is_tensor(opt.param_groups[0]["lr"])
+    assert not graph_capturable(build_optimizer("sgd-gc", model, lr=1e-3))
+
+
 # -----------------------------------------------------------------------------
 # eq. (12): with SGD (+ momentum, + coupled decay), e^T (W - W0) stays 0 per output unit
 
@@ -143,17 +216,38 @@ def test_sgd_gc_conv_only_centralizes_conv_but_not_fc_updates(wd):
 # GC optimizers == the torch optimizer fed centralised gradients
 
 
-@pytest.mark.parametrize("foreach", [True, False])
+def spy_on_base_steps(monkeypatch) -> list[str]:
+    """Record which torch implementation (fused / foreach / for-loop) each base step runs."""
+    import torch.optim.adam as adam_mod
+    import torch.optim.sgd as sgd_mod
+
+    calls: list[str] = []
+    for mod, kind in ((adam_mod, "adam"), (sgd_mod, "sgd")):
+        for impl, fn in (("fused", f"_fused_{kind}"), ("foreach", f"_multi_tensor_{kind}"),
+                         ("for-loop", f"_single_tensor_{kind}")):
+            real = getattr(mod, fn)
+
+            def wrapper(*a, _real=real, _impl=impl, **k):
+                calls.append(_impl)
+                return _real(*a, **k)
+
+            monkeypatch.setattr(mod, fn, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "for-loop"])
 @pytest.mark.parametrize(
     "name,base,coupled",
     [("adamw-gc", torch.optim.AdamW, False), ("adam-gc", torch.optim.Adam, True), ("sgd-gc", torch.optim.SGD, True)],
 )
-def test_gc_optimizer_equals_base_optimizer_on_centralized_gradients(name, base, coupled, foreach):
+def test_gc_optimizer_equals_base_optimizer_on_centralized_gradients(name, base, coupled, impl, monkeypatch):
+    if impl == "fused" and base is torch.optim.SGD:
+        pytest.skip("build_optimizer never fuses SGD")
     wd, lr = 0.1, 1e-2
     ours, ref, plain = tiny_model(), tiny_model(), tiny_model()
-    opt = build_optimizer(name, ours, lr=lr, weight_decay=wd)
-    for group in opt.param_groups:
-        group["foreach"] = foreach
+    opt = build_optimizer(name, ours, lr=lr, weight_decay=wd, impl=impl)
+    foreach = impl == "foreach"
+    calls = spy_on_base_steps(monkeypatch)
     extra = {"momentum": 0.9} if base is torch.optim.SGD else {}
     # Coupled decay goes into the gradient before GC, so the reference base gets none of it.
     ref_opt = base(ref.parameters(), lr=lr, weight_decay=0.0 if coupled else wd, foreach=foreach, **extra)
@@ -166,7 +260,9 @@ def test_gc_optimizer_equals_base_optimizer_on_centralized_gradients(name, base,
         for p in ref.parameters():
             g = p.grad + wd * p.detach() if coupled else p.grad
             p.grad = gc_reference(g)
+        calls.clear()
         opt.step()
+        assert calls == [impl]  # the requested implementation really ran (fused no longer wins)
         ref_opt.step()
         plain_opt.step()
         for p, g in zip(ours.parameters(), raw, strict=True):  # the GC step leaves p.grad alone
