@@ -1,9 +1,9 @@
 """`fer predict`: find every face in photos and classify its expression.
 
-Per image: decode robustly (PIL, EXIF orientation, any mode → RGB, size checked from the
-header before decoding), find faces with OpenCV's bundled Haar cascade, crop each with a
-margin (square, border-replicated at the image edge), greyscale, resize to 48×48 with
-INTER_AREA — the same preprocessing `fer prepare` gives the training data — and classify
+Per image: decode with the decoder `fer prepare` uses (fercli.images: size checked from the
+header, EXIF orientation, transparency on white, any mode → 8-bit grey), find faces with
+OpenCV's Haar cascade and crop each with a margin (fercli.faces: square, border-replicated at
+the image edge, resized to 48×48) — the same code that made the training data — and classify
 all faces of all images in batches through engine.predict_logits.
 
 Nothing here imports Typer or Rich: `run_predict` returns frozen dataclasses, the CLI
@@ -27,20 +27,19 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fercli.errors import FerError
+from fercli.faces import FACE_SIZE, Box, crop_face, resize_face
+from fercli.faces import detect_faces as haar_faces
 from fercli.fsutil import atomic_write_bytes, atomic_write_text
+from fercli.images import BadImage, decode_bgr, load_grey, read_image_file
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS_DIR / "default_model.npz"
 RUNS_DIR = Path("runs")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-MAX_IMAGE_PIXELS = 50_000_000  # refuse bigger images before decoding them (no OOM)
-FACE_SIZE = 48  # what the models were trained on (FER2013 and CK+48 are 48×48)
 DETECTORS = ("haar", "none")
-HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
 MIN_FACE_PX = 30
 MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
@@ -117,133 +116,24 @@ class PredictResult:
         return sum(len(r.faces) for r in self.images)
 
 
-class BadImage(Exception):
-    """An unreadable image; becomes the ImageResult's error (or a FerError when alone)."""
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _is_truncated_jpeg(path: Path, size: int) -> bool:
-    # A complete JPEG ends with the end-of-image marker FFD9 (possibly followed by padding).
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - 4096))
-        if b"\xff\xd9" in fh.read():
-            return False
-        fh.seek(0)
-        return b"\xff\xd9" not in fh.read()
-
-
-def load_image(path: Path | str) -> np.ndarray:
-    """Decode any image to RGB uint8 (H, W, 3), EXIF orientation applied; raises BadImage."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise BadImage("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError:
-        raise BadImage(f"image too large (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels)") from None
-    except UnidentifiedImageError:
-        raise BadImage("not an image, or a corrupt or unsupported one (cannot identify the format)") from None
-    except OSError as exc:
-        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
-    with im:
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise BadImage(f"corrupt image (size {w}x{h})")
-        if w * h > MAX_IMAGE_PIXELS:
-            raise BadImage(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels "
-                           f"(limit {MAX_IMAGE_PIXELS // 1_000_000}); downscale it first")
-        if im.format == "JPEG" and _is_truncated_jpeg(path, size):
-            raise BadImage("truncated or corrupt JPEG (no end-of-image marker)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im.load()
-                try:
-                    im = ImageOps.exif_transpose(im) or im
-                except Exception:  # a broken EXIF block must not lose the picture
-                    pass
-                return _to_rgb(im)
-        except BadImage:
-            raise
-        except Exception as exc:  # truncated data, decoder errors, ...
-            msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-            raise BadImage(f"truncated or corrupt image ({msg})") from None
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
-        grey = np.clip(np.rint(a * 255.0 / top), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
-
-
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-
-
 # --------------------------------------------------------------------------- faces
 
-_DETECTOR: cv2.CascadeClassifier | None = None
 
-
-def _haar() -> cv2.CascadeClassifier:
-    global _DETECTOR
-    if _DETECTOR is None:
-        from fercli.ingest import _haar_detector  # same loader and error messages as prepare
-
-        _DETECTOR = _haar_detector()
-    return _DETECTOR
-
-
-def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+def detect_faces(grey: np.ndarray) -> list[Box]:
     """Every frontal face (x, y, w, h) in a greyscale photo, left to right."""
-    from fercli.ingest import detect_faces as haar_faces
-
-    boxes = haar_faces(grey, _haar(), max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX,
-                       min_fraction=MIN_FACE_FRACTION)
+    boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
     return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
-def crop_face(grey: np.ndarray, box: tuple[int, int, int, int], margin: float, size: int = FACE_SIZE) -> np.ndarray:
-    """Square crop around `box` enlarged by `margin`, edge-replicated, resized (INTER_AREA)."""
-    x, y, w, h = box
-    side = max(1, round(max(w, h) * (1 + margin)))
-    x0 = round(x + w / 2 - side / 2)
-    y0 = round(y + h / 2 - side / 2)
-    x1, y1 = x0 + side, y0 + side
-    H, W = grey.shape[:2]
-    pad = max(0, -x0, -y0, x1 - W, y1 - H)
-    if pad:
-        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    crop = grey[y0:y1, x0:x1]
-    interp = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
-
-
-def whole_image_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """--detector none: the whole (already cropped) face image, resized to size×size."""
-    h, w = grey.shape[:2]
-    interp = cv2.INTER_AREA if min(h, w) >= size else cv2.INTER_LINEAR
-    return cv2.resize(grey, (size, size), interpolation=interp)
+def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:
+    """(boxes, 48×48 crops) of one photo: --detector haar crops every face found with
+    `margin`; --detector none takes the whole (already cropped) image as one face, resized
+    exactly as `fer prepare` resizes a dataset image."""
+    if detector == "none":
+        h, w = grey.shape[:2]
+        return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
+    boxes = detect_faces(grey)
+    return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]
 
 
 # --------------------------------------------------------------------------- model
@@ -496,8 +386,8 @@ def _same_file(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------- annotate
 
 
-def _annotate(rgb: np.ndarray, faces: tuple[FaceResult, ...]) -> np.ndarray:
-    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+def _annotate(bgr: np.ndarray, faces: tuple[FaceResult, ...]) -> np.ndarray:
+    img = bgr.copy()
     h, w = img.shape[:2]
     thick = max(1, round(min(h, w) / 250))
     if not faces:
@@ -593,20 +483,15 @@ def run_predict(
     for n, it in enumerate(items):
         progress("detect", n, len(items))
         try:
-            rgb = load_image(it.path)
+            grey = load_grey(it.path)
         except BadImage as exc:
             if single_file:
                 raise FerError(f"{it.path}: {exc}", exit_code=1) from None
             records.append((str(it.path), None, [], str(exc)))
             continue
-        grey = to_grey(rgb)
         h, w = grey.shape
-        if cfg.detector == "none":
-            boxes = [(0, 0, w, h)]
-            crops.append(whole_image_face(grey))
-        else:
-            boxes = detect_faces(grey)
-            crops.extend(crop_face(grey, b, cfg.margin) for b in boxes)
+        boxes, face_crops = find_faces(grey, cfg.detector, cfg.margin)
+        crops.extend(face_crops)
         records.append((str(it.path), (w, h), boxes, None))
     progress("detect", len(items), len(items))
 
@@ -634,10 +519,10 @@ def run_predict(
             if r.error is not None:
                 continue
             try:
-                rgb = load_image(r.path)
+                bgr = decode_bgr(read_image_file(r.path))
             except BadImage:
                 continue
-            _write_image(target, _annotate(rgb, r.faces))
+            _write_image(target, _annotate(bgr, r.faces))
             results[n] = ImageResult(path=r.path, faces=r.faces, error=r.error, size=r.size,
                                      annotated=str(target))
     if cfg.csv is not None:

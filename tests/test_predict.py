@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from fercli import predict as P
 from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
+from fercli.faces import crop_face
+from fercli.images import load_grey
 from fercli.model import build_model
 from tests.fixtures import SAMPLE_DIR, face_image, save_variant, tree_digest, write_huge_png
 
@@ -170,7 +172,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
     im.save(tmp_path / "rot.jpg", exif=exif.tobytes())
-    assert P.load_image(tmp_path / "rot.jpg").shape == (40, 20, 3)
+    assert load_grey(tmp_path / "rot.jpg").shape == (40, 20)  # the decoder predict uses
 
 
 def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,9 +200,9 @@ def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: py
 
 def test_crop_face_margin_and_edges() -> None:
     grey = np.arange(100 * 100, dtype=np.uint32).reshape(100, 100).astype(np.uint8)
-    c = P.crop_face(grey, (0, 0, 30, 30), 0.2)  # box at the corner: padded, still square
+    c = crop_face(grey, (0, 0, 30, 30), 48, margin=0.2)  # box at the corner: padded, still square
     assert c.shape == (48, 48) and c.dtype == np.uint8
-    assert P.crop_face(grey, (90, 90, 10, 10), 0.0).shape == (48, 48)
+    assert crop_face(grey, (90, 90, 10, 10), 48).shape == (48, 48)
 
 
 @pytest.mark.slow

@@ -1,0 +1,118 @@
+"""Face detection, cropping and resizing shared by `fer prepare ck+` and `fer predict`.
+
+One Haar cascade loader (one detector per thread: detectMultiScale is not safe to share),
+one detector call with the caller's scale parameters, one crop and one resize rule, so a
+face that reaches the model in `fer predict` went through the same steps as the faces it was
+trained on. The two callers differ only in what they pass: prepare crops CK+ frames with no
+margin (DETECT_MAX_SIDE 320: CK+ faces are large), predict crops photos with --margin
+(default 0.2) and its own detection scale.
+
+OpenCV 5 dropped CascadeClassifier and the bundled cascades: the project pins opencv<5, and
+a build without them fails with one clear FerError.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import cv2
+import numpy as np
+
+from fercli.errors import FerError
+
+FACE_SIZE = 48  # what the models are trained on (FER2013 and CK+48 are 48x48)
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+DETECT_MAX_SIDE = 320  # default detection scale: frames are downscaled to this long side
+
+Box = tuple[int, int, int, int]  # x, y, w, h
+
+_LOAD_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def haar_detector() -> cv2.CascadeClassifier:
+    """This thread's Haar face detector (loaded once per thread); FerError if unavailable."""
+    det = getattr(_LOCAL, "detector", None)
+    if det is not None:
+        return det
+    if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
+        raise FerError(
+            f"this OpenCV ({cv2.__version__}) has no Haar cascade face detector; "
+            "install opencv-python-headless<5"
+        )
+    path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
+    det = None
+    if os.path.isfile(path):  # (checked first: OpenCV logs its own line for a missing file)
+        with _LOAD_LOCK:  # loading the XML from several threads at once is not safe
+            try:
+                det = cv2.CascadeClassifier(path)
+            except Exception:  # a corrupt file: cv2.error, or SystemError from the binding
+                det = None
+    if det is None or det.empty():
+        raise FerError(f"cannot load OpenCV's Haar cascade {path}; install opencv-python-headless<5")
+    _LOCAL.detector = det
+    return det
+
+
+def detect_faces(
+    grey: np.ndarray,
+    detector: cv2.CascadeClassifier | None = None,
+    *,
+    max_side: int = DETECT_MAX_SIDE,
+    min_px: int = 24,
+    min_fraction: float = 1 / 8,
+) -> list[Box]:
+    """Every frontal face (x, y, w, h) in a greyscale image (OpenCV Haar cascade).
+
+    The image is downscaled so its long side is at most `max_side` (detection cost grows
+    with area), faces smaller than max(min_px, min_fraction × short side) at that scale are
+    ignored, and boxes are scaled back and clipped to the image.
+    """
+    det = detector or haar_detector()
+    h, w = grey.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = grey if scale >= 1 else cv2.resize(
+        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    side = min(small.shape[:2])
+    ms = max(min_px, round(min_fraction * side))
+    if side < ms:
+        return []
+    boxes = []
+    for x, y, fw, fh in (tuple(int(v) for v in f) for f in det.detectMultiScale(
+            small, scaleFactor=1.1, minNeighbors=5, minSize=(ms, ms))):
+        bx, by = max(0, round(x / scale)), max(0, round(y / scale))
+        boxes.append((bx, by, min(round(fw / scale), w - bx), min(round(fh / scale), h - by)))
+    return boxes
+
+
+def detect_face(grey: np.ndarray, detector: cv2.CascadeClassifier | None = None) -> Box | None:
+    """Largest frontal face (x, y, w, h) in a greyscale image (default scale), or None."""
+    faces = detect_faces(grey, detector)
+    return max(faces, key=lambda b: b[2] * b[3]) if faces else None
+
+
+def resize_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """Resize to size x size with INTER_AREA, whether shrinking or enlarging: what every
+    prepared dataset was made with (byte-reproducible, so it stays), and so what predict
+    must do too. (predict used to enlarge faces under 48 px with INTER_LINEAR: the same small
+    face reached the model differently from its training copy.)"""
+    if grey.shape[:2] == (size, size):
+        return grey.copy()  # never a view that keeps a whole frame alive
+    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def crop_face(grey: np.ndarray, box: Box, size: int = FACE_SIZE, margin: float = 0.0) -> np.ndarray:
+    """Square crop centred on `box`, its side max(w, h) × (1 + margin) (margin 0.2 adds 10% on
+    each side), edge pixels replicated where it leaves the image, resized to size x size."""
+    x, y, w, h = box
+    side = max(1, round(max(w, h) * (1 + margin)))
+    x0 = round(x + w / 2 - side / 2)
+    y0 = round(y + h / 2 - side / 2)
+    x1, y1 = x0 + side, y0 + side
+    H, W = grey.shape[:2]
+    pad = max(0, -x0, -y0, x1 - W, y1 - H)
+    if pad:
+        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    return resize_face(grey[y0:y1, x0:x1], size)
