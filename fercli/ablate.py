@@ -106,6 +106,7 @@ class _Dataset:
     path: Path
     kfold: bool
     num_folds: int
+    sha256: str  # of data.npz, from the manifest: a cached run must have used these bytes
 
 
 def _resolve_datasets(ref: str) -> list[_Dataset]:
@@ -127,7 +128,7 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
         if kfold and k < 3:
             raise FerError(f"{path}: needs ≥ 3 subject folds for the k-fold ablation, found {k}")
         out.append(_Dataset(key=key, ref=str(path) if r not in ("fer2013", "ck+") else r, path=path,
-                            kfold=kfold, num_folds=k))
+                            kfold=kfold, num_folds=k, sha256=str(manifest.get("sha256", ""))))
     return out
 
 
@@ -158,37 +159,51 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_same(run_dir: Path, tcfg: Any) -> None:
+def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
+    """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
+    or None when its config, dataset sha256 and code version all agree."""
+    from fercli.provenance import code_version
+
     info = _read_json(run_dir / "config.json")
     if not info or not isinstance(info.get("config"), dict):
-        return
+        return "it has no readable config.json"
     saved = info["config"]
     for key in _MATCH_KEYS:
-        if key in saved and saved[key] != getattr(tcfg, key):
-            raise FerError(f"{run_dir} was trained with {key}={saved[key]!r}, this ablation asks for "
-                           f"{getattr(tcfg, key)!r}: use another --out, or --force to retrain")
+        if saved.get(key) != getattr(tcfg, key):
+            return f"it was trained with {key}={saved.get(key)!r}, this ablation asks for {getattr(tcfg, key)!r}"
+    saved_sha = (info.get("dataset") or {}).get("sha256")
+    if saved_sha != dataset_sha256:
+        return f"its dataset sha256 {str(saved_sha)[:12]}… differs from {dataset_sha256[:12]}…"
+    saved_code, now = info.get("code_version"), code_version()
+    if saved_code != now:
+        return f"it was trained by code {saved_code}, this is {now}"
+    return None
 
 
-def _run_one(cfg: AblateConfig, tcfg: Any, run_dir: Path, emit: Any, info: dict[str, Any]) -> dict[str, Any]:
+def _run_one(cfg: AblateConfig, tcfg: Any, run_dir: Path, emit: Any, info: dict[str, Any],
+             sha256: str) -> dict[str, Any]:
     """Train (or reuse, or resume) one run and evaluate its selected checkpoint."""
     from fercli.checkpoints import LAST_CHECKPOINT
     from fercli.evaluate import EvaluateConfig, evaluate_target
     from fercli.runs import train
 
     summary, metrics_path = run_dir / "train_summary.json", run_dir / "metrics.json"
-    status = "trained"
+    status, reason = "trained", None
     if cfg.force:
         tcfg = dataclasses.replace(tcfg, force=True)
-    elif summary.is_file():
-        _check_same(run_dir, tcfg)
-        status = "cached"
-    elif (run_dir / LAST_CHECKPOINT).is_file():
-        _check_same(run_dir, tcfg)
-        tcfg = dataclasses.replace(tcfg, resume=True)
-        status = "resumed"
+    elif summary.is_file() or (run_dir / LAST_CHECKPOINT).is_file():
+        reason = _reuse_problem(run_dir, tcfg, sha256)
+        if reason is not None:
+            tcfg = dataclasses.replace(tcfg, force=True)  # retrain from scratch, and say why
+            status = "rerun"
+        elif summary.is_file():
+            status = "cached"
+        else:
+            tcfg = dataclasses.replace(tcfg, resume=True)
+            status = "resumed"
     elif run_dir.exists() and any(run_dir.iterdir()):
         tcfg = dataclasses.replace(tcfg, force=True)  # started but no epoch finished: start over
-    emit("ablate_run", {**info, "status": status, "run_dir": str(run_dir)})
+    emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached":
         train(tcfg, on_event=emit)
     metrics = None if (cfg.force or status != "cached") else _read_json(metrics_path)
@@ -196,7 +211,7 @@ def _run_one(cfg: AblateConfig, tcfg: Any, run_dir: Path, emit: Any, info: dict[
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
             "accuracy": float(metrics["accuracy"]), "split": metrics.get("split"),
-            "best_epoch": metrics.get("best_epoch")}
+            "best_epoch": metrics.get("best_epoch"), "rerun_reason": reason}
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -284,7 +299,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, (ds, rung, seed, fold, run_dir, tcfg) in enumerate(plan):
         info = {"index": i + 1, "total": len(plan), "dataset": ds.key, "row": rung.name, "seed": seed, "fold": fold}
-        done.setdefault((ds.key, rung.name), []).append(_run_one(cfg, tcfg, run_dir, emit, info))
+        done.setdefault((ds.key, rung.name), []).append(_run_one(cfg, tcfg, run_dir, emit, info, ds.sha256))
 
     tables = []
     for ds in datasets:

@@ -40,6 +40,7 @@ from torch import nn
 from fercli import __version__
 from fercli.errors import FerError
 from fercli.fsutil import atomic_write_bytes, atomic_write_json
+from fercli.provenance import code_version
 
 EXPORT_FORMAT = "fercli-export-v1"
 META_KEY = "__meta__"
@@ -178,7 +179,7 @@ def export_model(
         "model_spec": dict(ckpt["model_spec"]),
         "classes": list(ckpt["classes"]),
         "image_size": int(ckpt["model_spec"].get("image_size", 48)),
-        "input": "greyscale face crop, uint8, resized to 48x48 (INTER_AREA) as in training",
+        "input": _input_text(int(ckpt["model_spec"].get("image_size", 48))),
         "dtype": dtype,
         "kept_float32": kept_fp32,
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
@@ -192,7 +193,10 @@ def export_model(
         "dataset_name": ckpt.get("dataset_name"),
         "dataset_sha256": ckpt.get("dataset_sha256"),
         "trained_with_fercli": ckpt.get("fercli_version"),
-        "code_version": (run_info or {}).get("code_version"),
+        # Two versions: the code that trained the weights (from the checkpoint itself, else
+        # the run's config.json) and the code that wrote this file.
+        "code_version": ckpt.get("code_version") or (run_info or {}).get("code_version"),
+        "exported_with_code_version": code_version(),
         "fercli_version": __version__,
         "source_checkpoint": str(ck_path),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -225,6 +229,13 @@ def export_model(
     atomic_write_json(sidecar, meta)
     return {**meta, "path": str(out_path), "sharded": max_shard_mb is not None, "files": written,
             "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}
+
+
+def _input_text(image_size: int) -> str:
+    """What the model expects, from its own spec: 48×48 face crops (the FER2013 format, the
+    same crop as in training), which the model itself resizes to its input size."""
+    resize = "" if image_size == 48 else f"; the model resizes it to {image_size}x{image_size} itself"
+    return f"greyscale face crop, uint8, 48x48 (INTER_AREA) as in training{resize}"
 
 
 # --------------------------------------------------------------------------- load

@@ -2,7 +2,8 @@
 
 `code_version()` records a git commit only when the enclosing checkout is *this* project's:
 its toplevel must track fercli's own files (fercli/__init__.py and fercli/provenance.py at
-that path). A copy of the code inside another repository (as on the first GPU run, whose
+that path) and its history must start at fercli's first commit (a shallow clone, which has
+no root, is accepted on the tracked files alone). A copy of the code inside another repository (as on the first GPU run, whose
 model recorded the enclosing repository's commit) or an installed wheel gives
 `unknown (fercli X.Y.Z)` instead of a wrong commit. Untracked files count as dirty: a new
 module that is not committed yet changes what the code does.
@@ -20,6 +21,9 @@ from fercli import __version__
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Paths, relative to the repository toplevel, that only fercli's own checkout tracks.
 _OWN_FILES = ("fercli/__init__.py", "fercli/provenance.py")
+# The first commit of fercli's history: a repository that vendors a copy of the code has
+# another root.
+ROOT_COMMIT = "b668a10a3ac9da8a6e90d2635130623baf4cd803"
 
 
 def _git(args: list[str], cwd: Path) -> str:
@@ -44,6 +48,9 @@ def code_version(package_dir: Path | None = None) -> str:
             return unknown
         sha = _git(["rev-parse", "HEAD"], top_path)
         if not sha:
+            return unknown
+        shallow = _git(["rev-parse", "--is-shallow-repository"], top_path) == "true"
+        if not shallow and ROOT_COMMIT not in _git(["rev-list", "--max-parents=0", "HEAD"], top_path).split():
             return unknown
         # Untracked files count (a new, uncommitted module changes the code); ignored ones don't.
         dirty = _git(["status", "--porcelain", "--untracked-files=normal"], top_path)

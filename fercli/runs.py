@@ -152,12 +152,13 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         optimizer.load_state_dict(ckpt["optimizer"])
         history, best, start_epoch = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
 
+    version = code_version()  # once per run: every checkpoint of this process carries it
     run_info = {
         "config": dataclasses.asdict(cfg),
         "dataset": {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256,
                     "classes": ds.classes, "train": int(train_idx.size), "val": int(plan.val.size),
                     "test": int(plan.test.size), "val_split": plan.val_name, "test_split": plan.test_name},
-        "code_version": code_version(),
+        "code_version": version,
         "fercli_version": __version__,
         "torch_version": torch.__version__,
         "device": device_name(device),
@@ -174,6 +175,14 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         raise FerError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
     if not os.access(run_dir, os.W_OK):
         raise FerError(f"run directory {run_dir} is not writable")
+    if cfg.resume and (run_dir / "config.json").is_file():
+        # Keep the first config.json (its start time, device and commit are the run's
+        # origin); each resume appends an event instead of overwriting them.
+        first = read_json(run_dir / "config.json")
+        first.setdefault("resumes", []).append(
+            {"time": run_info["started"], "from_epoch": start_epoch,
+             "code_version": run_info["code_version"], "device": run_info["device"]})
+        run_info = first
     atomic_write_json(run_dir / "config.json", run_info)
 
     step_fn = None
@@ -214,6 +223,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
             "model": cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "history": history, "best": best, "config": dataclasses.asdict(cfg),
             "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
+            "code_version": version,
         }
         if improved:
             # best.pt: selected on validation data only (PublicTest / a CK+ training fold).

@@ -51,3 +51,16 @@ def fer2013_folders() -> Path:
         if (cand / "train").is_dir():
             return cand
     pytest.skip(f"unexpected layout in {dest}")
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never depend on the terminal: every Rich console they see is 200 columns wide
+    and colourless, whatever COLUMNS the suite runs under (it must pass with COLUMNS=60)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    from fercli import report
+
+    for con in (report.console, report.err_console):
+        monkeypatch.setattr(con, "_width", 200)

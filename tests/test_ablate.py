@@ -114,6 +114,23 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert runs["ResNet34_BCN"][0]["status"] == "resumed"
     assert runs["ResNet34"][0]["status"] == "cached"
 
-    # Different settings never silently reuse a cached run.
-    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01"])
-    assert res.exit_code == 2 and "--force" in res.stderr
+    # A cached run is reused only if config, dataset sha256 and code version agree.
+    tcfg = ablate._train_config(ablate.AblateConfig(dataset=str(tiny_ck), epochs=1, train_subset=8,
+                                                    batch_size=4, seeds=(0,), device="cpu"),
+                                ablate._resolve_datasets(str(tiny_ck))[0],
+                                ablate.SCRATCH_LADDER[1], 0, 0, run)
+    sha = ablate._resolve_datasets(str(tiny_ck))[0].sha256
+    assert ablate._reuse_problem(run, tcfg, sha) is None
+    assert "dataset sha256" in ablate._reuse_problem(run, tcfg, "0" * 64)
+    cfg_json = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg_json, "code_version": "0" * 40}))
+    assert "trained by code 0000" in ablate._reuse_problem(run, tcfg, sha)
+    (run / "config.json").unlink()
+    assert "no readable config.json" in ablate._reuse_problem(run, tcfg, sha)
+
+    # Different settings never silently reuse a cached run: it is retrained, and says why.
+    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01", "--json"])
+    assert res.exit_code == 0, res.output
+    runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
+    assert runs["ResNet34"][0]["status"] == "rerun"
+    assert "lr=" in runs["ResNet34"][0]["rerun_reason"]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import confusion_matrix
 
 from fercli import checkpoints, config, data, engine, runs
 from fercli import evaluate as evaluation
 from fercli.dataset import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
 from fercli.errors import FerError
+from fercli.model import build_model
+from fercli.provenance import code_version
 
 
 def make_fer_like(path, n_per_split=(24, 12, 12), seed=0):
@@ -159,7 +164,9 @@ def test_run_directory_records_provenance(tmp_path):
     info = json.loads((run / "config.json").read_text())
     assert info["dataset"]["sha256"] == load_prepared(ds_path).sha256
     assert info["seed"] == 0 and info["device"].startswith("cpu")
-    assert info["code_version"]  # a commit hash or "unknown" outside a checkout
+    assert info["code_version"] == code_version()  # what provenance says of this code, not just non-empty
+    if (Path(__file__).resolve().parents[1] / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", info["code_version"]), info["code_version"]
     assert info["config"]["optimizer"] == "adamw-gc"  # auto → the paper's FER2013 choice
     lines = (run / "history.csv").read_text().strip().splitlines()
     assert lines[0].split(",")[:5] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -167,15 +174,24 @@ def test_run_directory_records_provenance(tmp_path):
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_checkpoint_round_trip_reproduces_predictions(tmp_path):
+def test_checkpoint_round_trip_reproduces_predictions(tmp_path, monkeypatch):
+    # Keep the live model the run trains, to compare it with what last.pt gives back.
+    import fercli.model
+
+    built = []
+    real_build = fercli.model.build_model
+    monkeypatch.setattr(fercli.model, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     ds_path = make_fer_like(tmp_path / "fer")
     (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
+    (trained,) = built
     ckpt = checkpoints.load_checkpoint(res.run_dir / "last.pt")
-    model = checkpoints.model_from_checkpoint(ckpt)
+    loaded = checkpoints.model_from_checkpoint(ckpt)
+    live = trained.state_dict()
+    assert set(ckpt["model"]) == set(live)
+    assert all(torch.equal(ckpt["model"][k], live[k].cpu()) for k in live)  # bit-exact, BN stats included
     x = torch.from_numpy(load_prepared(ds_path).images[:6]).unsqueeze(1)
-    a = engine.predict_logits(model, x)
-    b = engine.predict_logits(checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(res.run_dir / "last.pt")), x)
-    torch.testing.assert_close(a, b)
+    # Same weights; the trained model is channels_last, so kernels differ in float rounding only.
+    torch.testing.assert_close(engine.predict_logits(loaded, x), engine.predict_logits(trained, x), rtol=1e-4, atol=1e-4)
     assert ckpt["classes"] == list(FER2013_CLASSES) and ckpt["epoch"] == 0
 
 
@@ -196,8 +212,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3))
     (resumed,) = runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3, resume=True))
     assert resumed.history == full.history or [
-        {k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in resumed.history
-    ] == [{k: v for k, v in h.items() if k not in ("img_per_s", "epoch_seconds")} for h in full.history]
+        {k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in resumed.history
+    ] == [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in full.history]
     a = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
     b = checkpoints.load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
     assert a.keys() == b.keys()
@@ -230,16 +246,45 @@ def test_evaluate_reports_private_test_and_writes_metrics(tmp_path):
     m = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), device="cpu"))
     assert m["split"] == "private_test" and m["selected_on"] == "public_test"
     assert m["num_samples"] == 12
-    assert sum(map(sum, m["confusion"])) == 12
-    assert 0.0 <= m["accuracy"] <= 1.0
+    # The reported numbers are those of the selected checkpoint on the PrivateTest rows.
+    ds = load_prepared(ds_path)
+    rows = ds.indices("private_test")
+    model = checkpoints.model_from_checkpoint(checkpoints.load_checkpoint(res.run_dir / "best.pt")).eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(ds.images[rows]).unsqueeze(1).float() / 255).argmax(1).numpy()
+    assert m["accuracy"] == pytest.approx(float((pred == ds.labels[rows]).mean()))
+    assert m["confusion"] == confusion_matrix(ds.labels[rows], pred, labels=range(7)).tolist()
     assert json.loads((res.run_dir / "metrics.json").read_text())["accuracy"] == m["accuracy"]
     assert (res.run_dir / "confusion.png").is_file()
     pub = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), split="public-test",
                                                        device="cpu", write=False))
     assert pub["split"] == "public_test" and pub["num_samples"] == 12
-    flip = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), tta="ten-crop",
-                                                        device="cpu", write=False))
-    assert flip["num_samples"] == 12
+    ten = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), tta="ten-crop",
+                                                       device="cpu", write=False))
+    assert ten["num_samples"] == 12 and ten["tta"] == "ten-crop"
+
+
+def test_tta_averages_the_views_it_names():
+    torch.manual_seed(0)
+    model = build_model("resnet34", 7, pretrained=False).eval()
+    x = torch.randint(0, 256, (5, 1, 48, 48), dtype=torch.uint8)
+    xf = x.float() / 255
+
+    def probs(v):
+        with torch.no_grad():
+            return model(v).float().softmax(1)
+
+    # Compared as probabilities: predict_logits clamps them at 1e-12 before the log.
+    plain = engine.predict_logits(model, x, tta="none").exp()
+    torch.testing.assert_close(plain, probs(xf))
+    flip = engine.predict_logits(model, x, tta="flip").exp()
+    torch.testing.assert_close(flip, (probs(xf) + probs(xf.flip(3))) / 2)
+    # ten-crop: the four corners and the centre at 90% (43 px of 48), each also mirrored.
+    c = 43
+    crops = [xf[..., :c, :c], xf[..., :c, -c:], xf[..., -c:, :c], xf[..., -c:, -c:], xf[..., 2:2 + c, 2:2 + c]]
+    want = sum(probs(v) + probs(v.flip(3)) for v in crops) / 10
+    torch.testing.assert_close(engine.predict_logits(model, x, tta="ten-crop").exp(), want)
+    assert not torch.allclose(flip, plain)  # the views really differ
 
 
 def test_kfold_train_and_aggregate(tmp_path):

@@ -13,9 +13,52 @@ import typer
 from fercli import __version__
 from fercli.errors import FerError
 
+# `fer --help` lists commands in workflow order, not registration order (Typer appends
+# sub-apps such as `prepare` after plain commands).
+COMMAND_ORDER = ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench")
+
+
+_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN",
+                "Path": "PATH", "UUID": "UUID"}
+
+
+def _click_type_name(param, ctx):  # type: ignore[no-untyped-def]
+    """Option types as Click and most CLIs print them (TEXT, INTEGER, PATH, [a|b]), and
+    nothing for on/off flags. Typer 0.2x prints Python-ish `<str>`/`<bool>` instead."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return None
+    if getattr(param, "metavar", None):
+        return param.metavar
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+    if desc.is_path:
+        return "PATH"
+    bare = param.bare_type()
+    return _PY_TO_CLICK.get(bare, bare.upper())
+
+
+def _click_usage_name(param):  # type: ignore[no-untyped-def]
+    """`fer export [OPTIONS] SOURCE`, not Typer 0.2x's `{source}`."""
+    name = (param.metavar or param.name or "").upper()
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")
+
+
+# Typer 0.2x renders types itself; these two hooks are its only rendering entry points.
+for _cls in (typer.core.TyperOption, typer.core.TyperArgument):
+    if hasattr(_cls, "display_type_rich"):
+        _cls.display_type_rich = _click_type_name  # type: ignore[method-assign]
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _click_usage_name  # type: ignore[method-assign]
+
 
 class _FerGroup(typer.core.TyperGroup):
     """Turns a FerError from any command into `error: <one line>` and its exit code."""
+
+    def list_commands(self, ctx):  # type: ignore[no-untyped-def]
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:

@@ -149,7 +149,8 @@ def ablate(
                 fold = "" if info["fold"] is None else f" fold {info['fold']}"
                 progress.progress.console.print(
                     f"[{info['index']}/{info['total']}] {info['dataset']} {info['row']} seed {info['seed']}{fold}: "
-                    f"{ {'cached': 'cached, not retrained', 'resumed': 'resuming', 'trained': 'training'}[info['status']] }",
+                    f"{ {'cached': 'cached, not retrained', 'resumed': 'resuming', 'trained': 'training', 'rerun': 'retraining'}[info['status']] }"
+                    + (f" ({info['reason']})" if info.get("reason") else ""),
                     highlight=False)
             progress(kind, info)
 

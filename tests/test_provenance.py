@@ -1,0 +1,108 @@
+"""Provenance: the code version a run, checkpoint or export records is true."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_engine import make_fer_like
+
+from fercli import provenance
+from fercli.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from fercli.config import make_train_config
+from fercli.export import export_model
+from fercli.model import build_model
+from fercli.runs import train
+
+REPO = Path(__file__).resolve().parents[1]
+SHA = re.compile(r"[0-9a-f]{40}(\+dirty)?")
+needs_checkout = pytest.mark.skipif(not (REPO / ".git").exists() or shutil.which("git") is None,
+                                    reason="not running from a git checkout of fercli")
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _repo_with_copy(root: Path, subdir: str) -> Path:
+    """Another project's repository that vendors a committed copy of fercli/ at `subdir`."""
+    root.mkdir()
+    _git(root, "init", "-q")
+    (root / "README").write_text("another project\n")
+    dest = root / subdir / "fercli"
+    shutil.copytree(REPO / "fercli", dest, ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    _git(root, "add", ".")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "vendor fercli")
+    return dest
+
+
+@needs_checkout
+def test_own_checkout_records_its_commit() -> None:
+    v = provenance.code_version()
+    assert SHA.fullmatch(v), v
+    assert v.split("+")[0] == _git(REPO, "rev-parse", "HEAD")
+
+
+@needs_checkout
+@pytest.mark.parametrize("subdir", [".", "vendor"])
+def test_copy_inside_another_repository_is_unknown(tmp_path: Path, subdir: str) -> None:
+    # The GPU run's bug: the code sat in another repository and recorded that repo's commit.
+    dest = _repo_with_copy(tmp_path / "other", subdir)
+    other_head = _git(tmp_path / "other", "rev-parse", "HEAD")
+    v = provenance.code_version(dest)
+    assert other_head not in v
+    assert v == f"unknown (fercli {provenance.__version__})"
+
+
+def test_outside_any_repository_is_unknown(tmp_path: Path) -> None:
+    dest = tmp_path / "site-packages" / "fercli"
+    shutil.copytree(REPO / "fercli", dest, ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    assert provenance.code_version(dest).startswith("unknown (fercli ")
+
+
+@needs_checkout
+def test_untracked_module_counts_as_dirty(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", "--no-hardlinks", str(REPO), str(clone))
+    clean = provenance.code_version(clone / "fercli")
+    assert SHA.fullmatch(clean) and not clean.endswith("+dirty"), clean
+    (clone / "fercli" / "new_module.py").write_text("X = 1\n")  # never `git add`ed
+    assert provenance.code_version(clone / "fercli") == clean + "+dirty"
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_first_config_and_checkpoints_carry_the_code(tmp_path: Path) -> None:
+    ds = make_fer_like(tmp_path / "ds", n_per_split=(16, 8, 8))
+    base = dict(dataset=str(ds), model="resnet34", pretrained=False, batch_size=8, device="cpu",
+                out=str(tmp_path / "run"), augment=False, channels_last=False, precision="fp32")
+    train(make_train_config(**base, epochs=1))
+    first = json.loads((tmp_path / "run" / "config.json").read_text())
+    train(make_train_config(**base, epochs=2, resume=True))
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["started"] == first["started"] and info["code_version"] == first["code_version"]
+    assert info["config"] == first["config"]  # the original start, not the resumed call's
+    (ev,) = info["resumes"]
+    assert ev["from_epoch"] == 1 and ev["code_version"] == provenance.code_version()
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / "run" / name)["code_version"] == provenance.code_version()
+
+
+@pytest.mark.parametrize("image_size", [48, 64])
+def test_export_records_training_and_exporting_code(tmp_path: Path, image_size: int) -> None:
+    model = build_model("resnet34", 7, image_size=image_size, pretrained=False)
+    ck = tmp_path / "model.pt"
+    save_checkpoint(ck, {"format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec),
+                         "model": {k: v.clone() for k, v in model.state_dict().items()},
+                         "classes": list("abcdefg"), "code_version": "f" * 40, "config": {}})
+    info = export_model(ck, tmp_path / "m.npz")
+    assert info["code_version"] == "f" * 40  # the code that trained the weights
+    assert info["exported_with_code_version"] == provenance.code_version()
+    assert "48x48" in info["input"]
+    if image_size != 48:
+        assert f"resizes it to {image_size}x{image_size}" in info["input"]
+    else:
+        assert "resizes" not in info["input"]
