@@ -431,3 +431,31 @@ def _load_trunk(trunk: nn.Module, state: dict[str, Tensor], path: Path) -> None:
             f"{len(unexpected)} unexpected, {len(wrong)} wrongly shaped keys (e.g. {first!r})"
         )
     trunk.load_state_dict(state, strict=False)  # strict checked above, modulo num_batches_tracked
+
+
+def init_trunks_from(model: nn.Module, source: nn.Module, what: str = "--init-from") -> int:
+    """Copy a trained fercli model's trunks (weights + BatchNorm statistics) into `model`.
+
+    The transfer-learning step of §2.2 with a FER2013 model instead of ImageNet: every trunk
+    of `model` gets the corresponding trunk of `source`; the classifier head (fc) and the
+    input layer are left as built (the head is fresh: the class sets differ). The two must be
+    the same architecture (name and trunk count); the input size may differ (the trunks are
+    convolutional). Returns the number of tensors copied.
+    """
+    dst_spec, src_spec = dict(getattr(model, "spec", {})), dict(getattr(source, "spec", {}))
+
+    def arch(spec: dict) -> str:
+        return f"{spec.get('name')}" + (" (shared trunk)" if spec.get("shared_backbone") else "")
+
+    if dst_spec.get("name") != src_spec.get("name"):
+        raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: "
+                       f"use --model {src_spec.get('name')}")
+    if bool(dst_spec.get("shared_backbone")) != bool(src_spec.get("shared_backbone")):
+        fix = "pass --shared-backbone" if src_spec.get("shared_backbone") else "drop --shared-backbone"
+        raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: {fix}")
+    copied = 0
+    for dst, src in zip(model.trunks(), source.trunks(), strict=True):
+        state = src.state_dict()
+        dst.load_state_dict(state, strict=True)  # same class, same keys and shapes
+        copied += len(state)
+    return copied

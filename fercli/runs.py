@@ -32,7 +32,7 @@ from fercli.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from fercli.config import TrainConfig, resolve_optimizer, validate_config
+from fercli.config import TrainConfig, resolve_optimizer, training_label, validate_config
 from fercli.data import epoch_generator, plan_splits, to_device
 from fercli.dataset import PreparedDataset, load_prepared
 from fercli.device import autocast_dtype, device_name, resolve_device
@@ -99,6 +99,23 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     return [_train_single(cfg, ds, on_event)]
 
 
+def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """--init-from: copy a FER2013 model's trunks into `model` (fresh head); its provenance."""
+    from fercli.model import init_trunks_from
+    from fercli.sources import load_model_source
+
+    src = load_model_source(cfg.init_from, "--init-from")
+    if not str(src.dataset_name or "").lower().startswith("fer2013"):
+        raise FerError(f"--init-from {src.path} was trained on {src.dataset_name or 'an unrecorded dataset'}, "
+                       f"not FER2013: FER2013-pretrained runs start from a FER2013 model")
+    if src.train_config.get("init_from") or src.train_config.get("pretrained"):
+        raise FerError(f"--init-from {src.path} did not start from scratch ({training_label(src.train_config)}): "
+                       f"give a from-scratch FER2013 model")
+    copied = init_trunks_from(model, src.model)
+    return {**src.provenance(), "ref": cfg.init_from, "tensors_copied": copied, "head": "fresh (random init)",
+            "label": "FER2013-pretrained"}
+
+
 def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None) -> TrainResult:
     from fercli.model import build_model
     from fercli.optim import build_optimizer
@@ -130,6 +147,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     model = build_model(cfg.model, len(ds.classes), image_size=cfg.image_size,
                         pretrained=cfg.pretrained, weights=cfg.weights,
                         shared_backbone=cfg.shared_backbone, freeze_backbone=cfg.freeze_backbone)
+    init_source = _init_trunks(cfg, model) if cfg.init_from and not cfg.resume else None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -144,7 +162,8 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         if ckpt.get("dataset_sha256") != ds.sha256:
             raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
         saved = ckpt.get("config", {})
-        for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold"):
+        for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
+                    "init_from"):
             if saved.get(key) != getattr(cfg, key):
                 raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
                                f"the run's {saved.get(key)!r} in {last_path}")
@@ -164,6 +183,8 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         "device": device_name(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "seed": cfg.seed,
+        "training": training_label(dataclasses.asdict(cfg)),
+        "init_from": init_source,
         "model_spec": dict(model.spec),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

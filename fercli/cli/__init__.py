@@ -103,7 +103,7 @@ def _register() -> None:
     # Order = order in `fer --help`: the data → model → results path, then tools.
     import importlib
 
-    for module in ("prepare", "train", "ablate", "predict", "export", "bench"):
+    for module in ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench"):
         importlib.import_module(f"fercli.cli.{module}")
 
 

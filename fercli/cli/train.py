@@ -1,4 +1,4 @@
-"""`fer train` and `fer evaluate`."""
+"""`fer train` (`fer evaluate` lives in fercli/cli/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="Resize faces on the device to this size before the network (48 → 2×2 final map, 96 → 3×3). [default: 48]"),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet ResNet34 weights (paper §2.2). [default: pretrained]"),
     weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights: a torchvision resnet34 state dict (resnet34-b627a593.pth)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="FER2013-pretrained trunks: start from a from-scratch FER2013 model (RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped one) with a fresh classifier head; same --model/--shared-backbone as that model. Implies --no-pretrained."),
     shared_backbone: Optional[bool] = typer.Option(None, "--shared-backbone", help="Symmetric B-CNN: one trunk for f_A and f_B (half the parameters)."),
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone", help="Train only the classifier (the paper's literal §2.2 transfer learning)."),
     gc_conv_only: Optional[bool] = typer.Option(None, "--gc-conv-only", help="Gradient centralization on conv weights only (not FC)."),
@@ -50,7 +51,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. [default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
-    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). Explicit flags override it."),
+    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 25 epochs; docs/results.md). Explicit flags override it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -66,7 +67,7 @@ def train(
     cfg = config.make_train_config(
         preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
-        weights=str(weights) if weights else None, shared_backbone=shared_backbone,
+        weights=str(weights) if weights else None, init_from=init_from, shared_backbone=shared_backbone,
         freeze_backbone=freeze_backbone, gc_conv_only=gc_conv_only, device=device, precision=precision,
         compile=compile, augment=augment, seed=seed, fold=_parse_fold(fold), train_subset=train_subset, threads=threads,
         out=str(out) if out else None, resume=resume, force=force,
@@ -83,27 +84,3 @@ def train(
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
     report.console.print(f"Next: [bold]fer evaluate {root}[/]")
 
-
-@app.command()
-def evaluate(
-    target: Path = typer.Argument(..., help="A run directory (single run or CK+ k-fold root) or a checkpoint file."),
-    split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
-    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
-    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on, if not the one recorded in the run."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
-) -> None:
-    """Evaluate the validation-selected checkpoint: accuracy, per-class P/R/F1 (Tables 1–2),
-    macro-F1 and the confusion matrix (Fig. 9, also as confusion.png); writes metrics.json."""
-    from fercli import evaluate as evaluation
-    from fercli import report
-
-    cfg = evaluation.EvaluateConfig(target=str(target), split=split, tta=tta, device=device, dataset=dataset)
-    m = evaluation.evaluate_target(cfg)
-    if json_out:
-        report.print_json(m)
-        return
-    for t in report.metrics_tables(m):
-        report.console.print(t)
-    if "metrics_json" in m:
-        report.console.print(f"Wrote {m['metrics_json']}" + (f" and {m['confusion_png']}" if "confusion_png" in m else ""))

@@ -1,0 +1,79 @@
+"""`fer evaluate`: any model (run, checkpoint, export, `default`) on any prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fercli.cli import app
+
+
+def _pct(x: Optional[float]) -> str:
+    return "—" if x is None or x != x else f"{100 * x:.2f}"
+
+
+def _per_class_table(m: dict[str, Any]) -> Any:
+    """Our per-class P/R/F1 (Tables 1–2 layout), with the paper's Table 1/2 beside it."""
+    from rich.table import Table
+
+    ref = m.get("paper_per_class")
+    model = m.get("model") or {}
+    title = (f"{m['split']}: accuracy {_pct(m['accuracy'])}%  macro-F1 {_pct(m['macro_f1'])}%  "
+             f"(n={m['num_samples']}, {model.get('training', '?')}, single model, tta={m.get('tta', 'none')})")
+    t = Table(title=title, title_justify="left")
+    t.add_column("class")
+    for col in ("P %", "R %", "F1 %", "support"):
+        t.add_column(col, justify="right")
+    if ref:
+        for col in ("paper P %", "paper R %", "paper F1 %"):
+            t.add_column(col, justify="right")
+    for c in m["classes"]:
+        pc = m["per_class"][c]
+        row = [c, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["f1"]), str(pc["support"])]
+        if ref:
+            r = ref["rows"][c]
+            row += [_pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"])]
+        t.add_row(*row)
+    if ref:
+        t.caption = f"paper = Table {ref['table']}: {ref['what']}"
+    return t
+
+
+@app.command()
+def evaluate(
+    target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
+    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). [default: the one the model recorded]"),
+    split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
+    fold: Optional[int] = typer.Option(None, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
+) -> None:
+    """Evaluate a model on its report split: accuracy, per-class P/R/F1 beside the paper's
+    Table 1 (FER2013) / Table 2 (CK+), macro-F1 and the confusion matrix (Fig. 9).
+
+    FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
+    metrics.json and confusion.png; an exported model's folder is never written to.
+    """
+    from fercli import evaluate as evaluation
+    from fercli import report
+
+    cfg = evaluation.EvaluateConfig(target=str(Path(target)) if target != "default" else target,
+                                    split=split, fold=fold, tta=tta, device=device, dataset=dataset)
+    m = evaluation.evaluate_target(cfg)
+    if json_out:
+        report.print_json(m)
+        return
+    report.console.print(_per_class_table(m), highlight=False)
+    for t in report.metrics_tables(m)[1:]:  # the confusion matrix (+ the k-fold table)
+        report.console.print(t)
+    model = m["model"]
+    report.console.print(f"model: {model['path']} ({model['kind']}, {model['training']}, trained on "
+                         f"{model.get('trained_on_device') or 'unknown device'}, code {model.get('code_version')}); "
+                         f"evaluated on {m['device']}", highlight=False)
+    if m["dataset"].get("note"):
+        report.err_console.print(f"note: {m['dataset']['note']}", highlight=False)
+    if "metrics_json" in m:
+        report.console.print(f"Wrote {m['metrics_json']}" + (f" and {m['confusion_png']}" if "confusion_png" in m else ""))

@@ -1,0 +1,87 @@
+"""`fer train --init-from`: FER2013-pretrained trunks, a fresh head, on the real CK+48."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fercli import config, runs
+from fercli.cli import app
+from fercli.errors import FerError
+from fercli.model import build_model
+from fercli.sources import default_model_path, load_model_source
+from tests.test_engine import make_ck_like
+from tests.test_evaluate import fake_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ck48(ckplus48_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fercli.ingest import prepare_ckplus
+
+    return prepare_ckplus(ckplus48_dir, out=tmp_path_factory.mktemp("ck") / "ckplus").out
+
+
+def _archive_sha256() -> str:
+    return json.loads(Path(f"{default_model_path()}.index.json").read_text())["sha256"]
+
+
+def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:
+    src = load_model_source("default")
+    torch.manual_seed(0)
+    model = build_model("bcnn-resnet34", 7, shared_backbone=True)
+    cfg = config.make_train_config(None, dataset="ck+", init_from="default", shared_backbone=True)
+    assert cfg.pretrained is False  # --init-from replaces the ImageNet default
+    info = runs._init_trunks(cfg, model)
+    for (k, v), (k2, v2) in zip(model.trunk_a.state_dict().items(), src.model.trunk_a.state_dict().items(),
+                                strict=True):
+        assert k == k2 and torch.equal(v, v2), k  # weights and BatchNorm statistics
+    assert model.fc.weight.shape == src.model.fc.weight.shape  # both 7 classes, different sets
+    assert not torch.equal(model.fc.weight, src.model.fc.weight)  # the head is not carried over
+    assert info["label"] == "FER2013-pretrained" and info["sha256"] == _archive_sha256()
+    assert info["code_version"].startswith("fe97b33") and info["training"] == "from scratch"
+
+
+def test_architecture_mismatch_and_imagenet_mix_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(FerError, match="pass --shared-backbone"):
+        runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("bcnn-resnet34", 7))
+    with pytest.raises(FerError, match="use --model bcnn-resnet34"):
+        runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("resnet34", 7))
+    with pytest.raises(FerError, match="cannot be combined"):
+        config.validate_config(config.make_train_config(None, init_from="default", pretrained=True))
+    ck_run = fake_run(tmp_path / "ckrun", make_ck_like(tmp_path / "ck"))  # a model trained on CK+
+    with pytest.raises(FerError, match="not FER2013"):
+        runs._init_trunks(config.make_train_config(None, init_from=str(ck_run), model="resnet34"),
+                          build_model("resnet34", 7))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_tiny_transfer_run_on_real_ckplus(ck48: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # A handful of steps (16 images, batch 8, one epoch): the wiring, not the accuracy.
+    args = ["train", "--dataset", str(ck48), "--init-from", "default", "--shared-backbone", "--epochs", "1",
+            "--train-subset", "16", "--batch-size", "8", "--lr", "1e-4", "--device", "cpu", "--threads", "1",
+            "--fold", "3", "--out", str(run), "--json", "--quiet"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    info = json.loads((run / "config.json").read_text())
+    assert info["training"] == "FER2013-pretrained" and info["config"]["pretrained"] is False
+    assert info["init_from"]["ref"] == "default" and info["init_from"]["sha256"] == _archive_sha256()
+    assert info["init_from"]["code_version"].startswith("fe97b33")
+    e = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--json"])
+    assert e.exit_code == 0, e.output
+    m = json.loads(e.stdout)
+    assert m["split"] == "fold3" and m["model"]["training"] == "FER2013-pretrained"
+    assert m["paper_per_class"]["table"] == 2
+    # A wrong architecture is one line, exit non-zero, and leaves no run directory.
+    bad_args = [a for a in args if a != "--shared-backbone"]
+    bad_args[bad_args.index(str(run))] = str(tmp_path / "bad")
+    bad = runner.invoke(app, bad_args)
+    assert bad.exit_code != 0 and "--shared-backbone" in bad.stderr and "Traceback" not in bad.output
+    assert not (tmp_path / "bad").exists()
