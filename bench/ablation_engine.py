@@ -41,16 +41,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import fercli.model  # noqa: E402
 from fercli import bench, engine  # noqa: E402
+from fercli.data import DeviceSplit  # noqa: E402
 from fercli.device import device_name, resolve_device  # noqa: E402
 from fercli.model import build_model  # noqa: E402
 from fercli.optim import AdamWGC  # noqa: E402
 
 CHAIN = ("fp32", "+channels_last", "+bf16", "+foreach_gc", "engine", "+fused_adamw", "+fused_head")
-VARIANTS = (*CHAIN, "fp32+foreach_gc", "compile", "reduce-overhead")
+VARIANTS = (*CHAIN, "fp32+foreach_gc", "compile", "reduce-overhead", "+cuda_graphs")
 DEFAULT = CHAIN
 
 
@@ -70,6 +70,8 @@ def spec(variant: str) -> dict:
                       "+foreach_gc": {"foreach_gc": True}, "engine": {"item": False},
                       "+fused_adamw": {"fused": True}, "+fused_head": {"fused_head": True}}[v])
         return s
+    if variant == "+cuda_graphs":  # fer train's default on CUDA: the whole step captured
+        return {**spec("+fused_head"), "graphs": True}
     if variant == "fp32+foreach_gc":
         return {**base, "cl": True, "foreach_gc": True, "item": False}
     if variant in ("compile", "reduce-overhead"):
@@ -93,29 +95,43 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device, x: tor
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, foreach=False)
 
-    if s["compile"]:
-        step_fn = bench.compiled_step(model, opt, device, amp, s["compile"])
-    else:
-        def step_fn(xb: torch.Tensor, yb: torch.Tensor):  # type: ignore[no-untyped-def]
-            opt.zero_grad(set_to_none=True)
-            with engine._autocast(device, amp):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb)
-            loss.backward()
-            if not s["foreach_gc"]:
-                bench.centralize_python_loop(model)
+    data = DeviceSplit(x, y)
+
+    class LoopGC:
+        """Plain AdamW behind a python loop that centralises each >= 2-D gradient."""
+
+        param_groups = opt.param_groups
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            opt.zero_grad(set_to_none=set_to_none)
+
+        def step(self) -> None:
+            bench.centralize_python_loop(model)
             opt.step()
-            if s["item"]:
-                loss.item()
-            return loss, logits
+
+    class ItemStep(engine.TrainStep):
+        """loss.item() after every step: a host sync, like the usual training loop."""
+
+        def __call__(self, idx, r):  # type: ignore[no-untyped-def]
+            out = super().__call__(idx, r)
+            out[0].item()
+            return out
+
+    step_cls = ItemStep if s["item"] else engine.TrainStep
+    forward = torch.compile(model, mode=s["compile"]) if s["compile"] else model
+    step_fn = step_cls(forward, opt if s["foreach_gc"] else LoopGC(), data, batch_size=args.batch_size,
+                       amp_dtype=amp, channels_last=s["cl"], model=model,
+                       cuda_graphs=bool(s.get("graphs")))
 
     warm = args.warmup if not s["compile"] else max(args.warmup, 3)
     original = fercli.model.normalize_bilinear
     if not s["fused_head"]:
         fercli.model.normalize_bilinear = unfused_normalize_bilinear  # BilinearResNet34.pooled uses it
     try:
-        return bench.engine_throughput(model, opt, x, y, batch_size=args.batch_size, steps=args.steps,
-                                       warmup=warm, amp_dtype=amp, channels_last=s["cl"], step_fn=step_fn)
+        ips, ms, _ = bench.engine_throughput(model, opt, step_fn, data, batch_size=args.batch_size,
+                                             steps=args.steps, warmup=warm, amp_dtype=amp,
+                                             channels_last=s["cl"])
+        return ips, ms
     finally:
         fercli.model.normalize_bilinear = original
 

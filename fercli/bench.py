@@ -79,6 +79,8 @@ class BenchConfig:
     inference_batch: int | None = None  # None: 64 on CPU, 256 on CUDA
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
     seed: int = 0
+    cuda_graphs: bool = True  # CUDA: time the graphed step (fer train's default) AND eager
+    time_cap_s: float | None = None  # None: 80 s on CPU (timed steps shrink to fit), none on CUDA
 
 
 def validate(cfg: BenchConfig) -> None:
@@ -229,46 +231,51 @@ def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 # --------------------------------------------------------------------------- engine
 
 
-def compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                  amp_dtype: torch.dtype | None, mode: str = "default"):  # type: ignore[no-untyped-def]
-    """A train_one_epoch step_fn. mode "default" is exactly `fer train --compile`
-    (engine.compiled_step); other modes compile forward+backward with that torch.compile
-    mode (reduce-overhead = CUDA graphs); the optimizer step stays eager (foreach)."""
-    from fercli import engine
+def engine_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, *, batch_size: int,
+                amp_dtype: torch.dtype | None, channels_last: bool = True, augment: bool = True,
+                cuda_graphs: bool = False, compile_mode: str | None = None):  # type: ignore[no-untyped-def]
+    """The engine's TrainStep (fercli.engine.make_train_step) on `data`. compile_mode
+    "default" is exactly `fer train --compile`; other modes compile forward+backward with
+    that torch.compile mode; cuda_graphs is `fer train`'s default captured step on CUDA."""
+    from fercli.engine import make_train_step
 
-    if mode == "default":
-        return engine.compiled_step(model, optimizer, device, amp_dtype)
-    graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"  # CUDA graphs
-    return engine.make_train_step(torch.compile(model, mode=mode), optimizer, device, amp_dtype,
-                                  cuda_graphs=graphs)
+    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
+    return make_train_step(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
+                           augment=augment, channels_last=channels_last, model=model,
+                           cuda_graphs=cuda_graphs and not compile_mode)
 
 
-def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                      y: torch.Tensor, *, batch_size: int, steps: int, warmup: int,
-                      amp_dtype: torch.dtype | None, channels_last: bool = True,
-                      step_fn: Callable[..., Any] | None = None, augment: bool = True,
-                      seed: int = 0) -> tuple[float, float]:
-    """(img/s, CPU ms per image) of engine.train_one_epoch over `steps` batches, after
-    `warmup` batches.
+def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, step_fn: Any, data: Any, *,
+                      batch_size: int, steps: int, warmup: int, amp_dtype: torch.dtype | None,
+                      channels_last: bool = True, augment: bool = True, seed: int = 0,
+                      budget_s: float | None = None) -> tuple[float, float, int]:
+    """(img/s, CPU ms per image, timed steps) of engine.train_one_epoch over at most `steps`
+    full batches of `data` (a DeviceSplit), after `warmup` batches (graph capture, cuDNN
+    autotuning, compilation happen there).
 
-    x: uint8 (≥ max(steps, warmup)·B, 1, H, W) on the device, y its labels. Each call of
-    train_one_epoch ends in its one host sync, so the timer sees all the work.
+    budget_s caps the timed part: from the warm-up's speed, the number of timed steps is cut
+    so the measurement takes about budget_s (at least 2 steps). train_one_epoch ends in its
+    one host sync, so the timer sees all the work.
     """
-    from fercli.data import DeviceSplit, epoch_generator
+    from fercli.data import epoch_generator
     from fercli.engine import train_one_epoch
 
-    device = x.device
+    device = data.x.device
+    kw = dict(batch_size=batch_size, amp_dtype=amp_dtype, augment=augment, channels_last=channels_last,
+              step_fn=step_fn)
     if warmup:
-        n = warmup * batch_size
-        train_one_epoch(model, optimizer, DeviceSplit(x[:n], y[:n]), batch_size=batch_size,
-                        gen=epoch_generator(seed, 0, device), amp_dtype=amp_dtype, augment=augment,
-                        channels_last=channels_last, step_fn=step_fn)
-    n = steps * batch_size
+        with Timer(device) as tw:
+            train_one_epoch(model, optimizer, data, gen=epoch_generator(seed, 0, device),
+                            max_steps=warmup, **kw)
+        if budget_s is not None and warmup >= 2:
+            # The first warm-up step pays one-time costs; the rest estimate a step.
+            per_step = tw.seconds / warmup
+            steps = max(2, min(steps, int(budget_s / max(per_step, 1e-9))))
     with Timer(device) as t:
-        train_one_epoch(model, optimizer, DeviceSplit(x[:n], y[:n]), batch_size=batch_size,
-                        gen=epoch_generator(seed, 1, device), amp_dtype=amp_dtype, augment=augment,
-                        channels_last=channels_last, step_fn=step_fn)
-    return n / t.seconds, 1000 * t.cpu_seconds / n
+        r = train_one_epoch(model, optimizer, data, gen=epoch_generator(seed, 1, device),
+                            max_steps=steps, **kw)
+    n = int(r["images"])
+    return n / t.seconds, 1000 * t.cpu_seconds / n, n // batch_size
 
 
 # --------------------------------------------------------------------------- reference
@@ -404,13 +411,17 @@ def run_bench(cfg: BenchConfig, on_event: ProgressCallback | None = None) -> dic
 
 
 def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str, Any]:
-    from fercli.device import autocast_dtype, device_name, resolve_device
+    from fercli.data import DeviceSplit
+    from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
     from fercli.model import build_model
     from fercli.optim import build_optimizer
 
     emit = on_event or (lambda kind, info: None)
     device = resolve_device(cfg.device)
+    configure_backends(device, deterministic=False)  # what fer train does: cudnn.benchmark, TF32
     cuda = device.type == "cuda"
+    cap = cfg.time_cap_s if cfg.time_cap_s is not None else (None if cuda else 80.0)
+    t_start = time.perf_counter()
     steps = cfg.steps or (50 if cuda else 10)
     warmup = cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 2)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
@@ -441,13 +452,31 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
     fb = min(bs, 8)
     flops = flops_per_image(model, x[:fb].float().div(255).contiguous(memory_format=torch.channels_last),
                             y[:fb])
-    step_fn = compiled_step(model, optimizer, device, amp_dtype, cfg.compile_mode) if cfg.compile else None
-    emit("phase", {"name": f"engine: {warmup} warm-up + {steps} timed steps"
+    split = DeviceSplit(x, y)
+    graphed = cuda and cfg.cuda_graphs and not cfg.compile
+    compile_mode = cfg.compile_mode if cfg.compile else None
+    # Under a cap each pipeline gets 30% of it for timed steps; the rest is warm-up,
+    # inference, FLOP counting and the matmul rate.
+    budget = 0.3 * cap if cap else None
+    step_fn = engine_step(model, optimizer, split, batch_size=bs, amp_dtype=amp_dtype,
+                          cuda_graphs=graphed, compile_mode=compile_mode)
+    graphed = step_fn.graphed
+    emit("phase", {"name": f"engine: {warmup} warm-up + ≤{steps} timed steps"
+                           + (" (CUDA graph)" if graphed else "")
                            + (f" (torch.compile {cfg.compile_mode})" if cfg.compile else "")})
-    engine_ips, engine_cpu_ms = engine_throughput(
-        model, optimizer, x, y, batch_size=bs, steps=steps, warmup=warmup, amp_dtype=amp_dtype,
-        channels_last=True, step_fn=step_fn, seed=cfg.seed)
-    emit("result", {"name": "engine", "img_per_s": engine_ips})
+    engine_ips, engine_cpu_ms, steps = engine_throughput(
+        model, optimizer, step_fn, split, batch_size=bs, steps=steps, warmup=max(warmup, 1 if graphed else 0),
+        amp_dtype=amp_dtype, seed=cfg.seed, budget_s=budget)
+    emit("result", {"name": "engine" + (" (graphed)" if graphed else ""), "img_per_s": engine_ips})
+    eager_ips = None
+    if graphed:  # the same engine without the graph, same steps: what the graph buys
+        emodel = fresh_model().to(memory_format=torch.channels_last)
+        eopt = build_optimizer("adamw-gc", emodel, lr=1e-4, weight_decay=1e-4)
+        estep = engine_step(emodel, eopt, split, batch_size=bs, amp_dtype=amp_dtype, cuda_graphs=False)
+        eager_ips, _, _ = engine_throughput(emodel, eopt, estep, split, batch_size=bs, steps=steps,
+                                            warmup=warmup, amp_dtype=amp_dtype, seed=cfg.seed)
+        emit("result", {"name": "engine (eager)", "img_per_s": eager_ips})
+        del emodel, eopt, estep
 
     infer_ms = infer_ips = None
     if cfg.inference:
@@ -455,7 +484,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         infer_ms, infer_ips = inference_timing(
             model, x, amp_dtype=amp_dtype, channels_last=True, batch=infer_batch,
             reps1=50 if cuda else 20, reps_batched=20 if cuda else 3, warmup=10 if cuda else 2)
-    del model, optimizer, step_fn
+    del model, optimizer, step_fn, split
     if cfg.compile:
         torch._dynamo.reset()
     if cuda:
@@ -479,8 +508,11 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
 
     # ---- the hardware: dense matmul rates
     emit("phase", {"name": "matmul peak"})
-    rates = {"bf16": matmul_tflops(device, torch.bfloat16), "fp32": matmul_tflops(device, torch.float32)}
     peak_dtype = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+    # Only the dtype the engine trains in: on a CPU without native bf16 a bf16 matmul is
+    # emulated and crawls (12 min on an AVX2-only day), and the engine never uses it there.
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    rates = {peak_dtype: matmul_tflops(device, dtypes[peak_dtype], n=None if cuda else 1024)}
     peak = rates[peak_dtype]
 
     engine_tflops = flops * engine_ips / 1e12
@@ -492,8 +524,16 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
                      f"on {cpus} CPUs (other processes were running)")
     if cuda and cfg.compile and warmup < 3:
         notes.append("torch.compile with fewer than 3 warm-up steps: compile time is in the timing")
+    if cap and time.perf_counter() - t_start > cap:
+        notes.append(f"took {time.perf_counter() - t_start:.0f} s, over the {cap:.0f} s cap "
+                     "(warm-up and inference are not capped)")
     return {
         "engine_img_per_s": round(engine_ips, 2),
+        "engine_graphed": graphed,
+        "engine_eager_img_per_s": round(eager_ips, 2) if eager_ips else None,
+        "graph_speedup": round(engine_ips / eager_ips, 3) if eager_ips else None,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "time_cap_s": cap,
         "reference_img_per_s": round(ref_ips, 2) if ref_ips else None,
         "speedup": round(engine_ips / ref_ips, 3) if ref_ips else None,
         "engine_cpu_ms_per_image": round(engine_cpu_ms, 3),
@@ -523,9 +563,10 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         "engine": {
             "precision": peak_dtype if amp_dtype else "fp32",
             "channels_last": True,
-            "optimizer": "adamw-gc (fercli.optim.AdamWGC: foreach GC, fused AdamW kernel)",
+            "optimizer": "adamw-gc (fercli.optim.AdamWGC: flat-buffer GC, fused AdamW kernel)",
             "compile": cfg.compile_mode if cfg.compile else None,
-            "data": "device-resident uint8, device randperm batches, augment_batch on the device",
+            "cuda_graphs": graphed,
+            "data": "device-resident uint8, full device randperm batches, augment_with on the device",
         },
         "reference": {
             "precision": "fp32",

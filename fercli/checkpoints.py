@@ -64,3 +64,56 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     # Strip torch.compile's `_orig_mod.` prefix if present; store contiguous CPU tensors.
     return {k.replace("_orig_mod.", ""): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
+
+
+def cpu_copy(obj: Any, contiguous: bool = False) -> Any:
+    """A deep copy with every tensor on the CPU (a real copy even for CPU tensors), so a
+    background write sees this moment's values while training goes on. Strides are kept
+    unless `contiguous`: fused Adam pairs each moment with its (channels_last) param by
+    memory position, so optimizer state must come back in the layout it was saved in."""
+    if torch.is_tensor(obj):
+        fmt = torch.contiguous_format if contiguous else torch.preserve_format
+        return obj.detach().to("cpu", memory_format=fmt, copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v, contiguous) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v, contiguous) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread so the device keeps training.
+
+    submit() snapshots nothing itself: pass a payload of CPU copies (cpu_state, cpu_copy).
+    It first waits for the previous write (at most one in flight, so files land in order);
+    close() waits for the last one. Each write is atomic (save_checkpoint), so a SIGKILL at
+    any moment leaves the previous complete file.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._threading = threading
+        self._thread: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self, jobs: list[tuple[Path, dict[str, Any]]]) -> None:
+        try:
+            for path, payload in jobs:
+                save_checkpoint(path, payload)
+        except BaseException as exc:  # re-raised in the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, jobs: list[tuple[Path, dict[str, Any]]]) -> None:
+        self.wait()
+        if jobs:
+            self._thread = self._threading.Thread(target=self._run, args=(jobs,), daemon=True)
+            self._thread.start()

@@ -48,6 +48,9 @@ class TrainConfig:
     force: bool = False
     eval_batch_size: int = 256
     threads: int | None = None  # CPU intra-op threads; None = torch's default (one per core)
+    cuda_graphs: bool = True  # capture the train step as a CUDA graph (CUDA, adam*/adamw*)
+    deterministic: bool = False  # deterministic kernels; off: cudnn.benchmark + TF32 on CUDA
+    checkpoint_every: str = "60s"  # last.pt every N epochs ("5") or N seconds ("60s"), + the end
 
 
 SCHEDULES = ("cosine", "constant")
@@ -121,6 +124,21 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.init_from and (cfg.pretrained or cfg.weights):
         raise FerError("--init-from starts the trunks from a FER2013 model; it cannot be combined with "
                        "ImageNet weights (--pretrained/--weights)")
+    checkpoint_cadence(cfg.checkpoint_every)
     if cfg.image_size < 32:
         raise FerError(f"--image-size must be ≥ 32 (ResNet34 downsamples 32×), got {cfg.image_size}")
 
+
+def checkpoint_cadence(spec: str) -> tuple[int | None, float | None]:
+    """--checkpoint-every: "N" → every N epochs, "Ns" → once N seconds have passed."""
+    text = str(spec).strip().lower()
+    try:
+        if text.endswith("s"):
+            seconds = float(text[:-1])
+            if seconds >= 0 and math.isfinite(seconds):
+                return None, seconds
+        elif int(text) >= 1:
+            return int(text), None
+    except ValueError:
+        pass
+    raise FerError(f"--checkpoint-every {spec!r} must be a number of epochs (e.g. 5) or of seconds (e.g. 60s)")

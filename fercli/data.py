@@ -102,8 +102,14 @@ def augment_batch(
     x: float (B, 1, H, W) in [0, 1]. Border pixels are replicated, like a padded crop
     without black edges. Every random number comes from `gen` (on x's device).
     """
-    b = x.shape[0]
-    r = torch.rand(b, 4, generator=gen, device=x.device, dtype=torch.float32)
+    r = torch.rand(x.shape[0], 4, generator=gen, device=x.device, dtype=torch.float32)
+    return augment_with(x, r, max_shift, max_rotate_deg, flip)
+
+
+def augment_with(x: torch.Tensor, r: torch.Tensor, max_shift: float = 0.1,
+                 max_rotate_deg: float = 10.0, flip: bool = True) -> torch.Tensor:
+    """augment_batch with its uniform draws given: r float32 (B, 4) in [0, 1) = (angle, tx,
+    ty, flip). No RNG inside, so a CUDA graph can capture it with r as a static input."""
     angle = (r[:, 0] * 2 - 1) * math.radians(max_rotate_deg)
     tx = (r[:, 1] * 2 - 1) * 2 * max_shift  # affine_grid coordinates span [-1, 1] = 2 units
     ty = (r[:, 2] * 2 - 1) * 2 * max_shift

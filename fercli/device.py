@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -41,3 +42,24 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         caps = ""
     return torch.bfloat16 if "AVX512" in caps.upper() else None
 
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Fast kernels on CUDA unless --deterministic.
+
+    Fast: cudnn.benchmark (autotunes conv algorithms for the static batch shape) and TF32
+    for fp32 matmuls/convs. Deterministic: both off and torch.use_deterministic_algorithms
+    (warn_only: a few backward kernels, e.g. adaptive pooling on CUDA, have no deterministic
+    form and only warn), so a resumed run repeats the uninterrupted one bit for bit on the
+    same GPU model and torch version.
+    """
+    if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible results; set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic

@@ -8,11 +8,21 @@
 No `.item()` or other host sync happens inside an epoch: running loss and accuracy are
 accumulated on the device and read once per epoch.
 
+Static shapes. Every step is a full batch of B images (B = min(batch size, N)): the epoch's
+permutation is padded by wrapping around to ceil(N / B) * B indices, so every image is seen
+at least once per epoch and fewer than B of them twice. One step is one TrainStep: the batch
+indices and augmentation draws are copied into static buffers, then one body runs gather →
+augment → forward → loss → backward → GC → optimizer. On CUDA (default, --no-cuda-graphs to
+opt out) that body is captured once as a CUDA graph and replayed; on CPU the same body runs
+eagerly.
+
 Nothing here imports Typer or Rich: progress is reported through a callback.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,17 +31,125 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fercli.data import DeviceSplit, augment_batch
+from fercli.data import DeviceSplit, augment_with
 from fercli.errors import FerError
-
-# One optimisation step on a batch: (x, y) -> (loss, logits), see make_train_step.
-TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from fercli.optim import graph_capturable, use_tensor_lr
 
 
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
+def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):  # type: ignore[no-untyped-def]
+    # cache=False inside CUDA graphs: autocast's weight-cast cache must not outlive a capture.
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
-                          enabled=dtype is not None)
+                          enabled=dtype is not None, cache_enabled=cache)
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(steps, B) int64 batch indices for one epoch: a random permutation of 0..n-1, padded
+    by wrapping to steps * B (B = min(batch_size, n), steps = ceil(n / B)), so every step
+    has the same shape and every image appears at least once."""
+    bs = min(batch_size, n)
+    steps = math.ceil(n / bs)
+    perm = torch.randperm(n, generator=gen, device=device)
+    pad = steps * bs - n  # < bs
+    if pad:
+        perm = torch.cat([perm, perm[:pad]])
+    return perm.view(steps, bs)
+
+
+class TrainStep:
+    """One optimisation step on a full batch: step(idx, r) -> (loss, correct), no host sync.
+
+    idx: int64 (B,) rows of `data`; r: float32 (B, 4) augmentation draws (augment_with), or
+    None without augmentation. Returns 0-d tensors: mean loss (float32) and the number of
+    correct predictions (int64). With a graph they live in graph memory that the next step
+    overwrites: accumulate them before calling again (train_one_epoch does).
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
+                 augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
+                 label_smoothing: float = 0.0, model: nn.Module | None = None) -> None:
+        self.forward, self.optimizer, self.data = forward, optimizer, data
+        self.model = model if model is not None else forward
+        self.device = data.x.device
+        self.batch = min(batch_size, len(data))
+        self.amp_dtype, self.augment, self.channels_last = amp_dtype, augment, channels_last
+        self.label_smoothing = label_smoothing
+        # Static inputs: each step copies its indices and draws into these, then runs `_body`.
+        self.idx = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+        self.r = torch.full((self.batch, 4), 0.5, dtype=torch.float32, device=self.device)
+        self.graph: Any = None
+        self.graphed = bool(cuda_graphs and self.device.type == "cuda"
+                            and isinstance(self.model, nn.Module) and graph_capturable(optimizer))
+        # The schedule fills a device-tensor lr in place under a graph; a float otherwise.
+        use_tensor_lr(optimizer, self.graphed)
+        self.out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.data.x[self.idx].float().div_(255)  # (B, 1, H, W) in [0, 1]
+        y = self.data.y[self.idx]  # (B,)
+        if self.augment:
+            x = augment_with(x, self.r)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # Under a graph the grads stay allocated (graph memory) and are zeroed in place.
+        self.optimizer.zero_grad(set_to_none=not self.graphed)
+        with _autocast(self.device, self.amp_dtype, cache=not self.graphed):
+            logits = self.forward(x)  # (B, C)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def __call__(self, idx: torch.Tensor, r: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if idx.shape != self.idx.shape:
+            raise FerError(f"train step built for batch {self.batch}, got {tuple(idx.shape)}")
+        self.idx.copy_(idx)
+        if r is not None:
+            self.r.copy_(r)
+        if not self.graphed:
+            return self._body()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        assert self.out is not None
+        return self.out
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (lazy optimizer state, cuDNN autotuning), restore the
+        weights and optimizer state the warm-up steps changed, then capture `_body`."""
+        saved = snapshot_training_state(self.model, self.optimizer)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        restore_training_state(self.model, self.optimizer, saved)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._body()
+
+
+def snapshot_training_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Copies of the weights, buffers (BN statistics) and existing optimizer state."""
+    tensors = [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+    state = {id(p): {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
+             for p, st in optimizer.state.items()}
+    return {"tensors": tensors, "state": state}
+
+
+@torch.no_grad()
+def restore_training_state(model: Any, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Undo steps taken since snapshot_training_state, in place (a graph keeps the addresses):
+    weights and buffers copied back, optimizer state copied back, or zeroed where the steps
+    created it (Adam's fresh moments and step count are zeros)."""
+    for t, v in zip((*model.parameters(), *model.buffers()), saved["tensors"], strict=True):
+        t.copy_(v)
+    for p, st in optimizer.state.items():
+        old = saved["state"].get(id(p))
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                v.copy_(old[k]) if old is not None else v.zero_()
 
 
 def train_one_epoch(
@@ -46,38 +164,37 @@ def train_one_epoch(
     channels_last: bool = False,
     step_fn: TrainStep | None = None,
     on_step: Callable[[int], None] | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """One pass over `data` in random order; returns mean loss, accuracy and images seen.
-
-    Drops the last partial batch so every step has the same shape (what torch.compile and
-    CUDA graphs want); with fewer images than one batch, the batch shrinks to fit.
-    """
+    """One pass over `data` in random order (full batches, tail wrapped: epoch_batches);
+    returns mean loss, accuracy and the images processed (steps * B, ≥ len(data)).
+    max_steps stops early (fer bench times a fixed number of steps)."""
     model.train()
     device = data.x.device
-    n = len(data)
-    bs = min(batch_size, n)
-    steps = n // bs
-    perm = torch.randperm(n, generator=gen, device=device)
     if step_fn is None:
-        step_fn = make_train_step(model, optimizer, device, amp_dtype)
+        step_fn = make_train_step(model, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
+                                  augment=augment, channels_last=channels_last, cuda_graphs=False)
+    batches = epoch_batches(len(data), batch_size, gen, device)[:max_steps]  # (steps, B)
+    steps, bs = batches.shape
+    # All of the epoch's augmentation draws at once: (steps, B, 4), one kernel.
+    draws = torch.rand(steps, bs, 4, generator=gen, device=device) if augment else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    pending, last = 0, time.perf_counter()
     for s in range(steps):
-        idx = perm[s * bs:(s + 1) * bs]
-        x = data.x[idx].float().div_(255)  # (B, 1, H, W) in [0, 1]
-        y = data.y[idx]
-        if augment:
-            x = augment_batch(x, gen)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss, logits = step_fn(x, y)
-        loss_sum += loss.detach() * bs
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss, hits = step_fn(batches[s], draws[s] if draws is not None else None)
+        loss_sum += loss
+        correct += hits
         if on_step is not None:
-            on_step(bs)
-    seen = max(steps * bs, 1)
+            # Progress at most 4×/s: a per-step UI update costs host time a GPU step has not.
+            pending += bs
+            now = time.perf_counter()
+            if now - last >= 0.25 or s == steps - 1:
+                on_step(pending)
+                pending, last = 0, now
+    seen = steps * bs
     # The one host sync of the epoch.
-    return {"loss": float(loss_sum) / seen, "acc": float(correct) / seen, "images": steps * bs}
+    return {"loss": float(loss_sum) / steps, "acc": float(correct) / seen, "images": seen}
 
 
 @torch.inference_mode()
@@ -147,34 +264,13 @@ def evaluate(
 
 
 def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                    device: torch.device, amp_dtype: torch.dtype | None,
-                    cuda_graphs: bool = False) -> TrainStep:
-    """One optimisation step: (x, y) -> (loss, logits), no host sync.
-
-    `forward` is the model, or torch.compile(model) for --compile. With CUDA graphs
-    (torch.compile mode reduce-overhead) the outputs live in graph-owned memory that the
-    next replay overwrites, so they are cloned before the caller accumulates them.
-    """
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp_dtype):
-            logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        optimizer.step()
-        if cuda_graphs:
-            return loss.detach().clone(), logits.detach().clone()
-        return loss, logits
-
-    return step
-
-
-def compiled_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                   amp_dtype: torch.dtype | None) -> TrainStep:
-    """`fer train --compile`: forward+backward through torch.compile; the optimizer step stays eager."""
-    return make_train_step(torch.compile(model), optimizer, device, amp_dtype)
-
-
+                    data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
+                    augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
+                    label_smoothing: float = 0.0, model: nn.Module | None = None) -> TrainStep:
+    """The train step for `data`: `forward` is the model, or torch.compile(model) for
+    --compile (then pass `model`). cuda_graphs captures the step on CUDA when the optimizer
+    is capturable (fused Adam/AdamW: adam*, adamw*); sgd* and CPU run the same body eagerly.
+    `step.graphed` says which happened."""
+    return TrainStep(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
+                     augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                     label_smoothing=label_smoothing, model=model)

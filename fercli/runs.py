@@ -28,15 +28,15 @@ from fercli.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
     LAST_CHECKPOINT,
-    cpu_state,
+    CheckpointWriter,
+    cpu_copy,
     load_checkpoint,
-    save_checkpoint,
 )
-from fercli.config import TrainConfig, resolve_optimizer, training_label, validate_config
+from fercli.config import TrainConfig, checkpoint_cadence, resolve_optimizer, training_label, validate_config
 from fercli.data import epoch_generator, plan_splits, to_device
 from fercli.dataset import PreparedDataset, load_prepared
-from fercli.device import autocast_dtype, device_name, resolve_device
-from fercli.engine import compiled_step, evaluate, train_one_epoch
+from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
+from fercli.engine import evaluate, make_train_step, train_one_epoch
 from fercli.errors import FerError
 from fercli.fsutil import atomic_write_json, atomic_write_text
 from fercli.provenance import code_version
@@ -126,6 +126,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         # over a shared core (docs/benchmarks.md); on an idle machine the default wins.
         torch.set_num_threads(max(1, cfg.threads))
     device = resolve_device(cfg.device)
+    configure_backends(device, cfg.deterministic)
     amp_dtype = autocast_dtype(device, cfg.precision)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
     last_path = run_dir / LAST_CHECKPOINT
@@ -206,54 +207,107 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         run_info = first
     atomic_write_json(run_dir / "config.json", run_info)
 
-    step_fn = None
-    if cfg.compile:
-        step_fn = compiled_step(model, optimizer, device, amp_dtype)
+    # One step for the run: captured once as a CUDA graph (default on CUDA) or eager.
+    # --compile compiles the forward/backward instead (no manual graph around it).
+    step_fn = make_train_step(torch.compile(model) if cfg.compile else model, optimizer, train_data,
+                              batch_size=cfg.batch_size, amp_dtype=amp_dtype, augment=cfg.augment,
+                              channels_last=cfg.channels_last, model=model,
+                              cuda_graphs=cfg.cuda_graphs and not cfg.compile)
+    cadence = _Cadence(*checkpoint_cadence(cfg.checkpoint_every), last=time.perf_counter())
+    writer = CheckpointWriter()
 
     emit("run_start", {"run_dir": str(run_dir), "epochs": cfg.epochs, "start_epoch": start_epoch,
                        "train_images": int(train_idx.size), "device": run_info["device"],
-                       "steps_per_epoch": max(len(train_data) // min(cfg.batch_size, len(train_data)), 1)})
+                       "steps_per_epoch": -(-len(train_data) // min(cfg.batch_size, len(train_data))),
+                       "cuda_graphs": step_fn.graphed})
     t_run = time.perf_counter()
     images_done = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = _lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        emit("epoch_start", {"epoch": epoch + 1, "epochs": cfg.epochs})
-        gen = epoch_generator(cfg.seed, epoch, device)
-        t0 = time.perf_counter()
-        tr = train_one_epoch(model, optimizer, train_data, batch_size=cfg.batch_size, gen=gen,
-                             amp_dtype=amp_dtype, augment=cfg.augment,
-                             channels_last=cfg.channels_last, step_fn=step_fn,
-                             on_step=lambda n: emit("step", {"images": n}))
-        train_seconds = time.perf_counter() - t0
-        seen = tr["images"]
-        images_done += seen
-        va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
-                      channels_last=cfg.channels_last)
-        row = {"epoch": epoch + 1, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
-               "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr,
-               "img_per_s": round(seen / max(train_seconds, 1e-9), 2),
-               "epoch_seconds": round(time.perf_counter() - t0, 3)}
-        history.append(row)
-        improved = va["acc"] > best["val_acc"] or (va["acc"] == best["val_acc"] and va["loss"] < best["val_loss"])
-        if improved:
-            best = {"epoch": epoch + 1, "val_acc": va["acc"], "val_loss": va["loss"]}
-        payload = {
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            row, best, seen = _epoch(cfg, epoch, model, optimizer, step_fn, train_data, val_data,
+                                     amp_dtype, ds, history, best, version, run_dir, writer, cadence, emit)
+            images_done += seen
+            if epoch + 1 == cfg.epochs:
+                writer.wait()  # the final last.pt is on disk before the run reports done
+            emit("epoch_end", row)
+    finally:
+        writer.wait()  # an exception or Ctrl-C still lets a started write land (atomically)
+    return _finish(cfg, run_dir, history, best, plan, run_info, t_run, images_done)
+
+
+@dataclass
+class _Cadence:
+    """--checkpoint-every state: last.pt every `epochs` epochs, or once `seconds` passed
+    since the last write (and after this process's first epoch, so an early kill can
+    resume); always after the final epoch. best.pt (weights only) whenever selection improves."""
+
+    epochs: int | None
+    seconds: float | None
+    last: float
+    wrote: bool = False
+
+    def due(self, epoch: int, total: int) -> bool:
+        if epoch + 1 == total:
+            return True
+        if self.epochs:
+            return (epoch + 1) % self.epochs == 0
+        return not self.wrote or time.perf_counter() - self.last >= (self.seconds or 0.0)
+
+
+def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: Any, train_data: Any,
+           val_data: Any, amp_dtype: Any, ds: PreparedDataset, history: list[dict[str, Any]],
+           best: dict[str, Any], version: Any, run_dir: Path, writer: CheckpointWriter,
+           cadence: _Cadence, emit: ProgressCallback) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """One epoch: train, validate, checkpoint on the cadence; returns (row, best, images)."""
+    from fercli.optim import set_lr
+
+    lr = _lr_at(cfg, epoch)
+    set_lr(optimizer, lr)  # in place for a graph's device-tensor lr: no re-capture
+    emit("epoch_start", {"epoch": epoch + 1, "epochs": cfg.epochs})
+    gen = epoch_generator(cfg.seed, epoch, train_data.x.device)
+    t0 = time.perf_counter()
+    tr = train_one_epoch(model, optimizer, train_data, batch_size=cfg.batch_size, gen=gen,
+                         amp_dtype=amp_dtype, augment=cfg.augment, channels_last=cfg.channels_last,
+                         step_fn=step_fn, on_step=lambda n: emit("step", {"images": n}))
+    train_seconds = time.perf_counter() - t0
+    t_eval = time.perf_counter()
+    va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
+                  channels_last=cfg.channels_last)
+    # *_seconds and img_per_s are timings: the only columns a resumed run may not repeat.
+    row = {"epoch": epoch + 1, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
+           "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr,
+           "img_per_s": round(tr["images"] / max(train_seconds, 1e-9), 2),
+           "epoch_seconds": round(time.perf_counter() - t0, 3),  # train + validation
+           "eval_seconds": round(time.perf_counter() - t_eval, 3), "checkpoint_seconds": 0.0}
+    history.append(row)
+    improved = va["acc"] > best["val_acc"] or (va["acc"] == best["val_acc"] and va["loss"] < best["val_loss"])
+    if improved:
+        best = {"epoch": epoch + 1, "val_acc": va["acc"], "val_loss": va["loss"]}
+    due = cadence.due(epoch, cfg.epochs)
+    if improved or due:
+        t_ck = time.perf_counter()
+        writer.wait()  # the previous write; then a CPU snapshot, written in the background
+        base = {
             "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
-            "model": cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
-            "history": history, "best": best, "config": dataclasses.asdict(cfg),
+            "model": cpu_copy({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}, True),
+            "epoch": epoch, "best": dict(best), "config": dataclasses.asdict(cfg),
             "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
             "code_version": version,
         }
-        if improved:
-            # best.pt: selected on validation data only (PublicTest / a CK+ training fold).
-            best_payload = {k: v for k, v in payload.items() if k != "optimizer"}
-            save_checkpoint(run_dir / BEST_CHECKPOINT, best_payload)
-        save_checkpoint(last_path, payload)
-        _write_history(run_dir, history)
-        emit("epoch_end", row)
+        opt_state = cpu_copy(optimizer.state_dict()) if due else None
+        row["checkpoint_seconds"] = round(time.perf_counter() - t_ck, 3)  # time the device waited
+        base["history"] = [dict(h) for h in history]
+        jobs = [(run_dir / BEST_CHECKPOINT, base)] if improved else []
+        if due:
+            jobs.append((run_dir / LAST_CHECKPOINT, {**base, "optimizer": opt_state}))
+            cadence.last, cadence.wrote = time.perf_counter(), True
+        writer.submit(jobs)
+    _write_history(run_dir, history)
+    return row, best, int(tr["images"])
 
+
+def _finish(cfg: TrainConfig, run_dir: Path, history: list[dict[str, Any]], best: dict[str, Any],
+            plan: Any, run_info: dict[str, Any], t_run: float, images_done: int) -> TrainResult:
     seconds = time.perf_counter() - t_run
     if history:
         try:

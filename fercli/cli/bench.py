@@ -27,6 +27,8 @@ def bench(
     workers: Optional[int] = typer.Option(None, help="Reference DataLoader workers. [default: 2 on CPU, 8 on CUDA]"),
     inference_batch: Optional[int] = typer.Option(None, help="Batch of the batched inference timing. [default: 64 on CPU, 256 on CUDA]"),
     threads: Optional[int] = typer.Option(None, help="torch threads (CPU). [default: torch's, one per core]"),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA: time the engine's graph-captured step (fer train's default) and, in the same run, the eager step; --no-cuda-graphs times eager only."),
+    time_cap: Optional[float] = typer.Option(None, help="Seconds the timed steps may take in all; fewer timed steps when slow. [default: 80 on CPU, none on CUDA]"),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Steady-state training img/s of the project's engine (device-resident data, on-device
@@ -39,7 +41,8 @@ def bench(
     cfg = BenchConfig(device=device, model=model, shared_backbone=shared_backbone, image_size=image_size,
                       batch_size=batch_size, steps=steps, warmup=warmup, dataset=dataset, synthetic=synthetic,
                       compile=compile, compile_mode=compile_mode, reference=reference, inference=inference,
-                      workers=workers, inference_batch=inference_batch, threads=threads)
+                      workers=workers, inference_batch=inference_batch, threads=threads,
+                      cuda_graphs=cuda_graphs, time_cap_s=time_cap)
     status = report.err_console.status("benchmarking…")
     status.start()
 
@@ -77,11 +80,16 @@ def _table(r: dict[str, Any]) -> Any:
     t.add_column(f"of {r['peak_dtype']} matmul", justify="right")
     t.add_column("how")
     eng = r["engine"]
-    how = f"{eng['precision']}, channels_last, on-device data + aug, foreach GC"
+    how = f"{eng['precision']}, channels_last, on-device data + aug, flat GC"
+    if eng.get("cuda_graphs"):
+        how += ", CUDA graph"
     if eng["compile"]:
         how += f", torch.compile ({eng['compile']})"
     t.add_row("engine", _fmt(r["engine_img_per_s"]), _fmt(r["engine_tflops"], ".3f"),
               f"{100 * r['fraction_of_peak']:.1f}%", how)
+    if r.get("engine_eager_img_per_s"):
+        t.add_row("engine, eager", _fmt(r["engine_eager_img_per_s"]), "", "",
+                  f"same step without the graph (graph: {_fmt(r['graph_speedup'], '.2f')}×)")
     if r["reference"] is not None:
         frac = r["reference_fraction_of_peak"]
         t.add_row("reference", _fmt(r["reference_img_per_s"]), _fmt(r["reference_tflops"], ".3f"),
@@ -92,7 +100,7 @@ def _table(r: dict[str, Any]) -> Any:
     t.add_row("speedup", f"[bold]{_fmt(r['speedup'], '.2f')}×[/]", "", "", "engine / reference")
     t.add_row("FLOPs / image", f"{r['flops_per_image'] / 1e9:.2f} G", "", "", "fwd+bwd")
     mm = r["matmul_tflops"]
-    t.add_row("matmul peak", "", f"{mm['bf16']:.3g} bf16", f"{mm['fp32']:.3g} fp32", "measured now")
+    t.add_row("matmul peak", "", ", ".join(f"{v:.3g} {k}" for k, v in mm.items()), "", "measured now")
     t.add_row("inference", f"{_fmt(r['inference_ms_per_face_batch1'], '.2f')} ms/face", "", "",
               f"batch 1; {_fmt(r['inference_img_per_s_batched'])} img/s at {r['inference_batch']}")
     return t

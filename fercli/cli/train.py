@@ -48,6 +48,9 @@ def train(
     fold: Optional[str] = typer.Option(None, help="CK+: the subject-independent test fold (default 0), or 'all' to train every fold."),
     train_subset: Optional[int] = typer.Option(None, help="Use only N training images (quick smoke runs)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads). On a busy machine 1 can be several times faster than the default."),
+    cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole train step (augment, forward, backward, GC, AdamW) as one CUDA graph; adam*/adamw* only, sgd* and CPU run eagerly. [default: on]"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic kernels; turns off cudnn.benchmark and TF32. With it, --resume on CUDA reproduces the uninterrupted run bit for bit (same GPU model and torch); without it a resumed CUDA run matches only to float noise (autotuned kernels may differ). CPU runs resume exactly either way."),
+    checkpoint_every: Optional[str] = typer.Option(None, help="Write last.pt (with optimizer state, for --resume) every N epochs ('5') or once N seconds have passed ('60s'), and after the last epoch; a kill loses at most that much. best.pt (weights only) is written whenever validation improves. [default: 60s]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. [default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
@@ -70,6 +73,7 @@ def train(
         weights=str(weights) if weights else None, init_from=init_from, shared_backbone=shared_backbone,
         freeze_backbone=freeze_backbone, gc_conv_only=gc_conv_only, device=device, precision=precision,
         compile=compile, augment=augment, seed=seed, fold=_parse_fold(fold), train_subset=train_subset, threads=threads,
+        cuda_graphs=cuda_graphs, deterministic=deterministic, checkpoint_every=checkpoint_every,
         out=str(out) if out else None, resume=resume, force=force,
     )
     with report.TrainProgress(quiet=quiet or json_out) as progress:

@@ -1,0 +1,76 @@
+"""--checkpoint-every: last.pt (with optimizer state) on a cadence and at the end, best.pt
+weights only, checkpoint and eval seconds in history.csv, and --resume from a sparse cadence."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from test_engine import make_fer_like, tiny_cfg
+
+from fercli import checkpoints, config, runs
+from fercli.errors import FerError
+
+
+@pytest.fixture()
+def writes(monkeypatch):
+    """Every checkpoint write: (file name, epoch index, has optimizer state)."""
+    seen: list[tuple[str, int, bool]] = []
+    real = checkpoints.save_checkpoint
+
+    def spy(path, payload):
+        seen.append((path.name, payload["epoch"], "optimizer" in payload))
+        real(path, payload)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", spy)
+    return seen
+
+
+def small(tmp_path, **kw):
+    ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
+    return tiny_cfg(ds, tmp_path / "run", **{"batch_size": 4, "epochs": 5, **kw})
+
+
+@pytest.mark.parametrize("every,expected", [("2", [1, 3, 4]), ("1000s", [0, 4]), ("0s", [0, 1, 2, 3, 4])])
+def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
+    runs.train(small(tmp_path, checkpoint_every=every))
+    assert [e for name, e, _ in writes if name == "last.pt"] == expected
+    assert all(opt for name, _, opt in writes if name == "last.pt")
+    assert not any(opt for name, _, opt in writes if name == "best.pt")  # best.pt: weights only
+    assert "optimizer" not in checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert len(rows) == 5
+    for row in rows:
+        assert float(row["eval_seconds"]) > 0 and float(row["checkpoint_seconds"]) >= 0
+    wrote = {e for name, e, _ in writes}
+    for i, row in enumerate(rows):  # the device waited for a checkpoint only when one was written
+        assert (float(row["checkpoint_seconds"]) > 0) == (i in wrote)
+
+
+def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
+    cfg = small(tmp_path, checkpoint_every="2", epochs=4)
+    (full,) = runs.train(config.make_train_config(**{**cfg.__dict__, "out": str(tmp_path / "full")}))
+
+    class Kill(Exception):
+        pass
+
+    def die_in_epoch_3(kind, info):
+        if kind == "epoch_start" and info["epoch"] == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        runs.train(cfg, on_event=die_in_epoch_3)
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # epochs 1–2 kept
+    (resumed,) = runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True}))
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in hs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    a = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "soon", "-5s", "s"])
+def test_bad_cadence_is_a_one_line_error(bad):
+    with pytest.raises(FerError, match="--checkpoint-every"):
+        config.checkpoint_cadence(bad)
