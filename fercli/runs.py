@@ -32,7 +32,13 @@ from fercli.checkpoints import (
     cpu_copy,
     load_checkpoint,
 )
-from fercli.config import TrainConfig, checkpoint_cadence, resolve_optimizer, training_label, validate_config
+from fercli.config import (
+    TrainConfig,
+    checkpoint_cadence,
+    resolve_optimizer,
+    training_label,
+    validate_config,
+)
 from fercli.data import epoch_generator, plan_splits, to_device
 from fercli.dataset import PreparedDataset, load_prepared
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
