@@ -46,15 +46,22 @@ SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
 WEIGHTS_UNAVAILABLE = "weights unavailable"
 # Settings a cached run must share with this ablation to be reused.
 _MATCH_KEYS = ("model", "optimizer", "epochs", "batch_size", "lr", "weight_decay", "schedule", "pretrained",
-               "shared_backbone", "image_size", "augment", "seed", "fold", "train_subset", "gc_conv_only")
+               "shared_backbone", "image_size", "augment", "seed", "fold", "train_subset", "gc_conv_only",
+               "init_from")
 
 
 @dataclass(frozen=True)
 class Rung:
     name: str
     model: str
-    pretrained: bool
+    pretrained: bool  # ImageNet trunks
     gc: bool
+    shared_backbone: bool = False
+    init_from: bool = False  # FER2013-pretrained trunks (AblateConfig.init_from), fresh head
+
+
+def rung_training(rung: Rung) -> str:
+    return "FER2013-pretrained" if rung.init_from else ("ImageNet-pretrained" if rung.pretrained else "from scratch")
 
 
 PAPER_LADDER = (
@@ -68,6 +75,11 @@ SCRATCH_LADDER = (
     Rung("ResNet34_BCN", "bcnn-resnet34", False, False),
     Rung("ResNet34_BCN_GC", "bcnn-resnet34", False, True),
 )
+# fercli's rung, not the paper's: CK+ with the trunk of a from-scratch FER2013 model (the shipped
+# one by default: a shared-trunk B-CNN, so this rung is shared-trunk too) instead of ImageNet.
+TRANSFER_RUNG = Rung("ResNet34_FER2013Pretrain_BCN_GC", "bcnn-resnet34", False, True, shared_backbone=True,
+                     init_from=True)
+TRANSFER_LABEL = "FER2013-pretrained (fercli's rung, not in the paper; shared trunk)"
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class AblateConfig:
     lr: float | None = None
     force: bool = False
     threads: int | None = None  # not part of a run's identity: only how fast it runs
+    init_from: str | None = "default"  # CK+: source of the FER2013-pretrained rung; None skips it
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -141,6 +154,7 @@ def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: 
     from fercli.config import PAPER_PRESET, make_train_config
 
     base = dict(PAPER_PRESET) if cfg.preset == "paper" else dict(FAST_PRESET)
+    base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
     base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
                 train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
@@ -235,6 +249,8 @@ def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str,
         "ladder": ladder,
         "model": rung.model if rung else None,
         "pretrained": rung.pretrained if rung else None,
+        "training": rung_training(rung) if rung else None,
+        "shared_backbone": rung.shared_backbone if rung else None,
         "optimizer": _optimizer(ds, rung.gc) if rung else None,
         "status": status,
         "reason": reason,
@@ -249,6 +265,11 @@ def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str,
         "delta_pp": (mean - paper_val) if (mean is not None and paper_val is not None) else None,
         "runs": runs,
     }
+
+
+def _transfer(cfg: AblateConfig, ds: _Dataset) -> tuple[Rung, ...]:
+    """The FER2013-pretrained rung runs on k-fold (CK+) datasets when a source is set."""
+    return (TRANSFER_RUNG,) if ds.kfold and cfg.init_from else ()
 
 
 def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
@@ -282,7 +303,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         if ds.kfold:
             n = ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)
             folds = list(range(n))
-        ladder = PAPER_LADDER if weights_ok else SCRATCH_LADDER
+        ladder = (PAPER_LADDER if weights_ok else SCRATCH_LADDER) + _transfer(cfg, ds)
         for rung in ladder:
             for seed in cfg.seeds:
                 for fold in folds:
@@ -295,6 +316,10 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
 
     for *_, tcfg in plan:
         validate_config(tcfg)
+    if any(rung.init_from for _, rung, *_ in plan):
+        from fercli.sources import load_model_source
+
+        load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
 
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, (ds, rung, seed, fold, run_dir, tcfg) in enumerate(plan):
@@ -315,6 +340,8 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
                 if rung.name == "ResNet34":
                     continue  # shared with the paper ladder's first row
                 rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, SCRATCH_LABEL))
+        for rung in _transfer(cfg, ds):
+            rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, TRANSFER_LABEL))
         tables.append({
             "dataset": ds.key,
             "dataset_path": str(ds.path),
@@ -336,7 +363,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     result = {
         "out": str(root),
         "preset": cfg.preset,
-        "settings": {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset,
+        "settings": {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
                      "folds_limit": cfg.folds_limit, "device": cfg.device},
         "paper": {"citation": paper.CITATION, "url": paper.URL},
         "tables": tables,

@@ -32,6 +32,10 @@ class TrainConfig:
     # FER2013-pretrained trunks: RUN_DIR | CHECKPOINT.pt | EXPORT.npz | "default" (fercli.sources);
     # the classifier head stays freshly initialised. Excludes --pretrained (ImageNet).
     init_from: str | None = None
+    # Recipe options for the from-scratch search; the defaults keep the measured behaviour.
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (engine.make_train_step)
+    warmup_epochs: int = 0  # linear lr warm-up over the first N epochs, then the schedule
+    no_decay_bn_bias: bool = False  # weight decay 0 on 1-d parameters (BatchNorm, biases)
     shared_backbone: bool = False
     freeze_backbone: bool = False
     gc_conv_only: bool = False
@@ -121,6 +125,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError(f"--lr must be a positive number, got {cfg.lr}")
     if cfg.weight_decay < 0:
         raise FerError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise FerError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise FerError(f"--warmup-epochs must be ≥ 0 and < --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.init_from and (cfg.pretrained or cfg.weights):
         raise FerError("--init-from starts the trunks from a FER2013 model; it cannot be combined with "
                        "ImageNet weights (--pretrained/--weights)")

@@ -71,9 +71,24 @@ def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
 
 
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """lr of 0-based `epoch`: linear warm-up to cfg.lr over warmup_epochs (lr·(e+1)/w), then
+    constant or cosine from cfg.lr over the remaining epochs (warmup 0: cosine over all)."""
+    w = cfg.warmup_epochs
+    if epoch < w:
+        return cfg.lr * (epoch + 1) / w
     if cfg.schedule == "constant":
         return cfg.lr
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))  # epoch is 0-based
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - w) / (cfg.epochs - w)))
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> Any:
+    """--no-decay-bn-bias: 1-d parameters (BatchNorm weight/bias, conv/linear biases) get weight
+    decay 0; every other tensor keeps --weight-decay. Otherwise the model itself (one group)."""
+    if not cfg.no_decay_bn_bias:
+        return model
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -158,7 +173,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = build_optimizer(cfg.optimizer, _param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 gc_conv_only=cfg.gc_conv_only)
 
     history: list[dict[str, Any]] = []
@@ -217,7 +232,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     # --compile compiles the forward/backward instead (no manual graph around it).
     step_fn = make_train_step(torch.compile(model) if cfg.compile else model, optimizer, train_data,
                               batch_size=cfg.batch_size, amp_dtype=amp_dtype, augment=cfg.augment,
-                              channels_last=cfg.channels_last, model=model,
+                              channels_last=cfg.channels_last, model=model, label_smoothing=cfg.label_smoothing,
                               cuda_graphs=cfg.cuda_graphs and not cfg.compile)
     cadence = _Cadence(*checkpoint_cadence(cfg.checkpoint_every), last=time.perf_counter())
     writer = CheckpointWriter()

@@ -78,7 +78,12 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert table["weights"]["available"] is False and "weights" in table["weights"]["reason"].lower()
     rows = {r["name"]: r for r in table["rows"]}
     assert list(rows) == ["ResNet34", "ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC",
-                          "ResNet34_BCN", "ResNet34_BCN_GC"]
+                          "ResNet34_BCN", "ResNet34_BCN_GC", "ResNet34_FER2013Pretrain_BCN_GC"]
+    transfer = rows["ResNet34_FER2013Pretrain_BCN_GC"]  # fercli's rung: trunk of the shipped FER2013 model
+    assert transfer["training"] == "FER2013-pretrained" and transfer["ladder"] == ablate.TRANSFER_LABEL
+    assert transfer["in_paper"] is False and transfer["status"] == "done" and transfer["shared_backbone"] is True
+    info = json.loads((Path(transfer["runs"][0]["run_dir"]) / "config.json").read_text())
+    assert info["training"] == "FER2013-pretrained" and info["init_from"]["ref"] == "default"
     for name in ("ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC"):
         assert rows[name]["status"] == ablate.WEIGHTS_UNAVAILABLE and rows[name]["n_runs"] == 0
     assert rows["ResNet34_Pretrain_BCN_GC"]["paper_pct"] == 98.82  # the paper's value is still shown
@@ -96,11 +101,11 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
 
     # Rerun: everything comes from the cache, nothing is retrained.
     before = _mtimes(out)
-    assert len(before) == 3
+    assert len(before) == 4
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert _mtimes(out) == before
-    assert "3 of 3 runs reused" in res.stderr
+    assert "4 of 4 runs reused" in res.stderr
     text = " ".join(res.stdout.split())  # independent of line wrapping
     assert "from-scratch ladder (ImageNet weights unavailable)" in text
     assert "weights unavailable" in text
@@ -130,8 +135,29 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert "no readable config.json" in ablate._reuse_problem(run, tcfg, sha)
 
     # Different settings never silently reuse a cached run: it is retrained, and says why.
-    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01", "--json"])
+    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01", "--init-from", "none", "--json"])
     assert res.exit_code == 0, res.output
     runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
     assert runs["ResNet34"][0]["status"] == "rerun"
     assert "lr=" in runs["ResNet34"][0]["rerun_reason"]
+
+
+def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:
+    from fercli.config import validate_config
+
+    ck = ablate._resolve_datasets(str(tiny_ck))[0]
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0, 1, 2), device="cpu")
+    assert cfg.init_from == "default" and ablate._transfer(cfg, ck) == (ablate.TRANSFER_RUNG,)
+    assert ablate._transfer(ablate.AblateConfig(init_from=None), ck) == ()
+    fer = ablate._Dataset(key="fer2013", ref="fer2013", path=tmp_path, kfold=False, num_folds=0, sha256="")
+    assert ablate._transfer(cfg, fer) == ()  # the FER2013 ladder has no FER2013-pretrained row
+    tcfg = ablate._train_config(cfg, ck, ablate.TRANSFER_RUNG, 1, 0, tmp_path / "r")
+    validate_config(tcfg)
+    assert (tcfg.init_from, tcfg.shared_backbone, tcfg.pretrained, tcfg.optimizer) == ("default", True, False, "adam-gc")
+    assert ablate._train_config(cfg, ck, ablate.SCRATCH_LADDER[2], 1, 0, tmp_path / "s").init_from is None
+    runs = [{"seed": s, "fold": 0, "accuracy": a} for s, a in ((0, 0.90), (1, 0.94), (2, 0.98))]
+    row = ablate._row_result(ck, ablate.TRANSFER_RUNG, ablate.TRANSFER_RUNG.name, runs, "done", None,
+                             ablate.TRANSFER_LABEL)
+    assert row["in_paper"] is False and row["paper_pct"] is None and row["training"] == "FER2013-pretrained"
+    assert row["ours_mean_pct"] == pytest.approx(94.0) and row["ours_std_pct"] == pytest.approx(3.2660, abs=1e-3)
+    assert row["per_seed_mean_pct"] == {"0": pytest.approx(90.0), "1": pytest.approx(94.0), "2": pytest.approx(98.0)}

@@ -115,6 +115,7 @@ def ablate(
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
     weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights (torchvision resnet34 state dict) for the pretrained rows."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per run (see `fer train --threads`)."),
+    init_from: str = typer.Option("default", "--init-from", help="CK+: the FER2013 model whose trunk starts fercli's extra 'FER2013-pretrained' rung (RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped shared-trunk model); 'none' skips that rung."),
     force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -141,7 +142,7 @@ def ablate(
         dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,
         out=str(out) if out else None, folds_limit=folds_limit, train_subset=train_subset,
         weights=str(weights) if weights else None, batch_size=batch_size, lr=lr, force=force,
-        threads=threads,
+        threads=threads, init_from=None if init_from.lower() == "none" else init_from,
     )
     err = report.err_console
     with report.TrainProgress(quiet=quiet or json_out) as progress:

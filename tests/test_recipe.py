@@ -1,0 +1,77 @@
+"""Recipe options for the from-scratch FER2013 search: warm-up, no decay on BN/bias, label
+smoothing, and the `fer2013-scratch` preset. Their defaults must keep today's behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fercli import config, runs
+from fercli.errors import FerError
+from fercli.optim import build_optimizer
+from tests.test_engine import make_fer_like, tiny_cfg
+
+
+def test_defaults_keep_the_old_schedule_and_warmup_ramps() -> None:
+    cfg = config.make_train_config(None, epochs=10, lr=1e-3)
+    assert [runs._lr_at(cfg, e) for e in range(10)] == [0.5 * 1e-3 * (1 + math.cos(math.pi * e / 10))
+                                                      for e in range(10)]
+    w = config.make_train_config(None, epochs=10, lr=1e-3, warmup_epochs=2)
+    lrs = [runs._lr_at(w, e) for e in range(10)]
+    assert lrs[:3] == [pytest.approx(5e-4), pytest.approx(1e-3), pytest.approx(1e-3)]  # ramp, then cosine
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    c = config.make_train_config(None, epochs=4, lr=1e-3, warmup_epochs=1, schedule="constant")
+    assert [runs._lr_at(c, e) for e in range(4)] == [1e-3] * 4
+    for bad in ({"warmup_epochs": 4}, {"warmup_epochs": -1}, {"label_smoothing": 1.0}):
+        with pytest.raises(FerError):
+            config.validate_config(config.make_train_config(None, epochs=4, **bad))
+
+
+def test_no_decay_on_bn_and_bias() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    cfg = config.make_train_config(None, no_decay_bn_bias=True)
+    opt = build_optimizer("adamw-gc", runs._param_groups(model, cfg), lr=0.1, weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # only the decay can move a weight
+    opt.step()
+    for k, v in model.named_parameters():
+        if v.ndim > 1:
+            assert torch.allclose(v, before[k] * (1 - 0.1 * 0.5)), k  # decoupled decay applied
+        else:
+            assert torch.equal(v, before[k]), k  # BatchNorm weight/bias and the Linear bias: no decay
+    assert runs._param_groups(model, config.make_train_config(None)) is model  # default: one group
+
+
+def test_fer2013_scratch_preset_is_the_measured_h200_recipe() -> None:
+    cfg = config.make_train_config("fer2013-scratch")
+    meta = json.loads((Path(__file__).resolve().parents[1] / "fercli" / "assets" / "default_model.json").read_text())
+    for key, value in meta["train_config"].items():  # the shipped model's own recorded config
+        if key in ("device", "out", "dataset", "threads", "eval_batch_size"):
+            continue  # where and how fast it ran, not the recipe
+        assert getattr(cfg, key) == value, key
+    assert (cfg.label_smoothing, cfg.warmup_epochs, cfg.no_decay_bn_bias) == (0.0, 0, False)
+    assert config.make_train_config("fer2013-scratch", epochs=40).epochs == 40  # flags override
+
+
+@pytest.mark.slow
+def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    real = runs.make_train_step
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "make_train_step", spy)
+    ds = make_fer_like(tmp_path / "fer")
+    (res,) = runs.train(tiny_cfg(ds, tmp_path / "run", epochs=1, label_smoothing=0.1, no_decay_bn_bias=True))
+    assert seen["label_smoothing"] == 0.1
+    saved = json.loads((res.run_dir / "config.json").read_text())["config"]
+    assert saved["label_smoothing"] == 0.1 and saved["no_decay_bn_bias"] is True and saved["warmup_epochs"] == 0
