@@ -140,32 +140,13 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def export_model(
-    src: Path | str,
-    out_path: Path | str,
-    dtype: str = "float16",
-    extra_info: dict[str, Any] | None = None,
-    max_shard_mb: float | None = None,
-) -> dict[str, Any]:
-    """Export a run directory's best.pt (or a checkpoint file) to `out_path` (.npz).
-
-    Returns the metadata written to __meta__ plus where the file(s) went and their sizes.
-    """
+def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, provenance block) of a run directory's best.pt or a checkpoint file."""
     from fercli.checkpoints import load_checkpoint, model_from_checkpoint
 
-    if dtype not in DTYPES:
-        raise FerError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
-    if max_shard_mb is not None and not (max_shard_mb > 0 and math.isfinite(max_shard_mb)):
-        raise FerError(f"--max-shard-mb must be a positive number, got {max_shard_mb}")
-    src, out_path = Path(src), Path(out_path)
-    if out_path.suffix != ".npz":
-        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
     ck_path, run_dir = _find_checkpoint(src)
     ckpt = load_checkpoint(ck_path)
     model = model_from_checkpoint(ckpt, ck_path)  # proves the weights fit the spec before export
-    state = {k: v for k, v in model.state_dict().items()}
-    arrays, kept_fp32 = _state_arrays(state, dtype)
-
     config = ckpt.get("config") or {}
     run_info = _read_json(run_dir / "config.json") if run_dir else None
     metrics = _read_json(run_dir / "metrics.json") if run_dir else None
@@ -181,7 +162,7 @@ def export_model(
         "image_size": int(ckpt["model_spec"].get("image_size", 48)),
         "input": _input_text(int(ckpt["model_spec"].get("image_size", 48))),
         "dtype": dtype,
-        "kept_float32": kept_fp32,
+        "kept_float32": [],
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "training_command": train_command(config) if config else None,
         "train_config": config,
@@ -201,6 +182,44 @@ def export_model(
         "source_checkpoint": str(ck_path),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    return model, meta
+
+
+def export_meta(src: Path | str, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, provenance block) of any export source: a run directory, a .pt checkpoint, or
+    an already exported .npz (its recorded provenance is kept; this export is stamped)."""
+    src = Path(src)
+    if src.suffix == ".npz" or src.name.endswith(INDEX_SUFFIX) or (not src.exists() and exported_exists(src)):
+        model, info = load_exported(src)
+        meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
+        meta.update(dtype=dtype, source_model=str(src), exported_with_code_version=code_version(),
+                    exported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return model, meta
+    return _checkpoint_meta(src, dtype)
+
+
+def export_model(
+    src: Path | str,
+    out_path: Path | str,
+    dtype: str = "float16",
+    extra_info: dict[str, Any] | None = None,
+    max_shard_mb: float | None = None,
+) -> dict[str, Any]:
+    """Export a run directory's best.pt (or a checkpoint file) to `out_path` (.npz).
+
+    Returns the metadata written to __meta__ plus where the file(s) went and their sizes.
+    """
+    if dtype not in DTYPES:
+        raise FerError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    if max_shard_mb is not None and not (max_shard_mb > 0 and math.isfinite(max_shard_mb)):
+        raise FerError(f"--max-shard-mb must be a positive number, got {max_shard_mb}")
+    src, out_path = Path(src), Path(out_path)
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    model, meta = _checkpoint_meta(src, dtype)
+    state = {k: v for k, v in model.state_dict().items()}
+    arrays, kept_fp32 = _state_arrays(state, dtype)
+    meta["kept_float32"] = kept_fp32
     meta.update(extra_info or {})
     meta_bytes = json.dumps(meta, sort_keys=False, default=str).encode("utf-8")
     arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)

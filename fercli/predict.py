@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 from fercli.errors import FerError
-from fercli.faces import FACE_SIZE, Box, crop_face, resize_face
+from fercli.faces import (
+    FACE_SIZE,
+    YUNET_MAX_SIDE,
+    Box,
+    crop_face,
+    resize_face,
+    resolve_detector,
+    yunet_faces,
+)
 from fercli.faces import detect_faces as haar_faces
 from fercli.fsutil import atomic_write_bytes, atomic_write_text
 from fercli.images import BadImage, decode_bgr, load_grey, read_image_file
@@ -39,7 +47,8 @@ DEFAULT_MODEL = ASSETS_DIR / "default_model.npz"
 RUNS_DIR = Path("runs")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DETECTORS = ("haar", "none")
+DETECTORS = ("auto", "haar", "yunet", "none")
+BACKENDS = ("auto", "torch", "onnx")
 DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
 MIN_FACE_PX = 30
 MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
@@ -53,14 +62,15 @@ ProgressFn = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class PredictConfig:
     inputs: tuple[str, ...]
-    model: str | None = None  # run dir | .pt checkpoint | exported .npz; None = default model
-    detector: str = "haar"  # haar | none (whole image is one face)
+    model: str | None = None  # run dir | .pt checkpoint | exported .npz | .onnx; None = default model
+    detector: str = "haar"  # auto | haar | yunet | none (whole image is one face)
     tta: str = "none"  # none | flip (| ten-crop)
     device: str = "auto"
     margin: float = 0.2  # enlarge the detected box by this fraction of its size (10% per side)
     batch_size: int = 64
     annotate: str | None = None  # folder for annotated copies
     csv: str | None = None  # CSV file, one row per face
+    backend: str = "auto"  # auto | torch | onnx (onnxruntime); see make_classifier
 
 
 @dataclass(frozen=True)
@@ -119,20 +129,23 @@ class PredictResult:
 # --------------------------------------------------------------------------- faces
 
 
-def detect_faces(grey: np.ndarray) -> list[Box]:
-    """Every frontal face (x, y, w, h) in a greyscale photo, left to right."""
-    boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+def detect_faces(grey: np.ndarray, detector: str = "haar") -> list[Box]:
+    """Every face (x, y, w, h) in a greyscale photo, left to right (`detector` haar | yunet)."""
+    if detector == "yunet":
+        boxes = yunet_faces(grey, max_side=YUNET_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+    else:
+        boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
     return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
 def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:
-    """(boxes, 48×48 crops) of one photo: --detector haar crops every face found with
+    """(boxes, 48×48 crops) of one photo: --detector haar|yunet crops every face found with
     `margin`; --detector none takes the whole (already cropped) image as one face, resized
-    exactly as `fer prepare` resizes a dataset image."""
+    exactly as `fer prepare` resizes a dataset image. (`auto` is resolved before this.)"""
     if detector == "none":
         h, w = grey.shape[:2]
         return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
-    boxes = detect_faces(grey)
+    boxes = detect_faces(grey, detector)
     return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]
 
 
@@ -282,17 +295,79 @@ def resolve_model(ref: str | None) -> tuple[torch.nn.Module, ModelInfo]:
             raise FerError(no_model_message())
         source, path = "newest local run (no bundled model)", newest
     model, classes, info = _load_any(path)
-    spec = info.get("model_spec") or getattr(model, "spec", {})
+    return model, _model_info(source, path, info, classes, getattr(model, "spec", {}))
+
+
+def _model_info(source: str, path: Path, info: dict[str, Any], classes: Any, spec: Any) -> ModelInfo:
+    spec = info.get("model_spec") or spec or {}
     desc = f"{spec.get('name', '?')}" + (" (shared trunk)" if spec.get("shared_backbone") else "")
     if info.get("dataset_name"):
         desc += f" trained on {info['dataset_name']}"
     acc = info.get("private_test_accuracy")
     if isinstance(acc, (int, float)):
         desc += f", PrivateTest accuracy {100 * acc:.2f}%"
-    return model, ModelInfo(source=source, path=str(path), description=desc, classes=tuple(classes),
-                            details={k: info.get(k) for k in ("model_spec", "dataset_name", "dataset_sha256",
-                                                             "private_test_accuracy", "training_command",
-                                                             "best_epoch") if k in info})
+    return ModelInfo(source=source, path=str(path), description=desc, classes=tuple(classes),
+                     details={k: info.get(k) for k in ("model_spec", "dataset_name", "dataset_sha256",
+                                                      "private_test_accuracy", "training_command",
+                                                      "best_epoch") if k in info})
+
+
+Classifier = Any  # FaceClassifier | fercli.onnx_export.OnnxClassifier (same predict_proba contract)
+
+
+def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
+    """(classifier, model info, why this backend) for cfg.model / cfg.backend / cfg.device.
+
+    An .onnx model runs on onnxruntime (torch cannot run it). A torch model (.npz / .pt /
+    run dir) runs on onnxruntime with --backend onnx, and with auto on the CPU when
+    onnxruntime is installed and the TTA fits the graph's fixed 48x48 input: it was faster
+    there at batch 1 and 64 (bench/bench_predict.py, docs/benchmarks.md). The conversion is
+    cached (fercli.onnx_export.cached_onnx_bytes). A failed conversion under auto falls back
+    to torch and says why.
+    """
+    from fercli.device import resolve_device
+
+    if cfg.model is not None and Path(cfg.model).suffix.lower() == ".onnx":
+        from fercli.onnx_export import OnnxClassifier, ort_available
+
+        if cfg.backend == "torch":
+            raise FerError(f"--model {cfg.model} is an ONNX graph: it runs with --backend onnx or auto, not torch")
+        if not ort_available():
+            raise FerError(f"--model {cfg.model}: running an ONNX model needs onnxruntime (pip install onnxruntime)")
+        if cfg.tta not in ("none", "flip"):
+            raise FerError(f"--tta {cfg.tta} needs the torch backend; {cfg.model} is an ONNX graph with a fixed 48x48 input")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            resolve_device("cuda")  # the one-line "no CUDA GPU" error
+        path = Path(cfg.model).expanduser()
+        clf = OnnxClassifier(path, device=cfg.device)
+        info = _model_info("--model", path, clf.meta, clf.classes, {})
+        return clf, info, "an .onnx model"
+    device = resolve_device(cfg.device)
+    model, info = resolve_model(cfg.model)
+    why = "--backend torch"
+    if cfg.backend == "onnx" or (cfg.backend == "auto" and device.type == "cpu"):
+        from fercli.onnx_export import OnnxClassifier, cached_onnx_bytes, ort_available
+
+        problem = None
+        if not ort_available():
+            problem = "onnxruntime is not installed"
+        elif cfg.tta not in ("none", "flip"):
+            problem = f"--tta {cfg.tta} needs other input sizes than the ONNX graph's 48x48"
+        if problem is None:
+            try:
+                data = cached_onnx_bytes(model, info.classes, {**info.details, "source_model": info.path})
+                clf = OnnxClassifier(data, name=info.path, device=str(device))
+                return clf, info, "--backend onnx" if cfg.backend == "onnx" else "auto: CPU, onnxruntime"
+            except FerError as exc:
+                problem = str(exc)
+            except Exception as exc:  # an exporter failure on an unusual model: torch still works
+                problem = f"ONNX conversion failed ({type(exc).__name__}: {str(exc).strip()[:100]})"
+        if cfg.backend == "onnx":
+            raise FerError(f"--backend onnx: {problem}")
+        why = f"auto: torch ({problem})"
+    elif cfg.backend == "auto":
+        why = f"auto: torch on {device.type}"
+    return FaceClassifier(model, info.classes, device), info, why
 
 
 # --------------------------------------------------------------------------- inputs
@@ -435,9 +510,16 @@ def csv_text(images: tuple[ImageResult, ...] | list[ImageResult], classes: tuple
 # --------------------------------------------------------------------------- main entry
 
 
+def runner_info(classifier: Classifier) -> dict[str, Any]:
+    d = classifier.describe()
+    return {"backend": d.pop("backend", "torch"), **d}
+
+
 def validate(cfg: PredictConfig) -> None:
     from fercli.engine import TTA_MODES
 
+    if cfg.backend not in BACKENDS:
+        raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")
     if cfg.detector not in DETECTORS:
         raise FerError(f"--detector {cfg.detector!r} is not one of: {', '.join(DETECTORS)}")
     if cfg.tta not in TTA_MODES:
@@ -455,7 +537,7 @@ def run_predict(
     on_progress: ProgressFn | None = None,
 ) -> PredictResult:
     """Detect and classify every face in cfg.inputs; write --csv / --annotate if asked."""
-    from fercli.device import device_name, resolve_device
+    from fercli.device import device_name
 
     t0 = time.perf_counter()
     validate(cfg)
@@ -468,12 +550,11 @@ def run_predict(
         if any(_same_file(csv_path, it.path) or csv_path.resolve() == it.path.resolve() for it in items):
             raise FerError(f"--csv {csv_path} is one of the input images; choose another file")
 
+    detector = resolve_detector(cfg.detector)
     if classifier is None:
-        device = resolve_device(cfg.device)
-        model, info = resolve_model(cfg.model)
-        classifier = FaceClassifier(model, info.classes, device)
+        classifier, info, why = make_classifier(cfg)
     else:
-        info = ModelInfo(source="given", path="", description="in-memory model", classes=classifier.classes)
+        info, why = ModelInfo(source="given", path="", description="in-memory model", classes=classifier.classes), "given"
     classes = classifier.classes
 
     # 1. decode, detect, crop (only crops and boxes are kept: memory stays small).
@@ -490,7 +571,7 @@ def run_predict(
             records.append((str(it.path), None, [], str(exc)))
             continue
         h, w = grey.shape
-        boxes, face_crops = find_faces(grey, cfg.detector, cfg.margin)
+        boxes, face_crops = find_faces(grey, detector, cfg.margin)
         crops.extend(face_crops)
         records.append((str(it.path), (w, h), boxes, None))
     progress("detect", len(items), len(items))
@@ -528,5 +609,6 @@ def run_predict(
     if cfg.csv is not None:
         atomic_write_text(Path(cfg.csv).expanduser(), csv_text(results, classes))
     return PredictResult(images=tuple(results), model=info, device=device_name(classifier.device),
-                         runner=classifier.describe(), seconds=time.perf_counter() - t0,
+                         runner={**runner_info(classifier), "backend_reason": why, "detector": detector},
+                         seconds=time.perf_counter() - t0,
                          csv=cfg.csv, annotate_dir=str(annotate_dir) if annotate_dir else None)

@@ -12,16 +12,27 @@ from fercli.cli import app
 
 @app.command("export")
 def export_cmd(
-    source: Path = typer.Argument(..., help="A `fer train` run directory (its best.pt) or a .pt checkpoint."),
-    out: Path = typer.Option(..., "--out", "-o", help="The .npz file to write (a .json sidecar goes beside it)."),
+    source: Path = typer.Argument(..., help="A `fer train` run directory (its best.pt), a .pt checkpoint, or (for --format onnx) an exported .npz such as fercli/assets/default_model.npz."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .npz (or .onnx) file to write (a .json sidecar goes beside it)."),
+    fmt: str = typer.Option("npz", "--format", help="npz: pickle-free weights for fercli; onnx: the whole classifier (preprocessing + softmax, opset 17, dynamic batch) for onnxruntime or any ONNX runtime."),
     max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
     dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Export a trained model to a compact, pickle-free .npz that `fer predict --model` loads."""
+    """Export a trained model to a compact, pickle-free .npz or an ONNX graph; `fer predict --model` loads both."""
     from fercli import export, report
+    from fercli.errors import FerError
 
-    info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
+    if fmt == "npz":
+        info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
+    elif fmt == "onnx":
+        if max_shard_mb is not None:
+            raise FerError("--max-shard-mb applies to --format npz only")
+        from fercli import onnx_export
+
+        info = onnx_export.export_onnx(source, out, dtype=dtype)
+    else:
+        raise FerError(f"--format {fmt!r} is not one of: npz, onnx")
     if json_out:
         report.print_json(info)
         return
@@ -29,7 +40,7 @@ def export_cmd(
     where = ", ".join(info["files"])
     acc = info.get("private_test_accuracy")
     report.console.print(
-        f"exported {info['model_spec']['name']} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
+        f"exported {info['model_spec']['name']} as {fmt} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
         f"— {mb:.1f} MB to {where}"
         + (f"; PrivateTest accuracy {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""),
         highlight=False)

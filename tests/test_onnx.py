@@ -1,0 +1,209 @@
+"""ONNX export and the onnxruntime backend: agreement with torch on real faces, metadata,
+backend selection, and the one-line errors for ONNX files that are not fercli models."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fercli.cli import app
+from fercli.errors import FerError
+from fercli.faces import FACE_SIZE, crop_face
+from fercli.images import load_grey
+from fercli.model import build_model
+from fercli.onnx_export import ONNX_FORMAT, OPSET, OnnxClassifier, export_onnx, onnx_bytes
+from fercli.predict import (
+    FaceClassifier,
+    PredictConfig,
+    detect_faces,
+    make_classifier,
+    resolve_model,
+)
+from tests.fixtures import SAMPLE_DIR
+from tests.test_export import CLASSES, make_run
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def sample_faces() -> np.ndarray:
+    """Every Haar face of the sample photos, cropped as fer predict does: (K, 48, 48) uint8,
+    plus mirrored and shifted copies so the batch is not tiny."""
+    crops = []
+    for p in sorted(SAMPLE_DIR.glob("*.jpg")):
+        g = load_grey(p)
+        crops += [crop_face(g, b, FACE_SIZE, margin=0.2) for b in detect_faces(g)]
+    base = np.stack(crops)
+    return np.concatenate([base, base[:, :, ::-1], np.roll(base, 3, axis=2)])
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    d = tmp_path_factory.mktemp("onnx") / "run"
+    return d, make_run(d, metrics={"split": "private_test", "accuracy": 0.5, "macro_f1": 0.4})
+
+
+def torch_probs(model: torch.nn.Module, faces: np.ndarray) -> np.ndarray:
+    return FaceClassifier(model, CLASSES, torch.device("cpu"), optimize="eager").predict_proba(faces)
+
+
+def test_export_onnx_matches_torch_and_carries_metadata(resnet_run, tmp_path: Path) -> None:
+    d, model = resnet_run
+    res = runner.invoke(app, ["export", str(d), "--format", "onnx", "--dtype", "float32",
+                              "-o", str(tmp_path / "m.onnx"), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["format"] == ONNX_FORMAT and info["opset"] >= 17
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["fercli_format"] == ONNX_FORMAT and json.loads(props["classes"]) == CLASSES
+    meta = json.loads(props["fercli_meta"])
+    assert meta["dataset_sha256"] == "ab" * 32 and meta["private_test_accuracy"] == 0.5
+    assert meta["exported_with_code_version"] and "fer train" in meta["training_command"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [x.dim_value for x in dims[1:]] == [1, 48, 48]  # dynamic batch
+
+    faces = sample_faces()
+    clf = OnnxClassifier(tmp_path / "m.onnx")
+    got, want = clf.predict_proba(faces), torch_probs(model, faces)
+    assert got.shape == (len(faces), len(CLASSES))
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    # The batch axis is dynamic: one face at a time gives the same answer.
+    np.testing.assert_allclose(clf.predict_proba(faces[:1], batch_size=1), want[:1], atol=1e-3)
+    # flip TTA averages the mirrored face, as the torch path does.
+    tt = FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="flip")
+    np.testing.assert_allclose(clf.predict_proba(faces, tta="flip"), tt, atol=1e-3)
+
+
+def test_bcnn_graph_with_resize_matches_torch(tmp_path: Path) -> None:
+    """The B-CNN head (plain ops instead of the fused Function) and FaceInput's resize (the
+    model runs at 64 px) are in the graph; fp16 weights stay within 1e-3 of fp32 torch."""
+    torch.manual_seed(1)
+    model = build_model("bcnn-resnet34", len(CLASSES), image_size=64, shared_backbone=True).eval()
+    faces = sample_faces()
+    want = torch_probs(model, faces)
+    meta = {"classes": CLASSES, "model_spec": dict(model.spec)}
+    for dtype, tol in (("float32", 1e-4), ("float16", 1e-3)):
+        clf = OnnxClassifier(onnx_bytes(model, meta, dtype=dtype))
+        np.testing.assert_allclose(clf.predict_proba(faces), want, atol=tol)
+
+
+@pytest.fixture(scope="module")
+def default_onnx() -> tuple[torch.nn.Module, OnnxClassifier]:
+    """The shipped (trained) model and its fp16 ONNX export, as `fer export --format onnx` writes it."""
+    model, info = resolve_model(None)
+    return model, OnnxClassifier(onnx_bytes(model, {"classes": list(info.classes)}, dtype="float16"))
+
+
+def _agree(model: torch.nn.Module, clf: OnnxClassifier, faces: np.ndarray) -> None:
+    want = FaceClassifier(model, clf.classes, torch.device("cpu"), optimize="eager").predict_proba(faces)
+    assert want.max(axis=1).std() > 0.05, "a trained model's confidences differ between faces"
+    np.testing.assert_allclose(clf.predict_proba(faces), want, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_shipped_model_onnx_matches_torch_on_sample_faces(default_onnx) -> None:
+    _agree(*default_onnx, sample_faces())
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_shipped_model_onnx_matches_torch_on_fer2013_crops(fer2013_folders: Path, default_onnx) -> None:
+    files = sorted((fer2013_folders / "test").rglob("*.jpg"))[::97][:40]
+    faces = np.stack([load_grey(p) for p in files])
+    assert faces.shape == (40, 48, 48)
+    _agree(*default_onnx, faces)
+
+
+def test_backend_selection(resnet_run, tmp_path: Path) -> None:
+    d, _ = resnet_run
+    pick = lambda **kw: make_classifier(PredictConfig(inputs=("x",), model=str(d), device="cpu", **kw))  # noqa: E731
+    clf, _, why = pick(backend="torch")
+    assert isinstance(clf, FaceClassifier)
+    clf, _, why = pick(backend="auto")
+    assert isinstance(clf, OnnxClassifier) and "auto" in why
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx")), "the conversion is cached"
+    clf, _, why = pick(backend="auto", tta="ten-crop")  # ten-crop needs other input sizes
+    assert isinstance(clf, FaceClassifier) and "ten-crop" in why
+    with pytest.raises(FerError, match="ten-crop"):
+        pick(backend="onnx", tta="ten-crop")
+    export_onnx(d, tmp_path / "m.onnx", dtype="float32")
+    clf, info, why = make_classifier(PredictConfig(inputs=("x",), model=str(tmp_path / "m.onnx")))
+    assert isinstance(clf, OnnxClassifier) and info.classes == tuple(CLASSES)
+    with pytest.raises(FerError, match="m.onnx"):
+        make_classifier(PredictConfig(inputs=("x",), model=str(tmp_path / "m.onnx"), backend="torch"))
+
+
+def test_cli_onnx_and_torch_backends_agree(resnet_run, tmp_path: Path) -> None:
+    d, _ = resnet_run
+    export_onnx(d, tmp_path / "m.onnx", dtype="float32")
+    out = {}
+    for name, args in (("torch", ["--model", str(d), "--backend", "torch"]),
+                       ("onnx", ["--model", str(d), "--backend", "onnx"]),
+                       ("file", ["--model", str(tmp_path / "m.onnx")])):
+        res = runner.invoke(app, ["predict", str(SAMPLE_DIR), "--detector", "haar", "--json", *args])
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads(res.stdout)
+    for a, b, c in zip(out["torch"], out["onnx"], out["file"], strict=True):
+        assert len(a["faces"]) == len(b["faces"]) == len(c["faces"]) > 0
+        for fa, fb, fc in zip(a["faces"], b["faces"], c["faces"], strict=True):
+            assert fa["box"] == fb["box"] == fc["box"]
+            for k in CLASSES:
+                assert abs(fa["probs"][k] - fb["probs"][k]) < 1e-3 and abs(fa["probs"][k] - fc["probs"][k]) < 1e-3
+
+
+def _plain_onnx(path: Path, in_shape: tuple[int, ...], with_meta: bool) -> None:
+    """An ONNX model that is not a fercli model (optionally with fercli's metadata)."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(in_shape[1:])), len(CLASSES)))
+    x = torch.zeros(in_shape, dtype=torch.uint8)
+
+    class F(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t):  # type: ignore[no-untyped-def]
+            return self.net(t.float()).softmax(1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(F(), (x,), str(path), dynamo=False, opset_version=OPSET, input_names=["faces"],
+                          dynamic_axes={"faces": {0: "n"}})
+    if with_meta:
+        proto = onnx.load(str(path))
+        for k, v in (("fercli_format", ONNX_FORMAT), ("classes", json.dumps(CLASSES))):
+            e = proto.metadata_props.add()
+            e.key, e.value = k, v
+        onnx.save(proto, str(path))
+
+
+@pytest.mark.parametrize("case", ["no-metadata", "wrong-input", "garbage", "missing"])
+def test_onnx_that_is_not_a_fercli_model_is_one_line_error(case: str, tmp_path: Path) -> None:
+    p = tmp_path / f"{case}.onnx"
+    if case == "no-metadata":
+        _plain_onnx(p, (1, 1, 48, 48), with_meta=False)
+        expect = "not a fercli ONNX model"
+    elif case == "wrong-input":
+        _plain_onnx(p, (1, 3, 48, 48), with_meta=True)
+        expect = "input must be uint8"
+    elif case == "garbage":
+        p.write_bytes(b"\x08\x07not really protobuf" * 10)
+        expect = "not a readable ONNX model"
+    else:
+        expect = "does not exist"
+    res = runner.invoke(app, ["predict", str(SAMPLE_DIR / "astronaut.jpg"), "--model", str(p), "--json"])
+    assert res.exit_code == 2, res.output
+    assert res.stdout == "" and expect in res.stderr and str(p) in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
