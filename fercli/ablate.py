@@ -97,6 +97,8 @@ class AblateConfig:
     lr: float | None = None
     force: bool = False
     threads: int | None = None  # not part of a run's identity: only how fast it runs
+    jobs: int = 1  # runs trained at once, each its own process (fercli.jobs); not identity
+    devices: tuple[str, ...] | None = None  # spread concurrent runs: ("cuda:0", "cuda:1")
     init_from: str | None = "default"  # CK+: source of the FER2013-pretrained rung; None skips it
 
 
@@ -321,6 +323,16 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
 
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
 
+    if cfg.jobs > 1 or cfg.devices:
+        # --jobs: train every run first, up to N at once in separate processes (finished runs
+        # skipped, interrupted ones resumed, a failed one leaves the others alone); the loop
+        # below then finds them finished and evaluates them, retrying a failed one in-process.
+        from fercli.jobs import run_configs
+
+        rep = run_configs([t for *_, t in plan], jobs=cfg.jobs, devices=cfg.devices, force=cfg.force,
+                          on_event=emit)
+        emit("jobs_done", {k: v for k, v in rep.items() if k != "results"})
+        cfg = dataclasses.replace(cfg, force=False)
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, (ds, rung, seed, fold, run_dir, tcfg) in enumerate(plan):
         info = {"index": i + 1, "total": len(plan), "dataset": ds.key, "row": rung.name, "seed": seed, "fold": fold}

@@ -115,6 +115,8 @@ def ablate(
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
     weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights (torchvision resnet34 state dict) for the pretrained rows."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per run (see `fer train --threads`)."),
+    jobs: int = typer.Option(1, help="Train up to N runs at once, each its own process (see `fer train --jobs`)."),
+    devices: Optional[str] = typer.Option(None, help="Spread concurrent runs over these devices, e.g. 'cuda:0,cuda:1'."),
     init_from: str = typer.Option("default", "--init-from", help="CK+: the FER2013 model whose trunk starts fercli's extra 'FER2013-pretrained' rung (RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped shared-trunk model); 'none' skips that rung."),
     force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -138,11 +140,13 @@ def ablate(
         for t in _paper_tables():
             report.console.print(t, highlight=False)
         return
+    from fercli.jobs import parse_devices
+
     cfg = core.AblateConfig(
         dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,
         out=str(out) if out else None, folds_limit=folds_limit, train_subset=train_subset,
         weights=str(weights) if weights else None, batch_size=batch_size, lr=lr, force=force,
-        threads=threads, init_from=None if init_from.lower() == "none" else init_from,
+        threads=threads, jobs=jobs, devices=parse_devices(devices), init_from=None if init_from.lower() == "none" else init_from,
     )
     err = report.err_console
     with report.TrainProgress(quiet=quiet or json_out) as progress:

@@ -54,6 +54,9 @@ def train(
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole train step (augment, forward, backward, GC, AdamW) as one CUDA graph; adam*/adamw* only, sgd* and CPU run eagerly. [default: on]"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic kernels; turns off cudnn.benchmark and TF32. With it, --resume on CUDA reproduces the uninterrupted run bit for bit (same GPU model and torch); without it a resumed CUDA run matches only to float noise (autotuned kernels may differ). CPU runs resume exactly either way."),
     checkpoint_every: Optional[str] = typer.Option(None, help="Write last.pt (with optimizer state, for --resume) every N epochs ('5') or once N seconds have passed ('60s'), and after the last epoch; a kill loses at most that much. best.pt (weights only) is written whenever validation improves. [default: 60s]"),
+    seeds: Optional[str] = typer.Option(None, help="Several runs, one per seed ('0,1,2'), under --out/seed-S; with --jobs they run at once."),
+    jobs: int = typer.Option(1, help="Run up to N whole runs at once (--seeds, --fold all), each its own process (own CUDA context); a failed or killed run does not stop the others, and running again skips finished runs and resumes the rest."),
+    devices: Optional[str] = typer.Option(None, help="Spread concurrent runs over these devices, e.g. 'cuda:0,cuda:1' (or 'cpu'). [default: --device]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. [default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
@@ -80,6 +83,9 @@ def train(
         cuda_graphs=cuda_graphs, deterministic=deterministic, checkpoint_every=checkpoint_every,
         out=str(out) if out else None, resume=resume, force=force,
     )
+    if seeds or jobs > 1 or devices:
+        _train_jobs(cfg, seeds, jobs, devices, quiet or json_out, json_out)
+        return
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         results = runs.train(cfg, on_event=progress)
     if json_out:
@@ -92,3 +98,33 @@ def train(
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
     report.console.print(f"Next: [bold]fer evaluate {root}[/]")
 
+
+def _train_jobs(cfg, seeds: Optional[str], jobs: int, devices: Optional[str], quiet: bool,  # type: ignore[no-untyped-def]
+                json_out: bool) -> None:
+    """--seeds / --jobs / --devices: whole runs as concurrent processes (fercli.jobs)."""
+    import dataclasses
+
+    from fercli import jobs as scheduler
+    from fercli import report
+
+    def on_event(kind: str, info: dict) -> None:  # type: ignore[type-arg]
+        if quiet:
+            return
+        if kind == "job_start":
+            report.err_console.print(f"start {info['name']} on {info['device']} ({info['mode']}), pid {info['pid']}")
+        else:
+            report.err_console.print(f"{info['status']:>7} {info['name']}"
+                                     + (f": {info['error']}" if info["error"] else ""))
+
+    rep = scheduler.train_many(cfg, seeds=scheduler.parse_seeds(seeds), jobs=jobs,
+                               devices=scheduler.parse_devices(devices), on_event=on_event)
+    rep["results"] = [dataclasses.asdict(r) for r in rep["results"]]
+    if json_out:
+        report.print_json(rep)
+    else:
+        report.console.print(f"{len(rep['results'])} runs under {rep['root']}: {rep['images']:,} images in "
+                             f"{rep['seconds']:.1f} s, aggregate {rep['img_per_s']:,.1f} img/s")
+    if rep["failed"]:
+        report.err_console.print(f"error: {rep['failed']} of {len(rep['results'])} runs failed; "
+                                 f"their logs are <run dir>.log beside each run")
+        raise typer.Exit(1)
