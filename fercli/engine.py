@@ -165,10 +165,15 @@ def train_one_epoch(
     step_fn: TrainStep | None = None,
     on_step: Callable[[int], None] | None = None,
     max_steps: int | None = None,
+    dist: Any = None,
 ) -> dict[str, float]:
     """One pass over `data` in random order (full batches, tail wrapped: epoch_batches);
     returns mean loss, accuracy and the images processed (steps * B, ≥ len(data)).
-    max_steps stops early (fer bench times a fixed number of steps)."""
+    max_steps stops early (fer bench times a fixed number of steps).
+
+    dist (fercli.distributed.DistInfo, data parallel): every rank draws the same global
+    batches and augmentation draws, then trains its 1/W slice of each (step_fn is built for
+    B / W); the returned metrics are the global batch's (all-reduced once per epoch)."""
     model.train()
     device = data.x.device
     if step_fn is None:
@@ -178,6 +183,11 @@ def train_one_epoch(
     steps, bs = batches.shape
     # All of the epoch's augmentation draws at once: (steps, B, 4), one kernel.
     draws = torch.rand(steps, bs, 4, generator=gen, device=device) if augment else None
+    world = dist.world_size if dist is not None else 1
+    if world > 1 and not dist.sharded:  # this rank's columns of every global batch: (steps, B / W)
+        b = bs // world
+        batches = batches[:, dist.rank * b:(dist.rank + 1) * b]
+        draws = draws[:, dist.rank * b:(dist.rank + 1) * b] if draws is not None else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     pending, last = 0, time.perf_counter()
@@ -192,7 +202,14 @@ def train_one_epoch(
             if now - last >= 0.25 or s == steps - 1:
                 on_step(pending)
                 pending, last = 0, now
-    seen = steps * bs
+    # The global batches, all ranks together (--shard-data: each rank drew B / W of its own).
+    seen = steps * bs * (world if world > 1 and dist.sharded else 1)
+    if world > 1:
+        from fercli.distributed import all_reduce_sum
+
+        # Sum of the ranks' per-step mean losses (÷ W: the global mean) and of their hits.
+        sums = all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]), dist)
+        loss_sum, correct = sums[0] / world, sums[1]
     # The one host sync of the epoch.
     return {"loss": float(loss_sum) / steps, "acc": float(correct) / seen, "images": seen}
 
@@ -274,3 +291,46 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
     return TrainStep(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
                      augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
                      label_smoothing=label_smoothing, model=model)
+
+
+class GraphedInference:
+    """A model's inference forward replayed from CUDA graphs, one per input shape (at most
+    `max_shapes`; other shapes and non-CUDA inputs run eager). Batch 1 on a GPU is launch
+    bound: ~10³ small kernels per face, replayed as one graph (`fer predict --device cuda`).
+
+    Returns a copy of the graph's output, so results stay valid after the next call.
+    """
+
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None, max_shapes: int = 4) -> None:
+        self.model, self.amp_dtype, self.max_shapes = model, amp_dtype, max_shapes
+        self.graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+
+    def eval(self) -> GraphedInference:
+        self.model.eval()
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.stride(), x.dtype)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if x.device.type != "cuda" or len(self.graphs) >= self.max_shapes:
+                return self.model(x)
+            entry = self.graphs[key] = self._capture(x)
+        graph, static_x, static_out = entry
+        static_x.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        static_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_x.copy_(x)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side), _autocast(x.device, self.amp_dtype, cache=False):
+            for _ in range(2):  # cuDNN autotuning and lazy init outside the capture
+                self.model(static_x)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), _autocast(x.device, self.amp_dtype, cache=False):
+            static_out = self.model(static_x)
+        return graph, static_x, static_out

@@ -166,7 +166,8 @@ class FaceClassifier:
     """A model ready for inference: eval mode, channels_last, inference_mode, batched.
 
     On the CPU it can run the model frozen into TorchScript (see JIT_MIN_FACES and
-    docs/benchmarks.md); on CUDA it runs eager with bf16 autocast. fp32 on the CPU: bf16
+    docs/benchmarks.md); on CUDA it replays CUDA graphs of the bf16 forward, one per batch
+    shape (engine.GraphedInference: batch 1 is launch-bound there). fp32 on the CPU: bf16
     autocast measured no faster at batch 1 there.
     """
 
@@ -186,6 +187,7 @@ class FaceClassifier:
         self.optimize = optimize if device.type == "cpu" else "eager"
         self._frozen: torch.nn.Module | None = None
         self._frozen_error: str | None = None
+        self._graphed: Any = None  # CUDA: engine.GraphedInference, built on first use
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "channels_last": self.channels_last,
@@ -210,6 +212,12 @@ class FaceClassifier:
         return self
 
     def _runner(self, n_forward_faces: int) -> torch.nn.Module:
+        if self.device.type == "cuda":
+            from fercli.engine import GraphedInference
+
+            if self._graphed is None:
+                self._graphed = GraphedInference(self.model, self.amp_dtype)
+            return self._graphed  # type: ignore[no-any-return]
         if self.optimize == "jit" or (self.optimize == "auto" and n_forward_faces >= JIT_MIN_FACES):
             self.prepare()
         return self._frozen if self._frozen is not None else self.model
