@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Assemble gpu_payload/ (git-ignored) for bench/gpu_check.sh: the FER2013 jpegpack, its
-# unpacker and CK+48, copied from ../shared (override with FER_SHARED=DIR). The device
+# Assemble gpu_payload/ (git-ignored) for bench/gpu_check.sh: the FER2013 jpegpack and its
+# unpacker, copied from ../shared (override with FER_SHARED=DIR). CK+48 is not needed: the
+# check trains and measures on FER2013 only. The device
 # tool carries it with `carry: ["gpu_payload"]`; everything that travels (this payload plus
 # the repo's tracked and untracked-not-ignored files) must stay within 64 MiB.
 set -euo pipefail
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 SHARED=${FER_SHARED:-../shared}
 LIMIT_MIB=64
 
-for p in "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py" "$SHARED/datasets/CK+48"; do
+for p in "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py"; do
   [ -e "$p" ] || { echo "make_gpu_payload: $p not found (set FER_SHARED)" >&2; exit 1; }
 done
 if [ -f "$SHARED/datasets/fer2013.jpegpack.sha256" ]; then
@@ -19,7 +20,6 @@ fi
 rm -rf gpu_payload
 mkdir -p gpu_payload
 cp "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py" gpu_payload/
-cp -r "$SHARED/datasets/CK+48" gpu_payload/
 chmod -R u+w gpu_payload  # the shared copies are read-only; let the next run replace them
 
 payload=$(du -sb gpu_payload | cut -f1)
@@ -28,7 +28,7 @@ total=$((payload + tree))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "gpu_payload: $(mib "$payload") MiB; repo working tree: $(mib "$tree") MiB; travels: $(mib "$total") MiB of $LIMIT_MIB"
 if [ "$total" -gt $((LIMIT_MIB * 1048576)) ]; then
-  echo "make_gpu_payload: over the device call's $LIMIT_MIB MiB limit: ignore large untracked files or drop CK+48" >&2
+  echo "make_gpu_payload: over the device call's $LIMIT_MIB MiB limit: ignore large untracked files" >&2
   if ls fercli/assets/default_model.* >/dev/null 2>&1; then
     echo "make_gpu_payload: the shipped default model (fercli/assets/default_model.*, ~46 MB) need not travel:" >&2
     echo "  mv fercli/assets/default_model.* /tmp/  before the device call, and  git checkout fercli/assets  after it" >&2

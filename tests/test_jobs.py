@@ -111,3 +111,17 @@ def test_ablate_jobs_trains_every_run_in_its_own_process(tmp_path, monkeypatch):
         run_dir = Path(row["runs"][0]["run_dir"])
         assert (run_dir / "train_summary.json").is_file()
         assert (run_dir.parent / f"{run_dir.name}.log").is_file()  # trained by a scheduler child
+
+
+def test_fold_all_with_jobs_writes_every_fold_and_the_kfold_index(tmp_path):
+    from test_engine import make_ck_like
+
+    ds = make_ck_like(tmp_path / "ck")
+    cfg = tiny_cfg(ds, tmp_path / "kfold", batch_size=4, epochs=1, fold=-1, threads=1)
+    rep = jobs.train_many(cfg, jobs=2, devices=("cpu",))
+    assert [r.status for r in rep["results"]] == ["done"] * 3
+    index = json.loads((tmp_path / "kfold" / "kfold.json").read_text())
+    assert index["folds"] == 3
+    for k in range(3):  # each fold tested on its own fold, like runs.train's --fold all
+        info = json.loads((tmp_path / "kfold" / f"fold-{k}" / "config.json").read_text())
+        assert info["config"]["fold"] == k and info["dataset"]["test_split"] == f"fold{k}"
