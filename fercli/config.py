@@ -55,6 +55,7 @@ class TrainConfig:
     cuda_graphs: bool = True  # capture the train step as a CUDA graph (CUDA, adam*/adamw*)
     deterministic: bool = False  # deterministic kernels; off: cudnn.benchmark + TF32 on CUDA
     checkpoint_every: str = "60s"  # last.pt every N epochs ("5") or N seconds ("60s"), + the end
+    shard_data: bool = False  # torchrun: each rank holds only its 1/W of the training rows
 
 
 SCHEDULES = ("cosine", "constant")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fercli import __version__
+from fercli import __version__, distributed
 from fercli.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -112,12 +112,19 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
         k = int(ds.fold.max()) + 1
         root = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
         results = []
-        for f in range(k):
-            sub = dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}"))
-            results.append(_train_single(sub, ds, on_event))
-        atomic_write_json(root / "kfold.json", {"folds": k, "config": dataclasses.asdict(cfg)})
+        try:
+            for f in range(k):
+                sub = dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}"))
+                results.append(_train_single(sub, ds, on_event))
+            if distributed.current().is_main:
+                atomic_write_json(root / "kfold.json", {"folds": k, "config": dataclasses.asdict(cfg)})
+        finally:
+            distributed.teardown(distributed.current())
         return results
-    return [_train_single(cfg, ds, on_event)]
+    try:
+        return [_train_single(cfg, ds, on_event)]
+    finally:
+        distributed.teardown(distributed.current())
 
 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
@@ -147,6 +154,13 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         # over a shared core (docs/benchmarks.md); on an idle machine the default wins.
         torch.set_num_threads(max(1, cfg.threads))
     device = resolve_device(cfg.device)
+    # Under torchrun: join the group, one GPU per rank; only rank 0 reports and writes.
+    dist_info = distributed.setup(device.type)
+    if dist_info.enabled and cfg.shard_data:
+        dist_info = dataclasses.replace(dist_info, sharded=True)
+    device = distributed.rank_device(dist_info, device)
+    if not dist_info.is_main:
+        emit = lambda kind, info: None  # noqa: E731
     configure_backends(device, cfg.deterministic)
     amp_dtype = autocast_dtype(device, cfg.precision)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
@@ -161,7 +175,8 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     if cfg.train_subset is not None:
         rng = np.random.default_rng(cfg.seed)
         train_idx = np.sort(rng.permutation(train_idx)[: cfg.train_subset])
-    train_data = to_device(ds, train_idx, device)
+    train_data = to_device(ds, distributed.shard_rows(train_idx, dist_info) if dist_info.sharded else train_idx,
+                           device)
     val_data = to_device(ds, plan.val, device)
 
     # Model init is seeded; CPU kernels are deterministic for what we use.
@@ -189,6 +204,11 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
             if saved.get(key) != getattr(cfg, key):
                 raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
                                f"the run's {saved.get(key)!r} in {last_path}")
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != dist_info.world_size:
+            raise FerError(f"--resume: {last_path} was trained by {saved_world} process(es), this is "
+                           f"{dist_info.world_size}: resume with the same --nproc (data order and BatchNorm "
+                           f"statistics depend on it)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, best, start_epoch = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
@@ -202,6 +222,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         "code_version": version,
         "fercli_version": __version__,
         "torch_version": torch.__version__,
+        "distributed": {"world_size": dist_info.world_size, "backend": dist_info.backend},
         "device": device_name(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "seed": cfg.seed,
@@ -212,6 +233,10 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     }
     # Created only now, after everything that can fail on bad input (dataset, weights, resume
     # checks) has passed, so a refused run leaves no directory behind.
+    distributed.barrier(dist_info)  # every rank passed the checks above before rank 0 writes
+    if not dist_info.is_main:
+        return _train_rank(cfg, model, optimizer, train_data, val_data, amp_dtype, start_epoch,
+                           dist_info, plan, run_info, run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -230,10 +255,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
 
     # One step for the run: captured once as a CUDA graph (default on CUDA) or eager.
     # --compile compiles the forward/backward instead (no manual graph around it).
-    step_fn = make_train_step(torch.compile(model) if cfg.compile else model, optimizer, train_data,
-                              batch_size=cfg.batch_size, amp_dtype=amp_dtype, augment=cfg.augment,
-                              channels_last=cfg.channels_last, model=model, label_smoothing=cfg.label_smoothing,
-                              cuda_graphs=cfg.cuda_graphs and not cfg.compile)
+    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info)
     cadence = _Cadence(*checkpoint_cadence(cfg.checkpoint_every), last=time.perf_counter())
     writer = CheckpointWriter()
 
@@ -246,14 +268,17 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     try:
         for epoch in range(start_epoch, cfg.epochs):
             row, best, seen = _epoch(cfg, epoch, model, optimizer, step_fn, train_data, val_data,
-                                     amp_dtype, ds, history, best, version, run_dir, writer, cadence, emit)
+                                     amp_dtype, ds, history, best, version, run_dir, writer, cadence, emit,
+                                     dist_info)
             images_done += seen
             if epoch + 1 == cfg.epochs:
                 writer.wait()  # the final last.pt is on disk before the run reports done
             emit("epoch_end", row)
     finally:
         writer.wait()  # an exception or Ctrl-C still lets a started write land (atomically)
-    return _finish(cfg, run_dir, history, best, plan, run_info, t_run, images_done)
+    result = _finish(cfg, run_dir, history, best, plan, run_info, t_run, images_done)
+    distributed.barrier(dist_info)  # the other ranks return once the run's files are written
+    return result
 
 
 @dataclass
@@ -275,10 +300,63 @@ class _Cadence:
         return not self.wrote or time.perf_counter() - self.last >= (self.seconds or 0.0)
 
 
+def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, amp_dtype: Any,
+               dist_info: distributed.DistInfo) -> Any:
+    """The run's one train step: captured once as a CUDA graph (default on CUDA) or eager;
+    --compile compiles the forward/backward instead (no manual graph around it). Under
+    torchrun the forward is DistributedDataParallel (gradients averaged over ranks before
+    GC and the update) on this rank's B / W images, eager."""
+    forward = torch.compile(model) if cfg.compile else model
+    batch = cfg.batch_size
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        batch = distributed.local_batch(cfg.batch_size, dist_info)
+        if len(train_data) < (batch if dist_info.sharded else cfg.batch_size):
+            raise FerError(f"--batch-size {cfg.batch_size} is more than the {len(train_data)} training images; "
+                           f"data parallel needs full global batches")
+        ids = [train_data.x.device.index] if train_data.x.device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    return make_train_step(forward, optimizer, train_data, batch_size=batch, amp_dtype=amp_dtype,
+                           augment=cfg.augment, channels_last=cfg.channels_last, model=model,
+                           label_smoothing=cfg.label_smoothing,
+                           cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
+
+
+def _draw_batch(cfg: TrainConfig, dist_info: distributed.DistInfo) -> int:
+    """The batch each epoch's permutation is cut into: the global B (every rank then takes
+    its B / W columns), or B / W of a rank's own shard with --shard-data."""
+    return distributed.local_batch(cfg.batch_size, dist_info) if dist_info.sharded else cfg.batch_size
+
+
+def _train_rank(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, val_data: Any, amp_dtype: Any,
+                start_epoch: int, dist_info: distributed.DistInfo, plan: Any, run_info: dict[str, Any],
+                run_dir: Path) -> TrainResult:
+    """Ranks > 0: the same steps as rank 0 (DDP keeps the weights identical), no validation
+    (selection is rank 0's), no files. Returns once rank 0 has written the run's files."""
+    from fercli.optim import set_lr
+
+    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info)
+    t0, images = time.perf_counter(), 0
+    for epoch in range(start_epoch, cfg.epochs):
+        set_lr(optimizer, _lr_at(cfg, epoch))
+        tr = train_one_epoch(model, optimizer, train_data, batch_size=_draw_batch(cfg, dist_info),
+                             gen=epoch_generator(cfg.seed, epoch, train_data.x.device), amp_dtype=amp_dtype,
+                             augment=cfg.augment, channels_last=cfg.channels_last, step_fn=step_fn,
+                             dist=dist_info)
+        images += int(tr["images"])
+    distributed.barrier(dist_info)
+    seconds = time.perf_counter() - t0
+    return TrainResult(run_dir=run_dir, best_epoch=-1, best_val_acc=float("nan"), val_split=plan.val_name,
+                       test_split=plan.test_name, history=[], device=run_info["device"], fold=cfg.fold,
+                       seconds=seconds, images_per_second=images / max(seconds, 1e-9))
+
+
 def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: Any, train_data: Any,
            val_data: Any, amp_dtype: Any, ds: PreparedDataset, history: list[dict[str, Any]],
            best: dict[str, Any], version: Any, run_dir: Path, writer: CheckpointWriter,
-           cadence: _Cadence, emit: ProgressCallback) -> tuple[dict[str, Any], dict[str, Any], int]:
+           cadence: _Cadence, emit: ProgressCallback,
+           dist_info: distributed.DistInfo = distributed.SINGLE) -> tuple[dict[str, Any], dict[str, Any], int]:
     """One epoch: train, validate, checkpoint on the cadence; returns (row, best, images)."""
     from fercli.optim import set_lr
 
@@ -287,9 +365,10 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
     emit("epoch_start", {"epoch": epoch + 1, "epochs": cfg.epochs})
     gen = epoch_generator(cfg.seed, epoch, train_data.x.device)
     t0 = time.perf_counter()
-    tr = train_one_epoch(model, optimizer, train_data, batch_size=cfg.batch_size, gen=gen,
+    tr = train_one_epoch(model, optimizer, train_data, batch_size=_draw_batch(cfg, dist_info), gen=gen,
                          amp_dtype=amp_dtype, augment=cfg.augment, channels_last=cfg.channels_last,
-                         step_fn=step_fn, on_step=lambda n: emit("step", {"images": n}))
+                         step_fn=step_fn, on_step=lambda n: emit("step", {"images": n}), dist=dist_info)
+
     train_seconds = time.perf_counter() - t0
     t_eval = time.perf_counter()
     va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
@@ -313,7 +392,7 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
             "model": cpu_copy({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}, True),
             "epoch": epoch, "best": dict(best), "config": dataclasses.asdict(cfg),
             "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
-            "code_version": version,
+            "code_version": version, "world_size": dist_info.world_size,
         }
         opt_state = cpu_copy(optimizer.state_dict()) if due else None
         row["checkpoint_seconds"] = round(time.perf_counter() - t_ck, 3)  # time the device waited

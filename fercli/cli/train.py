@@ -57,6 +57,11 @@ def train(
     seeds: Optional[str] = typer.Option(None, help="Several runs, one per seed ('0,1,2'), under --out/seed-S; with --jobs they run at once."),
     jobs: int = typer.Option(1, help="Run up to N whole runs at once (--seeds, --fold all), each its own process (own CUDA context); a failed or killed run does not stop the others, and running again skips finished runs and resumes the rest."),
     devices: Optional[str] = typer.Option(None, help="Spread concurrent runs over these devices, e.g. 'cuda:0,cuda:1' (or 'cpu'). [default: --device]"),
+    nproc: Optional[int] = typer.Option(None, help="Data parallel: launch N processes on this machine with torchrun (one GPU each; gloo on CPU). --batch-size stays the global batch and --lr means the same as on one device. Same as `torchrun --nproc_per_node N -m fercli train ...`."),
+    nnodes: int = typer.Option(1, help="With --nproc: machines taking part (run the same command on each, with --rdzv-endpoint and its --node-rank)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, help="With --nnodes > 1: HOST:PORT of the rendezvous (c10d), the same on every machine."),
+    node_rank: Optional[int] = typer.Option(None, help="With --nnodes > 1: this machine's rank, 0..nnodes-1."),
+    shard_data: Optional[bool] = typer.Option(None, "--shard-data", help="Data parallel: each process holds only its 1/N of the training images (less device memory; each shuffles its own shard, so the data order differs from one process)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. [default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
@@ -71,8 +76,11 @@ def train(
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
     history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
     """
-    from fercli import config, report, runs
+    from fercli import config, distributed, report, runs
 
+    if nproc is not None:
+        _launch_torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
+        return
     cfg = config.make_train_config(
         preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
@@ -81,13 +89,16 @@ def train(
         freeze_backbone=freeze_backbone, gc_conv_only=gc_conv_only, device=device, precision=precision,
         compile=compile, augment=augment, seed=seed, fold=_parse_fold(fold), train_subset=train_subset, threads=threads,
         cuda_graphs=cuda_graphs, deterministic=deterministic, checkpoint_every=checkpoint_every,
-        out=str(out) if out else None, resume=resume, force=force,
+        shard_data=shard_data, out=str(out) if out else None, resume=resume, force=force,
     )
     if seeds or jobs > 1 or devices:
         _train_jobs(cfg, seeds, jobs, devices, quiet or json_out, json_out)
         return
-    with report.TrainProgress(quiet=quiet or json_out) as progress:
+    main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 reports
+    with report.TrainProgress(quiet=quiet or json_out or not main_rank) as progress:
         results = runs.train(cfg, on_event=progress)
+    if not main_rank:
+        return
     if json_out:
         report.print_json([{"run_dir": str(r.run_dir), "fold": r.fold, "best_epoch": r.best_epoch,
                             "best_val_acc": r.best_val_acc, "val_split": r.val_split,
@@ -97,6 +108,35 @@ def train(
     report.console.print(report.train_summary_table(results))
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
     report.console.print(f"Next: [bold]fer evaluate {root}[/]")
+
+
+def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node_rank: Optional[int]) -> None:
+    """`fer train --nproc N ...` = `torchrun --nproc_per_node N -m fercli train ...` (without
+    the launcher's own flags). torchrun stops every rank when one dies; its exit code is ours."""
+    import subprocess
+    import sys
+
+    from fercli import distributed
+
+    if "train" not in sys.argv:
+        raise FerError("--nproc relaunches this command line; call it as `fer train ... --nproc N`")
+    launcher = {"--nproc", "--nnodes", "--rdzv-endpoint", "--node-rank"}
+    argv, skip = ["train"], False
+    for a in sys.argv[sys.argv.index("train") + 1:]:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in launcher:
+            skip = "=" not in a
+            continue
+        argv.append(a)
+    cmd = distributed.torchrun_command(nproc, argv, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                                       node_rank=node_rank)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise FerError(f"data-parallel training failed (torchrun exit {rc}): a rank died or refused the run; "
+                       f"its message is above. Rerun with --resume to continue from the last checkpoint")
 
 
 def _train_jobs(cfg, seeds: Optional[str], jobs: int, devices: Optional[str], quiet: bool,  # type: ignore[no-untyped-def]
