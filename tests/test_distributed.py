@@ -179,3 +179,14 @@ def test_two_processes_killed_and_resumed_match_one(fer_subset: Path, tmp_path: 
     assert 0 < rel < 0.25, rel
     # Only rank 0 wrote files: the same files as the 1-process run.
     assert sorted(q.name for q in two.iterdir()) == sorted(q.name for q in one.iterdir())
+
+
+def test_bench_nproc_refuses_what_it_cannot_measure() -> None:
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--nproc", "1", "--device", "cpu"])
+    assert r.exit_code == 2 and "--nproc must be ≥ 2" in r.stderr
+    r = CliRunner().invoke(app, ["bench", "--nproc", "3", "--batch-size", "32", "--device", "cpu"])
+    assert r.exit_code == 2 and "divide evenly across 3" in r.stderr

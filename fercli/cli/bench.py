@@ -29,6 +29,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="torch threads (CPU). [default: torch's, one per core]"),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA: time the engine's graph-captured step (fer train's default) and, in the same run, the eager step; --no-cuda-graphs times eager only."),
     time_cap: Optional[float] = typer.Option(None, help="Seconds the timed steps may take in all; fewer timed steps when slow. [default: 80 on CPU, none on CUDA]"),
+    nproc: Optional[int] = typer.Option(None, help="Instead: data-parallel scaling of `fer train` (synthetic faces): N processes via torchrun against 1 process, in one run; reports scaling efficiency = N-process img/s / (N x 1-process img/s)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Steady-state training img/s of the project's engine (device-resident data, on-device
@@ -37,6 +38,10 @@ def bench(
     achieved TFLOP/s against a measured bf16 matmul rate, and inference latency."""
     from fercli import report
     from fercli.bench import BenchConfig, run_bench
+
+    if nproc is not None:
+        _scaling(nproc, device, model, batch_size, threads, json_out)
+        return
 
     cfg = BenchConfig(device=device, model=model, shared_backbone=shared_backbone, image_size=image_size,
                       batch_size=batch_size, steps=steps, warmup=warmup, dataset=dataset, synthetic=synthetic,
@@ -104,3 +109,21 @@ def _table(r: dict[str, Any]) -> Any:
     t.add_row("inference", f"{_fmt(r['inference_ms_per_face_batch1'], '.2f')} ms/face", "", "",
               f"batch 1; {_fmt(r['inference_img_per_s_batched'])} img/s at {r['inference_batch']}")
     return t
+
+
+def _scaling(nproc: int, device: str, model: str, batch_size: int, threads: Optional[int], json_out: bool) -> None:
+    from fercli import report
+    from fercli.scaling import ScalingConfig, run_scaling
+
+    cfg = ScalingConfig(nproc=nproc, device="cuda" if device == "cuda" else "cpu", model=model,
+                        batch_size=batch_size, threads_per_proc=threads or 1)
+    with report.err_console.status(f"fer train in 1 process, then with --nproc {nproc}…"):
+        r = run_scaling(cfg)
+    if json_out:
+        report.print_json(r)
+        return
+    report.console.print(
+        f"{r['model']} on {r['device']}, global batch {r['global_batch']}: 1 process "
+        f"{r['one_process_img_per_s']:,.1f} img/s, {nproc} processes {r['n_process_img_per_s']:,.1f} img/s — "
+        f"speedup {r['speedup']:.2f}x, scaling efficiency {100 * r['scaling_efficiency']:.0f}% "
+        f"(load average {r['load_average'][0]})", highlight=False)
