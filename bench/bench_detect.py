@@ -59,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fer-root", default=str(Path.home() / ".cache/fercli-tests/fer2013-unpacked"))
     ap.add_argument("--limit", type=int, default=0, help="only the first N PrivateTest images (0: all)")
+    ap.add_argument("--stride", type=int, default=1, help="every N-th PrivateTest image (sorted by class, id)")
     args = ap.parse_args()
     detectors = ["haar"] + (["yunet"] if yunet_available() else [])
     out: dict = {"machine": platform.processor() or platform.machine(), "loadavg_at_start": os.getloadavg(),
@@ -85,6 +86,7 @@ def main() -> None:
     root = Path(args.fer_root)
     root = root / "fer2013" if (root / "fer2013").is_dir() else root
     files = sorted((root / "test").rglob("PrivateTest_*.jpg"))
+    files = files[::args.stride]
     if args.limit:
         files = files[:args.limit]
     res = {d: {v: 0 for v in ("plain", "context", "covered")} for d in detectors}
@@ -100,7 +102,7 @@ def main() -> None:
             print(i, len(files), res, file=sys.stderr)
     n = len(files)
     out["fer2013_privatetest"] = {
-        "images": n,
+        "images": n, "stride": args.stride,
         "recall": {d: {v: round(c / n, 4) for v, c in r.items()} for d, r in res.items()},
         "found": res,
         "detect_ms_mean": {d: round(ms[d] / (3 * n), 2) for d in detectors} if n else {},

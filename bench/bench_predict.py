@@ -6,8 +6,14 @@ Per face: the paper's model (bcnn-resnet34, two trunks) and its shared-trunk var
 batch 1 on a 48x48 face, after warm-up, median of --repeats runs, for each way of running
 it: eager fp32, channels_last, inference_mode+channels_last, bf16 autocast, TorchScript
 trace+freeze (+ optimize_for_inference), and torch.compile (skipped if it fails).
+and onnxruntime (the graph `fer export --format onnx` writes, fp32 weights, CPU provider,
+--threads intra-op threads; what `fer predict --backend auto` runs on the CPU).
 Per photo: decode + Haar detection + crop + classification of each sample image with the
 runner fercli.predict actually uses. Untrained weights: latency does not depend on them.
+--folder N: end-to-end throughput of `fer predict` (fercli.predict.run_predict) over a folder
+of N photos (FER2013 PrivateTest faces upscaled to 192 px in a 384 px frame, JPEG), for
+today's runner (torch eager + Haar) and the new defaults (onnxruntime + auto detector),
+with the shipped default model.
 """
 
 from __future__ import annotations
@@ -77,6 +83,36 @@ def variants(model: torch.nn.Module, x: torch.Tensor, try_compile: bool):
 
     yield "jit_trace_freeze+optimize_for_inference", run_opt, x
 
+    try:
+        import numpy as np
+
+        from fercli.onnx_export import OnnxClassifier, onnx_bytes
+
+        sess = OnnxClassifier(onnx_bytes(model, {"classes": [f"c{i}" for i in range(7)]}, dtype="float32"),
+                              threads=torch.get_num_threads()).session
+
+        def run_ort(inp):
+            u8 = (inp * 255).round().to(torch.uint8).numpy()
+            return sess.run(None, {"faces": np.ascontiguousarray(u8)})
+
+        yield "onnxruntime", run_ort, x
+
+        # int8 (static QDQ, `fer export --int8-calibration`): calibrated here on random faces;
+        # latency does not depend on the calibration (accuracy does: docs/benchmarks.md).
+        from fercli.onnx_export import quantize_int8
+
+        calib = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+        fp32 = onnx_bytes(model, {"classes": [f"c{i}" for i in range(7)]}, dtype="float32")
+        sess8 = OnnxClassifier(quantize_int8(fp32, calib), threads=torch.get_num_threads()).session
+
+        def run_ort8(inp):
+            u8 = (inp * 255).round().to(torch.uint8).numpy()
+            return sess8.run(None, {"faces": np.ascontiguousarray(u8)})
+
+        yield "onnxruntime int8", run_ort8, x
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        yield f"onnxruntime skipped: {type(exc).__name__}: {exc}", None, x
+
     if try_compile:
         try:
             t0 = time.perf_counter()
@@ -117,6 +153,9 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--batch", type=int, default=64, help="also time this batch size (per-face throughput)")
     ap.add_argument("--models", default="bcnn-resnet34,bcnn-resnet34-shared")
+    ap.add_argument("--folder", type=int, default=0, help="also time fer predict over a folder of N photos")
+    ap.add_argument("--fer-root", default=str(Path.home() / ".cache/fercli-tests/fer2013-unpacked"))
+    ap.add_argument("--skip-per-face", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.jit deprecation and tracer warnings
@@ -128,7 +167,7 @@ def main() -> None:
                  "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "loadavg_at_start": [round(v, 2) for v in load], "repeats": args.repeats,
                  "per_face_batch1": {}, f"per_face_batch{args.batch}": {}, "build_seconds": {}, "per_photo": {}}
-    for name in args.models.split(","):
+    for name in ([] if args.skip_per_face else args.models.split(",")):
         shared = name.endswith("-shared")
         torch.manual_seed(0)
         model = build_model("bcnn-resnet34", 7, shared_backbone=shared)
@@ -146,7 +185,8 @@ def main() -> None:
             if v:
                 print(f"{name:22s} b1  {k:45s} {v['median_ms']:8.2f} ms", file=sys.stderr)
         xb = torch.rand(args.batch, 1, 48, 48)
-        keep = {k: fns[k] for k in ("inference_mode+channels_last", "jit_trace_freeze+optimize_for_inference") if k in fns}
+        keep = {k: fns[k] for k in ("inference_mode+channels_last", "jit_trace_freeze+optimize_for_inference",
+                                    "onnxruntime", "onnxruntime int8") if k in fns}
         resb = _time_interleaved(keep, xb, max(3, args.repeats // 6), warmup=1)
         out[f"per_face_batch{args.batch}"][name] = {k: {kk: round(vv / args.batch, 2) for kk, vv in v.items()}
                                                      for k, v in resb.items()}
@@ -160,9 +200,15 @@ def main() -> None:
 
     # Per photo, end to end with the runner fercli.predict uses.
     from fercli import predict as P
+    from fercli.errors import FerError
     from fercli.images import load_grey
 
-    for name in args.models.split(","):
+    try:
+        P.detect_faces(load_grey(REPO / "sample_images" / "astronaut.jpg"), "haar")
+        photo_models = [] if args.skip_per_face else args.models.split(",")
+    except FerError as exc:  # e.g. OpenCV 5 (no Haar cascades) on another machine
+        photo_models, out["per_photo"] = [], f"skipped: {exc}"
+    for name in photo_models:
         shared = name.endswith("-shared")
         torch.manual_seed(0)
         model = build_model("bcnn-resnet34", 7, shared_backbone=shared)
@@ -188,7 +234,46 @@ def main() -> None:
             photos[img.name]["detect_ms_median"] = round(statistics.median(t_det), 2)
             print(f"{name:24s} {img.name:20s} {photos[img.name]}", file=sys.stderr)
         out["per_photo"][name] = {"runner": runner.describe(), "photos": photos}
+    if args.folder:
+        out["folder"] = folder_throughput(args.folder, Path(args.fer_root))
+    out["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(out, indent=2))
+
+
+def folder_throughput(n: int, fer_root: Path) -> dict:
+    """Seconds for run_predict over n photos: today's runner vs the new auto defaults."""
+    import tempfile
+
+    import cv2
+
+    from fercli import predict as P
+    from fercli.errors import FerError
+
+    root = fer_root / "fer2013" if (fer_root / "fer2013").is_dir() else fer_root
+    files = sorted((root / "test").rglob("PrivateTest_*.jpg"))[:n]
+    res: dict = {"photos": len(files), "photo": "FER2013 PrivateTest face, 192 px in a 384 px frame, JPEG q90"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            g = cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (192, 192), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(Path(tmp) / (f.stem + ".jpg")), cv2.copyMakeBorder(g, 96, 96, 96, 96, cv2.BORDER_REPLICATE),
+                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+        for label, backend, detector in (("today: torch eager + haar", "torch", "haar"),
+                                         ("torch eager + yunet", "torch", "yunet"),
+                                         ("new default: onnxruntime + auto (yunet)", "auto", "auto")):
+            cfg = P.PredictConfig(inputs=(tmp,), backend=backend, detector=detector, device="cpu")
+            P.make_classifier(cfg)  # warm the ONNX cache: conversion is a one-time cost
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            try:
+                r = P.run_predict(cfg)
+            except FerError as exc:
+                res[label] = f"skipped: {exc}"
+                continue
+            dt = time.perf_counter() - t0
+            res[label] = {"seconds": round(dt, 1), "photos_per_s": round(len(files) / dt, 1),
+                          "faces": r.num_faces, "runner": r.runner, "loadavg_1min_before": round(load, 2)}
+            print(label, res[label]["seconds"], "s", r.num_faces, "faces", file=sys.stderr)
+    return res
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ ONNX_FORMAT = "fercli-onnx-v1"
 OPSET = 17
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probs"
+CALIBRATION_FACES = 256  # int8 activation ranges: enough faces for stable min/max
 FP16_MIN_ELEMENTS = 1024  # smaller initializers (biases, BN vectors) stay fp32: no size to win
 
 
@@ -140,18 +141,104 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any], dtype: str = "float16") -
     return proto.SerializeToString()
 
 
-def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16") -> dict[str, Any]:
-    """`fer export SRC --format onnx`: a run dir / .pt checkpoint / exported .npz -> .onnx."""
+def calibration_faces(folder: Path | str, count: int = CALIBRATION_FACES) -> np.ndarray:
+    """Up to `count` face crops (uint8 (K, 48, 48)) from the images under `folder` (recursive,
+    a fixed seed-0 sample), resized as `fer prepare` resizes dataset images."""
+    import random
+
+    from fercli.faces import resize_face
+    from fercli.images import BadImage, load_grey
+    from fercli.predict import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FerError(f"--int8-calibration {folder}: not a folder of face images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    random.Random(0).shuffle(files)
+    faces = []
+    for p in files:
+        try:
+            faces.append(resize_face(load_grey(p), FACE_SIZE))
+        except BadImage:
+            continue
+        if len(faces) == count:
+            break
+    if len(faces) < 8:
+        raise FerError(f"--int8-calibration {folder}: found {len(faces)} readable face images, need at least 8")
+    return np.stack(faces)
+
+
+def quantize_int8(fp32: bytes, faces: np.ndarray) -> bytes:
+    """Static int8 quantisation (onnxruntime QDQ: per-channel int8 weights, uint8 activations
+    whose ranges are calibrated on `faces`, uint8 (K, 48, 48)); metadata carried over.
+    Why: at batch 1 the model is bound by reading its weights (ResNet34 trunk: 85 MB in fp32
+    per face), and int8 reads a quarter of that (docs/benchmarks.md has the measurements)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [faces[i:i + 16, None] for i in range(0, len(faces), 16)]  # (16, 1, 48, 48) each
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {INPUT_NAME: np.ascontiguousarray(b)}
+
+    src = onnx.load_from_string(fp32)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b, c = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        with open(a, "wb") as fh:
+            fh.write(fp32)
+        quant_pre_process(a, b, skip_symbolic_shape=True)
+        # The softmax stays float: quantised probabilities would come in steps of 1/255.
+        keep_float = [n.name for n in src.graph.node if n.op_type == "Softmax"]
+        quantize_static(b, c, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep_float)
+        q = onnx.load(c)
+    del q.metadata_props[:]
+    for prop in src.metadata_props:
+        e = q.metadata_props.add()
+        e.key, e.value = prop.key, prop.value
+        if prop.key == "fercli_meta":
+            meta = json.loads(prop.value)
+            meta.update(dtype="int8", quantization={"method": "onnxruntime static QDQ, per-channel int8 weights, "
+                                                              "uint8 activations", "calibration_faces": len(faces)})
+            e.value = json.dumps(meta, default=str)
+    return q.SerializeToString()
+
+
+def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16",
+                int8_calibration: Path | str | None = None) -> dict[str, Any]:
+    """`fer export SRC --format onnx`: a run dir / .pt checkpoint / exported .npz -> .onnx.
+    With `int8_calibration` (a folder of face crops, e.g. FER2013 Training): static int8."""
     from fercli.export import export_meta
     from fercli.fsutil import atomic_write_bytes, atomic_write_json
 
     src, out_path = Path(src), Path(out_path)
     if out_path.suffix != ".onnx":
         raise FerError(f"--out {out_path}: an ONNX model must be a .onnx file")
+    calib = calibration_faces(int8_calibration) if int8_calibration is not None else None
     model, meta = export_meta(src, dtype)
-    data = onnx_bytes(model, meta, dtype)
+    if calib is not None:
+        meta = {**meta, "int8_calibration": str(int8_calibration), "int8_calibration_faces": len(calib)}
+        data = quantize_int8(onnx_bytes(model, meta, "float32"), calib)
+        dtype = "int8"
+    else:
+        data = onnx_bytes(model, meta, dtype)
     atomic_write_bytes(out_path, data)
-    meta = {**meta, "format": ONNX_FORMAT, "opset": OPSET}
+    meta = {**meta, "format": ONNX_FORMAT, "opset": OPSET, "dtype": dtype}
     sidecar = out_path.with_suffix(".json")
     atomic_write_json(sidecar, meta)
     return {**meta, "path": str(out_path), "files": [str(out_path)], "sidecar": str(sidecar),

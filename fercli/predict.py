@@ -63,7 +63,7 @@ ProgressFn = Callable[[str, int, int], None]
 class PredictConfig:
     inputs: tuple[str, ...]
     model: str | None = None  # run dir | .pt checkpoint | exported .npz | .onnx; None = default model
-    detector: str = "haar"  # auto | haar | yunet | none (whole image is one face)
+    detector: str = "auto"  # auto (yunet if installed, else haar) | haar | yunet | none (image = one face)
     tta: str = "none"  # none | flip (| ten-crop)
     device: str = "auto"
     margin: float = 0.2  # enlarge the detected box by this fraction of its size (10% per side)
@@ -551,6 +551,8 @@ def run_predict(
     validate(cfg)
     progress = on_progress or (lambda stage, done, total: None)
     annotate_dir = Path(cfg.annotate).expanduser() if cfg.annotate else None
+    if annotate_dir is not None and annotate_dir.exists() and not annotate_dir.is_dir():
+        raise FerError(f"--annotate {annotate_dir} is a file; give a folder for the annotated copies")
     items = expand_inputs(cfg.inputs, exclude=annotate_dir)
     targets = _annotated_paths(items, annotate_dir) if annotate_dir is not None else None
     if cfg.csv is not None:

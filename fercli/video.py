@@ -77,7 +77,7 @@ class VideoConfig:
     camera: bool = False
     model: str | None = None
     backend: str = "auto"
-    detector: str = "haar"
+    detector: str = "auto"
     tta: str = "none"
     device: str = "auto"
     margin: float = 0.2

@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -18,7 +19,15 @@ from fercli.errors import FerError
 from fercli.faces import FACE_SIZE, crop_face
 from fercli.images import load_grey
 from fercli.model import build_model
-from fercli.onnx_export import ONNX_FORMAT, OPSET, OnnxClassifier, export_onnx, onnx_bytes
+from fercli.onnx_export import (
+    ONNX_FORMAT,
+    OPSET,
+    OnnxClassifier,
+    calibration_faces,
+    export_onnx,
+    onnx_bytes,
+    quantize_int8,
+)
 from fercli.predict import (
     FaceClassifier,
     PredictConfig,
@@ -207,3 +216,52 @@ def test_onnx_that_is_not_a_fercli_model_is_one_line_error(case: str, tmp_path: 
     assert res.exit_code == 2, res.output
     assert res.stdout == "" and expect in res.stderr and str(p) in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+class TinyFaceNet(torch.nn.Module):
+    """A small conv net with a fercli-like FaceInput contract (N, 1, 48, 48) floats -> logits:
+    int8 quantisation is tested on it because quantising ResNet34 takes a minute here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, stride=2), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, len(CLASSES)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 4 - 2)
+
+
+def test_int8_quantisation_keeps_float_softmax_metadata_and_predictions(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = TinyFaceNet().eval()
+    faces = sample_faces()
+    fp32 = onnx_bytes(net, {"classes": CLASSES, "model_spec": {"name": "tiny"}}, dtype="float32")
+    q = quantize_int8(fp32, faces)
+    int8 = [t for t in onnx.load_from_string(q).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(np.prod(t.dims) for t in int8) > 4000  # both convs' and the linear layer's weights
+    clf = OnnxClassifier(q)
+    assert clf.meta["dtype"] == "int8" and clf.meta["quantization"]["calibration_faces"] == len(faces)
+    assert clf.classes == tuple(CLASSES)
+    p = clf.predict_proba(faces)
+    want = OnnxClassifier(fp32).predict_proba(faces)
+    assert p.shape == want.shape and np.allclose(p.sum(1), 1)
+    assert np.abs(p - want).max() < 0.05 and (p.argmax(1) == want.argmax(1)).mean() >= 0.8
+    assert len(np.unique(np.round(p, 6))) > 20  # the softmax is not quantised to 1/255 steps
+
+
+def test_int8_calibration_folder_and_flag_errors(resnet_run, tmp_path: Path) -> None:
+    d, _ = resnet_run
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(sample_faces()):
+        cv2.imwrite(str(calib / f"{i}.png"), f)
+    got = calibration_faces(calib)
+    assert got.shape == (12, 48, 48) and got.dtype == np.uint8
+    res = runner.invoke(app, ["export", str(d), "--int8-calibration", str(calib), "-o", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2 and "onnx only" in res.stderr
+    (tmp_path / "few").mkdir()
+    res = runner.invoke(app, ["export", str(d), "--format", "onnx", "--int8-calibration", str(tmp_path / "few"),
+                              "-o", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2 and "few" in res.stderr and not (tmp_path / "x.onnx").exists()

@@ -17,12 +17,15 @@ def export_cmd(
     fmt: str = typer.Option("npz", "--format", help="npz: pickle-free weights for fercli; onnx: the whole classifier (preprocessing + softmax, opset 17, dynamic batch) for onnxruntime or any ONNX runtime."),
     max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
     dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),
+    int8_calibration: Optional[Path] = typer.Option(None, "--int8-calibration", help="--format onnx: quantise to int8 (static, per-channel), calibrating activation ranges on 256 face images from this folder (e.g. the FER2013 Training images). About 4x smaller and faster at batch 1 on the CPU."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Export a trained model to a compact, pickle-free .npz or an ONNX graph; `fer predict --model` loads both."""
     from fercli import export, report
     from fercli.errors import FerError
 
+    if int8_calibration is not None and fmt != "onnx":
+        raise FerError("--int8-calibration applies to --format onnx only")
     if fmt == "npz":
         info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
     elif fmt == "onnx":
@@ -30,7 +33,7 @@ def export_cmd(
             raise FerError("--max-shard-mb applies to --format npz only")
         from fercli import onnx_export
 
-        info = onnx_export.export_onnx(source, out, dtype=dtype)
+        info = onnx_export.export_onnx(source, out, dtype=dtype, int8_calibration=int8_calibration)
     else:
         raise FerError(f"--format {fmt!r} is not one of: npz, onnx")
     if json_out:
