@@ -67,7 +67,7 @@ class BenchConfig:
     image_size: int = 48
     batch_size: int = 64
     steps: int | None = None  # timed steps per pipeline; None: 10 on CPU, 50 on CUDA
-    warmup: int | None = None  # None: 2 on CPU, 10 on CUDA, 15 with --compile
+    warmup: int | None = None  # None: 1 on CPU, 10 on CUDA, 15 with --compile
     dataset: str = "fer2013"  # fer2013 | ck+ | a prepared directory
     synthetic: bool = False  # force synthetic data even if the dataset is prepared
     max_images: int = 4096  # distinct training images used (tiled to fill the steps)
@@ -267,8 +267,8 @@ def engine_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, step_f
         with Timer(device) as tw:
             train_one_epoch(model, optimizer, data, gen=epoch_generator(seed, 0, device),
                             max_steps=warmup, **kw)
-        if budget_s is not None and warmup >= 2:
-            # The first warm-up step pays one-time costs; the rest estimate a step.
+        if budget_s is not None:
+            # Warm-up steps estimate a step (the first also pays one-time costs: conservative).
             per_step = tw.seconds / warmup
             steps = max(2, min(steps, int(budget_s / max(per_step, 1e-9))))
     with Timer(device) as t:
@@ -423,7 +423,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
     cap = cfg.time_cap_s if cfg.time_cap_s is not None else (None if cuda else 80.0)
     t_start = time.perf_counter()
     steps = cfg.steps or (50 if cuda else 10)
-    warmup = cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 2)
+    warmup = cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 1)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     infer_batch = cfg.inference_batch or (256 if cuda else 64)
     amp_dtype = autocast_dtype(device, "auto")
@@ -483,7 +483,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         emit("phase", {"name": "inference: batch 1 and batched"})
         infer_ms, infer_ips = inference_timing(
             model, x, amp_dtype=amp_dtype, channels_last=True, batch=infer_batch,
-            reps1=50 if cuda else 20, reps_batched=20 if cuda else 3, warmup=10 if cuda else 2)
+            reps1=50 if cuda else 5, reps_batched=20 if cuda else 1, warmup=10 if cuda else 1)
     del model, optimizer, step_fn, split
     if cfg.compile:
         torch._dynamo.reset()

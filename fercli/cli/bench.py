@@ -17,7 +17,7 @@ def bench(
     image_size: int = typer.Option(48, help="Network input size (faces are resized on the device)."),
     batch_size: int = typer.Option(64, help="Training batch size of both pipelines."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per pipeline. [default: 10 on CPU, 50 on CUDA]"),
-    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps first. [default: 2 on CPU, 10 on CUDA, 15 with --compile]"),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps first. [default: 1 on CPU, 10 on CUDA, 15 with --compile]"),
     dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+ or a prepared directory; an unprepared name falls back to synthetic data (reported as data: synthetic)."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use random synthetic faces even if the dataset is prepared."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the engine's forward/backward (the reference stays eager)."),
