@@ -259,7 +259,11 @@ class BilinearResNet34(FerNet):
             return normalize_bilinear(m)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pooled(x))  # eq. (7): logits (N, num_classes), softmax in the loss
+        z = self.pooled(x)  # (N, 512*512) fp32, unit norm: entries ~1/512
+        # eq. (7) in fp32 too: 1.8 MFLOP per face, nothing beside the trunks; and on AMX CPUs
+        # the bf16 oneDNN matmul with K = 262,144 was seen to die with SIGFPE (1 thread).
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.fc(z)  # logits (N, num_classes), softmax in the loss
 
 
 # -----------------------------------------------------------------------------
