@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--folder", type=int, default=0, help="also time fer predict over a folder of N photos")
     ap.add_argument("--fer-root", default=str(Path.home() / ".cache/fercli-tests/fer2013-unpacked"))
     ap.add_argument("--skip-per-face", action="store_true")
+    ap.add_argument("--int8-calibration", default=None,
+                    help="with --folder: also time an int8 export of the default model calibrated on these faces")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.jit deprecation and tracer warnings
@@ -235,12 +237,12 @@ def main() -> None:
             print(f"{name:24s} {img.name:20s} {photos[img.name]}", file=sys.stderr)
         out["per_photo"][name] = {"runner": runner.describe(), "photos": photos}
     if args.folder:
-        out["folder"] = folder_throughput(args.folder, Path(args.fer_root))
+        out["folder"] = folder_throughput(args.folder, Path(args.fer_root), args.int8_calibration)
     out["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(out, indent=2))
 
 
-def folder_throughput(n: int, fer_root: Path) -> dict:
+def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = None) -> dict:
     """Seconds for run_predict over n photos: today's runner vs the new auto defaults."""
     import tempfile
 
@@ -257,10 +259,17 @@ def folder_throughput(n: int, fer_root: Path) -> dict:
             g = cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (192, 192), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(str(Path(tmp) / (f.stem + ".jpg")), cv2.copyMakeBorder(g, 96, 96, 96, 96, cv2.BORDER_REPLICATE),
                         [cv2.IMWRITE_JPEG_QUALITY, 90])
-        for label, backend, detector in (("today: torch eager + haar", "torch", "haar"),
-                                         ("torch eager + yunet", "torch", "yunet"),
-                                         ("new default: onnxruntime + auto (yunet)", "auto", "auto")):
-            cfg = P.PredictConfig(inputs=(tmp,), backend=backend, detector=detector, device="cpu")
+        configs = [("today: torch eager + haar", "torch", "haar", None),
+                   ("torch eager + yunet", "torch", "yunet", None),
+                   ("new default: onnxruntime + auto (yunet)", "auto", "auto", None)]
+        if int8_calibration:
+            from fercli.onnx_export import export_onnx
+
+            q = Path(tmp + "-int8.onnx")
+            export_onnx(P.DEFAULT_MODEL, q, int8_calibration=int8_calibration)
+            configs.append(("onnxruntime int8 export + auto (yunet)", "auto", "auto", str(q)))
+        for label, backend, detector, model in configs:
+            cfg = P.PredictConfig(inputs=(tmp,), backend=backend, detector=detector, device="cpu", model=model)
             P.make_classifier(cfg)  # warm the ONNX cache: conversion is a one-time cost
             load = os.getloadavg()[0]
             t0 = time.perf_counter()

