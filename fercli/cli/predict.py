@@ -198,6 +198,9 @@ def predict(
     Unreadable files are reported (one line each) and skipped; the exit code is 1 if any
     failed. `--json` prints a list of {"path", "faces", "error"}; each face has "box"
     (x, y, w, h), "label" and "probs" (class -> probability, summing to 1).
+    A video prints one object {"path", "frames_read", "frames_analysed", "fps", "summary",
+    "faces": [{"frame", "time_s", "track", "box", "label", "probs"}]}; --camera prints one JSON
+    line per face as it goes.
     """
     from fercli import predict as core
     from fercli import report, video
