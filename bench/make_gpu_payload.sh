@@ -23,7 +23,7 @@ cp "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py" gpu_payload/
 chmod -R u+w gpu_payload  # the shared copies are read-only; let the next run replace them
 
 payload=$(du -sb gpu_payload | cut -f1)
-tree=$(git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+tree=$( (git ls-files -co --exclude-standard -z | xargs -0 -r du -cb 2>/dev/null || true) | tail -1 | cut -f1)  # files moved aside are listed but absent
 total=$((payload + tree))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "gpu_payload: $(mib "$payload") MiB; repo working tree: $(mib "$tree") MiB; travels: $(mib "$total") MiB of $LIMIT_MIB"
