@@ -99,7 +99,7 @@ FER=("$PY" -m fercli)  # an array, not a function: `timeout` runs it
 log "gpu_check: device=$DEVICE dry=$DRY budget=${BUDGET_S}s out=$OUT"
 {
   echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "code: $("$PY" -c 'from fercli.provenance import code_version; print(code_version())' 2>/dev/null || echo unknown)  (not git rev-parse: the device copy sits in another repository)"
   "$PY" -c 'import torch, sys, cv2; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "opencv", cv2.__version__, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpu", torch.backends.cpu.get_cpu_capability())'
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
   echo "cpus: $(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -160,7 +160,7 @@ except Exception:
 if dry:
     print(2)
 elif not ips:
-    print(25)  # no measurement: the preset's 25 epochs; the timeout still bounds the run
+    print(64)  # no measurement: the preset's 64 epochs; the timeout still bounds the run
 else:
     # per epoch: 28709 training images + PublicTest (3589, forward only ≈ 1/3 the cost)
     # + ~1 s (eval sync, history; last.pt only every 60 s); ~25 s start + graph capture
