@@ -2,7 +2,7 @@
 
 `fer evaluate TARGET` and `fer train --init-from SOURCE` accept the same references:
 
-    default                 the model shipped in fercli/assets (fercli.predict.DEFAULT_MODEL)
+    default                 the model shipped in fercli/assets (fercli.classifier.DEFAULT_MODEL)
     RUN_DIR                 a `fer train` run directory: its best.pt (selected on validation)
     CHECKPOINT.pt           a fercli checkpoint (torch.load weights_only=True)
     MODEL.npz               an exported model (`fer export`), or its shards via .npz.index.json
@@ -59,7 +59,7 @@ class ModelSource:
 
 
 def default_model_path() -> Path:
-    from fercli.predict import DEFAULT_MODEL
+    from fercli.classifier import DEFAULT_MODEL
 
     return Path(DEFAULT_MODEL)
 

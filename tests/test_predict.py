@@ -177,7 +177,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(P, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.npz")
+    from fercli import classifier
+
+    monkeypatch.setattr(classifier, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.npz")
     img = str(SAMPLE_DIR / "astronaut.jpg")
     res = runner.invoke(app, ["predict", img])
     assert res.exit_code == 2
