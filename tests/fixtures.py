@@ -341,3 +341,19 @@ def tree_digest(path: Path | str) -> str:
         h.update(p.relative_to(path if path.is_dir() else path.parent).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def untrained_run(run: Path, classes: list[str]) -> Path:
+    """A `fer train`-shaped run directory whose best.pt is an untrained resnet34 (seed 0)."""
+    import torch
+
+    from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+    from fercli.model import build_model
+
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("resnet34", len(classes))
+    save_checkpoint(run / "best.pt", {"format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec),
+                                      "classes": classes, "model": model.state_dict(),
+                                      "best": {"epoch": 1, "val_acc": 0.2}, "dataset_name": "fer2013"})
+    return run

@@ -19,12 +19,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fercli import predict as P
-from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
 from fercli.faces import crop_face
 from fercli.images import load_grey
 from fercli.model import build_model
-from tests.fixtures import SAMPLE_DIR, face_image, save_variant, tree_digest, write_huge_png
+from tests.fixtures import (
+    SAMPLE_DIR,
+    face_image,
+    save_variant,
+    tree_digest,
+    untrained_run,
+    write_huge_png,
+)
 
 runner = CliRunner()
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -32,14 +38,7 @@ CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("predict") / "run"
-    run.mkdir()
-    torch.manual_seed(0)
-    model = build_model("resnet34", len(CLASSES))
-    save_checkpoint(run / "best.pt", {"format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec),
-                                      "classes": CLASSES, "model": model.state_dict(),
-                                      "best": {"epoch": 1, "val_acc": 0.2}, "dataset_name": "fer2013"})
-    return run
+    return untrained_run(tmp_path_factory.mktemp("predict") / "run", CLASSES)
 
 
 def predict_json(model_dir: Path, *args: str, code: int = 0) -> list[dict]:

@@ -13,12 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from fercli import video
-from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.model import build_model
 from fercli.predict import FaceClassifier
-from tests.fixtures import SAMPLE_DIR
+from tests.fixtures import SAMPLE_DIR, untrained_run
 
 runner = CliRunner()
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -43,14 +42,7 @@ def face_frames(n: int = 6) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("video") / "run"
-    run.mkdir()
-    torch.manual_seed(0)
-    model = build_model("resnet34", len(CLASSES))
-    save_checkpoint(run / "best.pt", {"format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec),
-                                      "classes": CLASSES, "model": model.state_dict(),
-                                      "best": {"epoch": 1, "val_acc": 0.2}, "dataset_name": "fer2013"})
-    return run
+    return untrained_run(tmp_path_factory.mktemp("video") / "run", CLASSES)
 
 
 @pytest.fixture(scope="module")
