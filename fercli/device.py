@@ -56,7 +56,10 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     if deterministic:
         # cuBLAS needs a fixed workspace for reproducible results; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Only when the setting changes: the call imports torch._inductor (2.7 s on a 2-core AVX2
+    # CPU), which every `fer train` paid at start-up for a default it already had.
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = not deterministic

@@ -53,6 +53,16 @@ def fer2013_folders() -> Path:
     pytest.skip(f"unexpected layout in {dest}")
 
 
+@pytest.fixture(scope="session")
+def fer2013_prepared(fer2013_folders: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The real FER2013 prepared once per session from the image folders (decoding its 35,887
+    JPEGs takes ~10 s): the PrepareResult, whose .out is the prepared directory. Tests read it
+    and never write to it."""
+    from fercli.ingest import prepare_fer2013
+
+    return prepare_fer2013(fer2013_folders, out=tmp_path_factory.mktemp("fer2013-real") / "folders")
+
+
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never depend on the terminal: every Rich console they see is 200 columns wide

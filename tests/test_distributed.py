@@ -80,13 +80,11 @@ def test_ranks_train_the_columns_of_one_global_order(monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture(scope="module")
-def fer_subset(tmp_path_factory: pytest.TempPathFactory, fer2013_folders: Path) -> Path:
+def fer_subset(tmp_path_factory: pytest.TempPathFactory, fer2013_prepared) -> Path:  # type: ignore[no-untyped-def]
     """A small real FER2013: 64 Training, 16 PublicTest and 16 PrivateTest faces, drawn at
     random (the prepared order is by class: the first rows are all 'angry')."""
-    from fercli.ingest import prepare_fer2013
-
     root = tmp_path_factory.mktemp("fer-ddp")
-    full = load_prepared(prepare_fer2013(fer2013_folders, out=root / "full").out)
+    full = load_prepared(fer2013_prepared.out)
     rng = np.random.default_rng(0)
     rows = np.concatenate([np.sort(rng.choice(full.indices(s), k, replace=False))
                            for s, k in (("train", 64), ("public_test", 16), ("private_test", 16))])

@@ -52,9 +52,8 @@ def _atomic_build(dest: Path, build) -> Path:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def fer_folder_result(fer2013_folders: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("fer-real") / "folders"
-    return prepare_fer2013(fer2013_folders, out=out)
+def fer_folder_result(fer2013_prepared):  # type: ignore[no-untyped-def]
+    return fer2013_prepared  # conftest: prepared once per session, shared with other real-data tests
 
 
 @pytest.fixture(scope="module")
