@@ -196,33 +196,40 @@ def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     return None
 
 
-def _run_one(cfg: AblateConfig, tcfg: Any, run_dir: Path, emit: Any, info: dict[str, Any],
-             sha256: str) -> dict[str, Any]:
-    """Train (or reuse, or resume) one run and evaluate its selected checkpoint."""
+def _decide(cfg: AblateConfig, tcfg: Any, run_dir: Path, sha256: str) -> tuple[str, str | None, Any]:
+    """What this ablation does with one run directory, before anything trains:
+    (status, why it reruns or None, the TrainConfig to train with). status is trained (new),
+    cached (finished, and config, dataset and code agree), resumed (interrupted, agrees) or
+    rerun (on disk, but disagrees: retrained from scratch)."""
     from fercli.checkpoints import LAST_CHECKPOINT
+
+    summary = run_dir / "train_summary.json"
+    if cfg.force:
+        return "trained", None, dataclasses.replace(tcfg, force=True)
+    if summary.is_file() or (run_dir / LAST_CHECKPOINT).is_file():
+        reason = _reuse_problem(run_dir, tcfg, sha256)
+        if reason is not None:
+            return "rerun", reason, dataclasses.replace(tcfg, force=True)  # retrain, and say why
+        if summary.is_file():
+            return "cached", None, tcfg
+        return "resumed", None, dataclasses.replace(tcfg, resume=True)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "trained", None, dataclasses.replace(tcfg, force=True)  # no epoch finished: start over
+    return "trained", None, tcfg
+
+
+def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: Path, emit: Any,
+             info: dict[str, Any], trained: bool = False) -> dict[str, Any]:
+    """Train (unless cached, or `trained` already by a --jobs child) one run, then evaluate
+    its selected checkpoint; the status says what happened to it in this ablation."""
     from fercli.evaluate import EvaluateConfig, evaluate_target
     from fercli.runs import train
 
-    summary, metrics_path = run_dir / "train_summary.json", run_dir / "metrics.json"
-    status, reason = "trained", None
-    if cfg.force:
-        tcfg = dataclasses.replace(tcfg, force=True)
-    elif summary.is_file() or (run_dir / LAST_CHECKPOINT).is_file():
-        reason = _reuse_problem(run_dir, tcfg, sha256)
-        if reason is not None:
-            tcfg = dataclasses.replace(tcfg, force=True)  # retrain from scratch, and say why
-            status = "rerun"
-        elif summary.is_file():
-            status = "cached"
-        else:
-            tcfg = dataclasses.replace(tcfg, resume=True)
-            status = "resumed"
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        tcfg = dataclasses.replace(tcfg, force=True)  # started but no epoch finished: start over
+    status, reason, tcfg = decision
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
-    if status != "cached":
+    if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = None if (cfg.force or status != "cached") else _read_json(metrics_path)
+    metrics = _read_json(run_dir / "metrics.json") if status == "cached" else None
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
@@ -323,20 +330,24 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
 
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
 
+    decisions = [_decide(cfg, tcfg, run_dir, ds.sha256) for ds, _, _, _, run_dir, tcfg in plan]
+    trained_by_job = [False] * len(plan)
     if cfg.jobs > 1 or cfg.devices:
-        # --jobs: train every run first, up to N at once in separate processes (finished runs
-        # skipped, interrupted ones resumed, a failed one leaves the others alone); the loop
-        # below then finds them finished and evaluates them, retrying a failed one in-process.
+        # --jobs: every run that needs training trains first, up to N at once in separate
+        # processes (a failed one leaves the others alone, and is retried in-process below);
+        # the loop below then evaluates them, and reports each as decided above.
         from fercli.jobs import run_configs
 
-        rep = run_configs([t for *_, t in plan], jobs=cfg.jobs, devices=cfg.devices, force=cfg.force,
-                          on_event=emit)
+        todo = [i for i, d in enumerate(decisions) if d[0] != "cached"]
+        rep = run_configs([decisions[i][2] for i in todo], jobs=cfg.jobs, devices=cfg.devices, on_event=emit)
         emit("jobs_done", {k: v for k, v in rep.items() if k != "results"})
-        cfg = dataclasses.replace(cfg, force=False)
+        for i, r in zip(todo, rep["results"], strict=True):
+            trained_by_job[i] = r.status == "done"
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, (ds, rung, seed, fold, run_dir, tcfg) in enumerate(plan):
+    for i, (ds, rung, seed, fold, run_dir, _) in enumerate(plan):
         info = {"index": i + 1, "total": len(plan), "dataset": ds.key, "row": rung.name, "seed": seed, "fold": fold}
-        done.setdefault((ds.key, rung.name), []).append(_run_one(cfg, tcfg, run_dir, emit, info, ds.sha256))
+        done.setdefault((ds.key, rung.name), []).append(
+            _run_one(cfg, decisions[i], run_dir, emit, info, trained=trained_by_job[i]))
 
     tables = []
     for ds in datasets:

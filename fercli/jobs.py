@@ -66,7 +66,7 @@ def parse_devices(text: str | None) -> tuple[str, ...] | None:
 def _plan(cfg: TrainConfig, force: bool) -> tuple[str, TrainConfig]:
     """What to do with one run directory: finished → skip; last.pt → resume; else start."""
     out = Path(str(cfg.out))
-    if force:
+    if force or cfg.force:  # a config that asks for a fresh start gets one (fer ablate's reruns)
         return "fresh", dataclasses.replace(cfg, force=True, resume=False)
     if (out / SUMMARY).is_file():
         return "finished", cfg

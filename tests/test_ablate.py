@@ -72,6 +72,7 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
+    assert result["runs"] == {"total": 4, "cached": 0}
     (table,) = result["tables"]
     assert table["dataset"] == "ck+" and table["ladder"] == ablate.SCRATCH_LABEL
     assert table["folds"]["used"] == 1 and "first 1 of" in table["folds"]["label"]
@@ -90,7 +91,7 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     for name in ("ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"):
         r = rows[name]
         assert r["status"] == "done" and r["n_runs"] == 1 and 0 <= r["ours_mean_pct"] <= 100
-        assert r["runs"][0]["split"] == "fold0"
+        assert r["runs"][0]["split"] == "fold0" and r["runs"][0]["status"] == "trained"
     assert rows["ResNet34_BCN_GC"]["optimizer"] == "adam-gc" and rows["ResNet34_BCN"]["optimizer"] == "adam"
     assert rows["ResNet34_BCN"]["in_paper"] is False
     saved = json.loads((out / "ablation.json").read_text())
@@ -134,12 +135,20 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     (run / "config.json").unlink()
     assert "no readable config.json" in ablate._reuse_problem(run, tcfg, sha)
 
-    # Different settings never silently reuse a cached run: it is retrained, and says why.
-    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--lr", "0.01", "--init-from", "none", "--json"])
+    # Different settings never silently reuse a cached run: it is retrained (here by --jobs
+    # children, which must start it afresh, not skip it as finished), and says why.
+    before = _mtimes(out)
+    res = runner.invoke(app, [*args, "--lr", "0.01", "--init-from", "none", "--jobs", "2", "--json"])
     assert res.exit_code == 0, res.output
     runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
-    assert runs["ResNet34"][0]["status"] == "rerun"
-    assert "lr=" in runs["ResNet34"][0]["rerun_reason"]
+    for name in ("ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"):
+        assert runs[name][0]["status"] == "rerun", runs[name]
+        assert ("no readable config.json" if name == "ResNet34_BCN" else "lr=") in runs[name][0]["rerun_reason"]
+        run_dir = Path(runs[name][0]["run_dir"])
+        key = str(run_dir.relative_to(out) / "train_summary.json")
+        assert _mtimes(out)[key] != before.get(key)  # really retrained
+        assert (run_dir.parent / f"{run_dir.name}.log").is_file()  # by a scheduler child
+    assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained now: never "cached"
 
 
 def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ def writes(monkeypatch):
 
 def small(tmp_path, **kw):
     ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
-    return tiny_cfg(ds, tmp_path / "run", **{"batch_size": 4, "epochs": 5, **kw})
+    return tiny_cfg(ds, tmp_path / "run", **{"batch_size": 4, "epochs": 3, **kw})
 
 
-@pytest.mark.parametrize("every,expected", [("2", [1, 3, 4]), ("1000s", [0, 4]), ("0s", [0, 1, 2, 3, 4])])
+@pytest.mark.parametrize("every,expected", [("2", [1, 2]), ("1000s", [0, 2]), ("0s", [0, 1, 2])])
 def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
     runs.train(small(tmp_path, checkpoint_every=every))
     assert [e for name, e, _ in writes if name == "last.pt"] == expected
@@ -40,7 +40,7 @@ def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
     assert not any(opt for name, _, opt in writes if name == "best.pt")  # best.pt: weights only
     assert "optimizer" not in checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
-    assert len(rows) == 5
+    assert len(rows) == 3
     for row in rows:
         assert float(row["eval_seconds"]) > 0 and float(row["checkpoint_seconds"]) >= 0
     wrote = {e for name, e, _ in writes}
@@ -49,7 +49,7 @@ def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
 
 
 def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
-    cfg = small(tmp_path, checkpoint_every="2", epochs=4)
+    cfg = small(tmp_path, checkpoint_every="2", epochs=3)
     (full,) = runs.train(config.make_train_config(**{**cfg.__dict__, "out": str(tmp_path / "full")}))
 
     class Kill(Exception):

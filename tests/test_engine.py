@@ -197,7 +197,7 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path, monkeypatch):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     ds_path = make_fer_like(tmp_path / "fer")
-    (full,) = runs.train(tiny_cfg(ds_path, tmp_path / "full", epochs=3))
+    (full,) = runs.train(tiny_cfg(ds_path, tmp_path / "full", epochs=2))
 
     class Stop(Exception):
         pass
@@ -207,10 +207,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3), on_event=stop_after_first_epoch)
+        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=2), on_event=stop_after_first_epoch)
     with pytest.raises(FerError, match="--resume"):
-        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3))
-    (resumed,) = runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=3, resume=True))
+        runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=2))
+    (resumed,) = runs.train(tiny_cfg(ds_path, tmp_path / "cut", epochs=2, resume=True))
     assert resumed.history == full.history or [
         {k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in resumed.history
     ] == [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in full.history]

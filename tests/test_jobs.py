@@ -3,6 +3,7 @@ run that leave the others alone, resume that skips finished runs, --seeds from t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -63,6 +64,10 @@ def test_plan_resumes_from_last_checkpoint(tmp_path):
     mode, c = jobs._plan(cfg, force=False)
     assert mode == "resume" and c.resume and not c.force
     assert jobs._plan(cfg, force=True)[0] == "fresh"
+    (tmp_path / "run" / jobs.SUMMARY).write_text("{}")
+    assert jobs._plan(cfg, force=False)[0] == "finished"
+    mode, c = jobs._plan(dataclasses.replace(cfg, force=True), force=False)  # fer ablate's reruns
+    assert mode == "fresh" and c.force and not c.resume
 
 
 def test_cli_seeds_run_concurrently_with_distinct_seeds(tmp_path):
@@ -89,28 +94,6 @@ def test_bad_seeds_are_errors():
     with pytest.raises(FerError, match="--seeds"):
         jobs.parse_seeds("0,0")
     assert jobs.parse_seeds("0, 1,2") == (0, 1, 2)
-
-
-@pytest.mark.slow
-def test_ablate_jobs_trains_every_run_in_its_own_process(tmp_path, monkeypatch):
-    from fercli.ingest import prepare_ckplus
-    from tests.fixtures import make_ckplus48_tree
-
-    ck = prepare_ckplus(make_ckplus48_tree(tmp_path / "src"), out=tmp_path / "ck").out
-    monkeypatch.setenv("FER_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no ImageNet weights: scratch ladder
-    out = tmp_path / "abl"
-    res = CliRunner().invoke(app, ["ablate", "--dataset", str(ck), "--epochs", "1", "--train-subset", "8",
-                                   "--batch-size", "4", "--folds-limit", "1", "--seeds", "0", "--device", "cpu",
-                                   "--jobs", "2", "--out", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    (table,) = json.loads(res.stdout)["tables"]
-    trained = [r for r in table["rows"] if r["n_runs"]]
-    assert len(trained) >= 3 and all(r["status"] == "done" for r in trained)
-    for row in trained:
-        run_dir = Path(row["runs"][0]["run_dir"])
-        assert (run_dir / "train_summary.json").is_file()
-        assert (run_dir.parent / f"{run_dir.name}.log").is_file()  # trained by a scheduler child
 
 
 def test_fold_all_with_jobs_writes_every_fold_and_the_kfold_index(tmp_path):
