@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
