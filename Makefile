@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Full test suite: math, CLI and real-data tests (real-data ones skip without ../shared/datasets).
+## TEST_WORKERS pytest-xdist workers share the cores (tests/conftest.py gives each its share);
+## worksteal keeps both busy to the end, though a few tests take a minute. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 ## Without the slow real-data tests.
 test-fast: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -12,6 +13,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FER_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 CACHE = Path(os.environ.get("FER_TEST_CACHE", Path.home() / ".cache" / "fercli-tests"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test` (pytest-xdist, one worker per core) each worker gets an equal share of
+    the cores, and so do the `fer` processes its tests start: N workers x all cores each would
+    oversubscribe the CPU and slow every test. A plain `pytest` keeps torch's default."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = share
+        import torch
+
+        torch.set_num_threads(int(share))
 
 
 @pytest.fixture(scope="session")
@@ -31,10 +45,22 @@ def fer2013_folders() -> Path:
         pytest.skip(f"FER2013 pack not found at {pack}")
     dest = CACHE / "fer2013-unpacked"
     done = CACHE / "fer2013-unpacked.ok"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "fer2013-unpacked.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers (make test): one unpacks, the others wait
+        _unpack_once(pack, tool, dest, done)
+    # The pack unpacks to DEST/fer2013/{train,test} or DEST/{train,test}; return the root
+    # that holds train/ and test/.
+    for cand in (dest / "fer2013", dest):
+        if (cand / "train").is_dir():
+            return cand
+    pytest.skip(f"unexpected layout in {dest}")
+
+
+def _unpack_once(pack: Path, tool: Path, dest: Path, done: Path) -> None:
     if done.exists() and not any((c / "train").is_dir() for c in (dest / "fer2013", dest)):
         done.unlink()  # a stale marker (e.g. the cache was a link into a cleaned /tmp)
     if not done.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
         tmp = CACHE / f"fer2013-unpacking-{os.getpid()}"
         subprocess.run([sys.executable, str(tool), "unpack", str(pack), str(tmp)], check=True,
                        capture_output=True)
@@ -45,12 +71,6 @@ def fer2013_folders() -> Path:
             shutil.rmtree(dest)
         tmp.rename(dest)
         done.write_text("ok\n")
-    # The pack unpacks to DEST/fer2013/{train,test} or DEST/{train,test}; return the root
-    # that holds train/ and test/.
-    for cand in (dest / "fer2013", dest):
-        if (cand / "train").is_dir():
-            return cand
-    pytest.skip(f"unexpected layout in {dest}")
 
 
 @pytest.fixture(scope="session")
