@@ -49,6 +49,9 @@ def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
 
 
 def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
+    """Interrupted in epoch 3 with last.pt from epoch 2 (cadence 2): --resume repeats the
+    uninterrupted run bit for bit (weights and history). The SIGKILLed-process version of
+    this is tests/test_reliability.py."""
     cfg = small(tmp_path, checkpoint_every="2", epochs=3)
     (full,) = runs.train(config.make_train_config(**{**cfg.__dict__, "out": str(tmp_path / "full")}))
 
@@ -62,6 +65,8 @@ def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
     with pytest.raises(Kill):
         runs.train(cfg, on_event=die_in_epoch_3)
     assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # epochs 1–2 kept
+    with pytest.raises(FerError, match="--resume"):  # an interrupted run is never overwritten silently
+        runs.train(cfg)
     (resumed,) = runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True}))
     strip = lambda hs: [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in hs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
