@@ -45,6 +45,8 @@ def export_cmd(
     report.console.print(
         f"exported {info['model_spec']['name']} as {fmt} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
         f"— {mb:.1f} MB to {where}"
-        + (f"; PrivateTest accuracy {100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""),
+        + (f"; PrivateTest accuracy {100 * acc:.2f}%" + (" (of the float model it was quantised from)"
+                                                          if info["dtype"] == "int8" else "")
+           if isinstance(acc, (int, float)) else ""),
         highlight=False)
     report.console.print(f"metadata: {info['sidecar']}", highlight=False)
