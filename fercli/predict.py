@@ -32,6 +32,7 @@ from fercli.classifier import (  # noqa: F401  (re-exported: fer predict's model
     CPU_OPTIMIZE,
     DEFAULT_MODEL,
     OPTIMIZE_MODES,
+    PRECISIONS,
     RUNS_DIR,
     Classifier,
     FaceClassifier,
@@ -78,6 +79,7 @@ class PredictConfig:
     annotate: str | None = None  # folder for annotated copies
     csv: str | None = None  # CSV file, one row per face
     backend: str = "auto"  # auto | torch | onnx (onnxruntime); see make_classifier
+    precision: str = "auto"  # auto | fp32 | int8 (onnxruntime only); see make_classifier
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,10 @@ def validate(cfg: PredictConfig) -> None:
 
     if cfg.backend not in BACKENDS:
         raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")
+    if cfg.precision not in PRECISIONS:
+        raise FerError(f"--precision {cfg.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if cfg.precision == "int8" and cfg.backend == "torch":
+        raise FerError("--precision int8 runs on onnxruntime: use --backend onnx or auto, not torch")
     if cfg.detector not in DETECTORS:
         raise FerError(f"--detector {cfg.detector!r} is not one of: {', '.join(DETECTORS)}")
     if cfg.tta not in TTA_MODES:

