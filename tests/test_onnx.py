@@ -176,29 +176,21 @@ def test_backend_selection(resnet_run, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_int8_graphs_keep_the_shipped_models_labels(fer2013_prepared) -> None:
-    """The shipped model's int8 graphs must give the float graph's label on ≥ 95% of 898
-    PublicTest faces (measured on all 3,589: 97.6-97.8%), both
-    - the one `fer predict` runs by default on the CPU (auto), calibrated on the sample portraits, and
-    - `fer export --int8-calibration` on 256 FER2013 Training faces.
-    Without 7-bit weights (reduce_range) a non-VNNI x86 CPU saturates its int16 sums: 65% on a
-    2-core AVX2 EPYC, which this test then fails."""
+    """The int8 graph `fer predict` runs by default on the CPU (auto: the bundled model,
+    calibrated on the sample portraits) must give the float graph's label on ≥ 95% of 449
+    PublicTest faces (measured on all 3,589: 97.6%; `fer export --int8-calibration` on 256
+    FER2013 Training faces: 97.8%, the same quantize_int8). Without 7-bit weights (reduce_range)
+    a non-VNNI x86 CPU saturates its int16 sums: 65% on a 2-core AVX2 EPYC, failing this test."""
     from fercli.dataset import load_prepared
-    from fercli.onnx_export import cached_onnx_bytes, quantize_int8
 
     clf, info, why = make_classifier(PredictConfig(inputs=("x",), device="cpu"))
     assert isinstance(clf, OnnxClassifier) and clf.describe()["precision"] == "int8" and "bundled" in why
     fp32, _, _ = make_classifier(PredictConfig(inputs=("x",), device="cpu", precision="fp32"))
     assert fp32.describe()["precision"] == "fp32"
     ds = load_prepared(fer2013_prepared.out)
-    rng = np.random.default_rng(0)
-    calib = ds.images[np.sort(rng.choice(ds.indices("train"), 256, replace=False))]
-    model, _ = resolve_model(None)
-    exported = OnnxClassifier(quantize_int8(cached_onnx_bytes(model, info.classes, {}), calib))
-    pub = ds.images[ds.indices("public_test")][::4]
-    want = fp32.predict_proba(pub).argmax(1)
-    for q in (clf, exported):
-        agree = (q.predict_proba(pub).argmax(1) == want).mean()
-        assert agree >= 0.95, agree
+    pub = ds.images[ds.indices("public_test")][::8]
+    agree = (clf.predict_proba(pub).argmax(1) == fp32.predict_proba(pub).argmax(1)).mean()
+    assert agree >= 0.95, agree
     res = runner.invoke(app, ["predict", str(SAMPLE_DIR / "astronaut.jpg"), "--detector", "none"])
     assert res.exit_code == 0 and "onnxruntime int8" in " ".join(res.stderr.split())
 

@@ -193,7 +193,7 @@ def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: py
     from fercli.export import export_model
 
     export_model(model_dir, tmp_path / "assets" / "default_model.npz")
-    res = runner.invoke(app, ["predict", img, "--json"])
+    res = runner.invoke(app, ["predict", img, "--json", "--backend", "torch"])  # no ONNX conversion needed here
     assert res.exit_code == 0, res.output
     assert "bundled default model" in res.stderr
     assert len(json.loads(res.stdout)[0]["faces"]) == 1
