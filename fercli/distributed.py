@@ -25,7 +25,6 @@ torchrun then stops the other ranks.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -34,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from fercli.errors import FerError
+from fercli.launch import torchrun_command  # noqa: F401  (re-exported: part of this module's API)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -161,25 +161,3 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
         t = t.cuda()
     dist.broadcast(t, src=0)
     return bool(t.item())
-
-
-def torchrun_command(nproc: int, argv: list[str], *, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                     node_rank: int | None = None) -> list[str]:
-    """`python -m torch.distributed.run ... -m fercli <argv>` for `fer train --nproc N`.
-
-    Single node: --standalone (a local rendezvous on a free port). Several nodes: the same
-    command on every node with --nnodes and one --rdzv-endpoint HOST:PORT (c10d rendezvous).
-    """
-    if nproc < 1:
-        raise FerError(f"--nproc must be ≥ 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-    if nnodes > 1:
-        if not rdzv_endpoint:
-            raise FerError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        cmd += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
-        if node_rank is not None:
-            cmd += ["--node-rank", str(node_rank)]
-    else:
-        cmd += ["--standalone"]
-    return [*cmd, "-m", "fercli", *argv]
-

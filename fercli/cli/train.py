@@ -76,11 +76,11 @@ def train(
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
     history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
     """
-    from fercli import config, distributed, report, runs
-
-    if nproc is not None:
+    if nproc is not None:  # before importing torch: this process only launches torchrun
         _launch_torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
         return
+    from fercli import config, distributed, report, runs
+
     cfg = config.make_train_config(
         preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
@@ -116,7 +116,7 @@ def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node
     import subprocess
     import sys
 
-    from fercli import distributed
+    from fercli.launch import torchrun_command
 
     if "train" not in sys.argv:
         raise FerError("--nproc relaunches this command line; call it as `fer train ... --nproc N`")
@@ -131,8 +131,7 @@ def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node
             skip = "=" not in a
             continue
         argv.append(a)
-    cmd = distributed.torchrun_command(nproc, argv, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
-                                       node_rank=node_rank)
+    cmd = torchrun_command(nproc, argv, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, node_rank=node_rank)
     rc = subprocess.call(cmd)
     if rc != 0:
         raise FerError(f"data-parallel training failed (torchrun exit {rc}): a rank died or refused the run; "
