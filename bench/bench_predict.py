@@ -150,6 +150,10 @@ def _time_interleaved(fns: dict, x: torch.Tensor, repeats: int, warmup: int = 3)
             t0 = time.perf_counter()
             fn(x)
             times[k].append((time.perf_counter() - t0) * 1000)
+    return _summary(times)
+
+
+def _summary(times: dict[str, list[float]]) -> dict:
     return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2),
                 "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 2)} for k, v in times.items()}
 
@@ -167,8 +171,7 @@ def _time_sequential(fns: dict, x: torch.Tensor, repeats: int, warmup: int = 3) 
             t0 = time.perf_counter()
             fn(x)
             times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2),
-                "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 2)} for k, v in times.items()}
+    return _summary(times)
 
 
 def main() -> None:

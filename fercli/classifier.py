@@ -250,7 +250,7 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
     device = resolve_device(cfg.device)
     model, info = resolve_model(cfg.model)
     why = "--backend torch"
-    if cfg.backend == "onnx" or (cfg.backend == "auto" and device.type == "cpu"):
+    if cfg.backend == "onnx" or cfg.precision == "int8" or (cfg.backend == "auto" and device.type == "cpu"):
         from fercli.onnx_export import OnnxClassifier, cached_onnx_bytes, ort_available
 
         problem = None
@@ -264,7 +264,8 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
             try:
                 data = cached_onnx_bytes(model, info.classes, {**info.details, "source_model": info.path}, int8=int8)
                 clf = OnnxClassifier(data, name=info.path, device=str(device))
-                why = "--backend onnx" if cfg.backend == "onnx" else "auto: CPU, onnxruntime"
+                why = ("--backend onnx" if cfg.backend == "onnx"
+                       else "auto: CPU, onnxruntime" if device.type == "cpu" else "onnxruntime")
                 if int8:
                     why += ", int8 (--precision int8)" if cfg.precision == "int8" else ", int8 (auto: the bundled model)"
                 return clf, info, why
@@ -273,7 +274,8 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
             except Exception as exc:  # an exporter failure on an unusual model: torch still works
                 problem = f"ONNX conversion failed ({type(exc).__name__}: {str(exc).strip()[:100]})"
         if cfg.backend == "onnx" or cfg.precision == "int8":
-            raise FerError(f"--{'backend onnx' if cfg.backend == 'onnx' else 'precision int8'}: {problem}")
+            flag = "--backend onnx" if cfg.backend == "onnx" else "--precision int8"
+            raise FerError(f"{flag}: {problem}")
         why = f"auto: torch ({problem})"
     elif cfg.backend == "auto":
         why = f"auto: torch on {device.type}"

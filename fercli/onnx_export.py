@@ -48,7 +48,7 @@ ONNX_FORMAT = "fercli-onnx-v1"
 OPSET = 17
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probs"
-CACHE_KEEP = 3  # converted models kept in the cache (each 85-180 MB)
+CACHE_KEEP = 3  # converted graphs kept in the cache (fp32 85-180 MB, int8 a quarter; each counts)
 CALIBRATION_FACES = 256  # int8 activation ranges: enough faces for stable min/max
 # Two public-domain portraits (sample_images/README.md), 160x160 grey, face box (30, 30, 100,
 # 100): the calibration faces of the int8 graph `fer predict` builds for the shipped model
@@ -331,25 +331,32 @@ def cached_onnx_bytes(model: nn.Module, classes: tuple[str, ...] | list[str],
     """The ONNX graph (fp32 weights: the torch model's exact values) of a torch model, from
     the cache when it is there; written back atomically, silently skipped if unwritable.
     int8: the graph quantised by quantize_int8 on sample_calibration_faces (cached too)."""
+    fp32_path = cache_dir() / f"{weights_key(model)}.onnx"
+
+    def fp32() -> bytes:
+        return _cached(fp32_path, lambda: onnx_bytes(model, {**meta, "classes": list(classes)}, dtype="float32"))
+
+    if not int8:
+        return fp32()
+    return _cached(fp32_path.with_name(f"{fp32_path.stem}-{INT8_CACHE_TAG}.onnx"), lambda: quantize_int8(
+        fp32(), sample_calibration_faces(),
+        calibration=f"{CALIBRATION_FACES} augmented crops of the 2 sample portraits (fercli/assets/{CALIBRATION_ASSET.name})"))
+
+
+def _cached(path: Path, build: Any) -> bytes:
+    """path's bytes, or build() written to path (atomically; skipped if unwritable)."""
     from fercli.fsutil import atomic_write_bytes
 
-    key = weights_key(model)
-    path = cache_dir() / (f"{key}-{INT8_CACHE_TAG}.onnx" if int8 else f"{key}.onnx")
     try:
         data = path.read_bytes()
         os.utime(path)  # most recently used: kept by the pruning below
         return data
     except OSError:
         pass
-    if int8:
-        data = quantize_int8(cached_onnx_bytes(model, classes, meta), sample_calibration_faces(),
-                             calibration=f"{CALIBRATION_FACES} augmented crops of the 2 sample portraits "
-                                         f"(fercli/assets/{CALIBRATION_ASSET.name})")
-    else:
-        data = onnx_bytes(model, {**meta, "classes": list(classes)}, dtype="float32")
+    data = build()
     try:
         atomic_write_bytes(path, data)
-        # fp32 graphs are 85-180 MB: keep only the few most recently used models.
+        # fp32 graphs are 85-180 MB: keep only the few most recently used graphs.
         old = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)[CACHE_KEEP:]
         for p in old:
             p.unlink(missing_ok=True)

@@ -42,11 +42,12 @@ def export_cmd(
     mb = info["bytes"] / 1e6
     where = ", ".join(info["files"])
     acc = info.get("private_test_accuracy")
+    acc_text = ""
+    if isinstance(acc, (int, float)):
+        acc_text = f"; PrivateTest accuracy {100 * acc:.2f}%"
+        if info["dtype"] == "int8":
+            acc_text += " (of the float model it was quantised from)"
     report.console.print(
         f"exported {info['model_spec']['name']} as {fmt} ({info['num_parameters'] / 1e6:.1f} M parameters, {info['dtype']}) "
-        f"— {mb:.1f} MB to {where}"
-        + (f"; PrivateTest accuracy {100 * acc:.2f}%" + (" (of the float model it was quantised from)"
-                                                          if info["dtype"] == "int8" else "")
-           if isinstance(acc, (int, float)) else ""),
-        highlight=False)
+        f"— {mb:.1f} MB to {where}{acc_text}", highlight=False)
     report.console.print(f"metadata: {info['sidecar']}", highlight=False)
