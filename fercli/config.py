@@ -36,6 +36,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy target smoothing (engine.make_train_step)
     warmup_epochs: int = 0  # linear lr warm-up over the first N epochs, then the schedule
     no_decay_bn_bias: bool = False  # weight decay 0 on 1-d parameters (BatchNorm, biases)
+    random_erasing: float = 0.0  # probability of erasing a rectangle per image (fercli.regularize)
+    mixup: float = 0.0  # mixup Beta(α, α) parameter; 0 = off
+    ema: float = 0.0  # decay of the weight EMA that is validated and saved; 0 = off
     shared_backbone: bool = False
     freeze_backbone: bool = False
     gc_conv_only: bool = False
@@ -129,6 +132,12 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise FerError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0.0 <= cfg.random_erasing <= 1.0:
+        raise FerError(f"--random-erasing is a probability in [0, 1], got {cfg.random_erasing}")
+    if not (cfg.mixup >= 0 and math.isfinite(cfg.mixup)):
+        raise FerError(f"--mixup is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.mixup}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise FerError(f"--ema is a decay in [0, 1) (0 = off; e.g. 0.999), got {cfg.ema}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise FerError(f"--warmup-epochs must be ≥ 0 and < --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.init_from and (cfg.pretrained or cfg.weights):

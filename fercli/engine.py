@@ -34,6 +34,14 @@ from torch import nn
 from fercli.data import DeviceSplit, augment_with
 from fercli.errors import FerError
 from fercli.optim import graph_capturable, use_tensor_lr
+from fercli.regularize import (
+    ERASE_DRAWS,
+    WeightEMA,
+    erase_with,
+    mix_with,
+    mixed_cross_entropy,
+    mixup_lambdas,
+)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):  # type: ignore[no-untyped-def]
@@ -58,25 +66,31 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.d
 class TrainStep:
     """One optimisation step on a full batch: step(idx, r) -> (loss, correct), no host sync.
 
-    idx: int64 (B,) rows of `data`; r: float32 (B, 4) augmentation draws (augment_with), or
-    None without augmentation. Returns 0-d tensors: mean loss (float32) and the number of
-    correct predictions (int64). With a graph they live in graph memory that the next step
-    overwrites: accumulate them before calling again (train_one_epoch does).
+    idx: int64 (B,) rows of `data`; r: float32 (B, draw_width) augmentation draws: 4 for
+    augment_with, then ERASE_DRAWS for erase_with when random erasing is on; None without
+    augmentation. lam: 0-d float32 mixup weight (mixup on). Returns 0-d tensors: mean loss
+    (float32) and the number of correct predictions (int64; under mixup, of the first label).
+    With a graph they live in graph memory that the next step overwrites: accumulate them
+    before calling again (train_one_epoch does). ema (WeightEMA) is updated after each step.
     """
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                  data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
                  augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
-                 label_smoothing: float = 0.0, model: nn.Module | None = None) -> None:
+                 label_smoothing: float = 0.0, model: nn.Module | None = None,
+                 random_erasing: float = 0.0, mixup: float = 0.0, ema: WeightEMA | None = None) -> None:
         self.forward, self.optimizer, self.data = forward, optimizer, data
         self.model = model if model is not None else forward
         self.device = data.x.device
         self.batch = min(batch_size, len(data))
         self.amp_dtype, self.augment, self.channels_last = amp_dtype, augment, channels_last
         self.label_smoothing = label_smoothing
+        self.random_erasing, self.mixup, self.ema = random_erasing, mixup, ema
+        self.draw_width = 4 + (ERASE_DRAWS if augment and random_erasing > 0 else 0)
         # Static inputs: each step copies its indices and draws into these, then runs `_body`.
         self.idx = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
-        self.r = torch.full((self.batch, 4), 0.5, dtype=torch.float32, device=self.device)
+        self.r = torch.full((self.batch, self.draw_width), 0.5, dtype=torch.float32, device=self.device)
+        self.lam = torch.ones((), dtype=torch.float32, device=self.device)
         self.graph: Any = None
         self.graphed = bool(cuda_graphs and self.device.type == "cuda"
                             and isinstance(self.model, nn.Module) and graph_capturable(optimizer))
@@ -88,24 +102,36 @@ class TrainStep:
         x = self.data.x[self.idx].float().div_(255)  # (B, 1, H, W) in [0, 1]
         y = self.data.y[self.idx]  # (B,)
         if self.augment:
-            x = augment_with(x, self.r)
+            x = augment_with(x, self.r[:, :4])
+            if self.draw_width > 4:
+                x = erase_with(x, self.r[:, 4:], self.random_erasing)
+        if self.mixup > 0:
+            x = mix_with(x, self.lam)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Under a graph the grads stay allocated (graph memory) and are zeroed in place.
         self.optimizer.zero_grad(set_to_none=not self.graphed)
         with _autocast(self.device, self.amp_dtype, cache=not self.graphed):
             logits = self.forward(x)  # (B, C)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            if self.mixup > 0:
+                loss = mixed_cross_entropy(logits.float(), y, self.lam, self.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def __call__(self, idx: torch.Tensor, r: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, idx: torch.Tensor, r: torch.Tensor | None,
+                 lam: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if idx.shape != self.idx.shape:
             raise FerError(f"train step built for batch {self.batch}, got {tuple(idx.shape)}")
         self.idx.copy_(idx)
         if r is not None:
             self.r.copy_(r)
+        if lam is not None:
+            self.lam.copy_(lam)
         if not self.graphed:
             return self._body()
         if self.graph is None:
@@ -117,33 +143,39 @@ class TrainStep:
     def _capture(self) -> None:
         """Warm up on a side stream (lazy optimizer state, cuDNN autotuning), restore the
         weights and optimizer state the warm-up steps changed, then capture `_body`."""
-        saved = snapshot_training_state(self.model, self.optimizer)
+        saved = snapshot_training_state(self.model, self.optimizer, self._ema_tensors())
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(3):
                 self._body()
         torch.cuda.current_stream(self.device).wait_stream(side)
-        restore_training_state(self.model, self.optimizer, saved)
+        restore_training_state(self.model, self.optimizer, saved, self._ema_tensors())
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = self._body()
 
+    def _ema_tensors(self) -> list[torch.Tensor]:
+        return self.ema.tensors() if self.ema is not None else []
 
-def snapshot_training_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Copies of the weights, buffers (BN statistics) and existing optimizer state."""
-    tensors = [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+def snapshot_training_state(model: Any, optimizer: torch.optim.Optimizer,
+                            extra: list[torch.Tensor] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Copies of the weights, buffers (BN statistics), existing optimizer state and `extra`
+    tensors (the weight EMA's)."""
+    tensors = [t.detach().clone() for t in (*model.parameters(), *model.buffers(), *extra)]
     state = {id(p): {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
              for p, st in optimizer.state.items()}
     return {"tensors": tensors, "state": state}
 
 
 @torch.no_grad()
-def restore_training_state(model: Any, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+def restore_training_state(model: Any, optimizer: torch.optim.Optimizer, saved: dict[str, Any],
+                           extra: list[torch.Tensor] = ()) -> None:  # type: ignore[assignment]
     """Undo steps taken since snapshot_training_state, in place (a graph keeps the addresses):
     weights and buffers copied back, optimizer state copied back, or zeroed where the steps
     created it (Adam's fresh moments and step count are zeros)."""
-    for t, v in zip((*model.parameters(), *model.buffers()), saved["tensors"], strict=True):
+    for t, v in zip((*model.parameters(), *model.buffers(), *extra), saved["tensors"], strict=True):
         t.copy_(v)
     for p, st in optimizer.state.items():
         old = saved["state"].get(id(p))
@@ -181,8 +213,12 @@ def train_one_epoch(
                                   augment=augment, channels_last=channels_last, cuda_graphs=False)
     batches = epoch_batches(len(data), batch_size, gen, device)[:max_steps]  # (steps, B)
     steps, bs = batches.shape
-    # All of the epoch's augmentation draws at once: (steps, B, 4), one kernel.
-    draws = torch.rand(steps, bs, 4, generator=gen, device=device) if augment else None
+    # All of the epoch's augmentation draws at once: (steps, B, draw_width), one kernel; then
+    # the mixup weights (steps,), drawn after them so runs without mixup keep their stream.
+    # (getattr: a stand-in step without these attributes, as in tests and benches, draws 4.)
+    width, mixup = getattr(step_fn, "draw_width", 4), getattr(step_fn, "mixup", 0.0)
+    draws = torch.rand(steps, bs, width, generator=gen, device=device) if augment else None
+    lams = mixup_lambdas(gen, steps, mixup, device) if mixup > 0 else None
     world = dist.world_size if dist is not None else 1
     if world > 1 and not dist.sharded:  # this rank's columns of every global batch: (steps, B / W)
         b = bs // world
@@ -192,7 +228,8 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     pending, last = 0, time.perf_counter()
     for s in range(steps):
-        loss, hits = step_fn(batches[s], draws[s] if draws is not None else None)
+        r = draws[s] if draws is not None else None
+        loss, hits = step_fn(batches[s], r) if lams is None else step_fn(batches[s], r, lams[s])
         loss_sum += loss
         correct += hits
         if on_step is not None:
@@ -283,14 +320,16 @@ def evaluate(
 def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                     data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
                     augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
-                    label_smoothing: float = 0.0, model: nn.Module | None = None) -> TrainStep:
+                    label_smoothing: float = 0.0, model: nn.Module | None = None,
+                    random_erasing: float = 0.0, mixup: float = 0.0, ema: WeightEMA | None = None) -> TrainStep:
     """The train step for `data`: `forward` is the model, or torch.compile(model) for
     --compile (then pass `model`). cuda_graphs captures the step on CUDA when the optimizer
     is capturable (fused Adam/AdamW: adam*, adamw*); sgd* and CPU run the same body eagerly.
     `step.graphed` says which happened."""
     return TrainStep(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
                      augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                     label_smoothing=label_smoothing, model=model)
+                     label_smoothing=label_smoothing, model=model, random_erasing=random_erasing,
+                     mixup=mixup, ema=ema)
 
 
 class GraphedInference:

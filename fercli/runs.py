@@ -46,6 +46,7 @@ from fercli.engine import evaluate, make_train_step, train_one_epoch
 from fercli.errors import FerError
 from fercli.fsutil import atomic_write_json, atomic_write_text
 from fercli.provenance import code_version
+from fercli.regularize import WeightEMA
 
 # Progress events: ("epoch_start", {...}), ("step", {"images": n}), ("epoch_end", row).
 ProgressCallback = Callable[[str, dict[str, Any]], None]
@@ -63,6 +64,9 @@ class TrainResult:
     fold: int | None
     seconds: float
     images_per_second: float
+
+
+_DEFAULTS = dataclasses.asdict(TrainConfig())
 
 
 def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
@@ -190,6 +194,8 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, _param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 gc_conv_only=cfg.gc_conv_only)
+    # --ema: a moving average of the weights is what gets validated, selected and saved.
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
 
     history: list[dict[str, Any]] = []
     best = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
@@ -200,8 +206,9 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
             raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
         saved = ckpt.get("config", {})
         for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                    "init_from"):
-            if saved.get(key) != getattr(cfg, key):
+                    "init_from", "random_erasing", "mixup", "ema"):
+            # Options newer than a checkpoint were off when it was written: compare with the default.
+            if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
                 raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
                                f"the run's {saved.get(key)!r} in {last_path}")
         saved_world = int(ckpt.get("world_size", 1))
@@ -211,6 +218,8 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
                            f"statistics depend on it)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         history, best, start_epoch = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
 
     version = code_version()  # once per run: every checkpoint of this process carries it
@@ -255,7 +264,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
 
     # One step for the run: captured once as a CUDA graph (default on CUDA) or eager.
     # --compile compiles the forward/backward instead (no manual graph around it).
-    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info)
+    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info, ema)
     cadence = _Cadence(*checkpoint_cadence(cfg.checkpoint_every), last=time.perf_counter())
     writer = CheckpointWriter()
 
@@ -269,7 +278,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         for epoch in range(start_epoch, cfg.epochs):
             row, best, seen = _epoch(cfg, epoch, model, optimizer, step_fn, train_data, val_data,
                                      amp_dtype, ds, history, best, version, run_dir, writer, cadence, emit,
-                                     dist_info)
+                                     dist_info, ema)
             images_done += seen
             if epoch + 1 == cfg.epochs:
                 writer.wait()  # the final last.pt is on disk before the run reports done
@@ -301,7 +310,7 @@ class _Cadence:
 
 
 def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, amp_dtype: Any,
-               dist_info: distributed.DistInfo) -> Any:
+               dist_info: distributed.DistInfo, ema: WeightEMA | None = None) -> Any:
     """The run's one train step: captured once as a CUDA graph (default on CUDA) or eager;
     --compile compiles the forward/backward instead (no manual graph around it). Under
     torchrun the forward is DistributedDataParallel (gradients averaged over ranks before
@@ -319,7 +328,8 @@ def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, am
         forward = DistributedDataParallel(model, device_ids=ids)
     return make_train_step(forward, optimizer, train_data, batch_size=batch, amp_dtype=amp_dtype,
                            augment=cfg.augment, channels_last=cfg.channels_last, model=model,
-                           label_smoothing=cfg.label_smoothing,
+                           label_smoothing=cfg.label_smoothing, random_erasing=cfg.random_erasing,
+                           mixup=cfg.mixup, ema=ema,
                            cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
 
 
@@ -356,8 +366,11 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
            val_data: Any, amp_dtype: Any, ds: PreparedDataset, history: list[dict[str, Any]],
            best: dict[str, Any], version: Any, run_dir: Path, writer: CheckpointWriter,
            cadence: _Cadence, emit: ProgressCallback,
-           dist_info: distributed.DistInfo = distributed.SINGLE) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """One epoch: train, validate, checkpoint on the cadence; returns (row, best, images)."""
+           dist_info: distributed.DistInfo = distributed.SINGLE,
+           ema: WeightEMA | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """One epoch: train, validate, checkpoint on the cadence; returns (row, best, images).
+    With --ema the averaged weights are validated and go to best.pt; last.pt keeps the live
+    weights (and the average) for --resume."""
     from fercli.optim import set_lr
 
     lr = _lr_at(cfg, epoch)
@@ -371,7 +384,8 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
 
     train_seconds = time.perf_counter() - t0
     t_eval = time.perf_counter()
-    va = evaluate(model, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
+    selected = ema.module if ema is not None else model  # the weights selection is about
+    va = evaluate(selected, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
                   channels_last=cfg.channels_last)
     # *_seconds and img_per_s are timings: the only columns a resumed run may not repeat.
     row = {"epoch": epoch + 1, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
@@ -387,9 +401,10 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
     if improved or due:
         t_ck = time.perf_counter()
         writer.wait()  # the previous write; then a CPU snapshot, written in the background
+        weights = cpu_copy({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}, True)
         base = {
             "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
-            "model": cpu_copy({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}, True),
+            "model": weights if ema is None else cpu_copy(ema.module.state_dict(), True),
             "epoch": epoch, "best": dict(best), "config": dataclasses.asdict(cfg),
             "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
             "code_version": version, "world_size": dist_info.world_size,
@@ -399,7 +414,10 @@ def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: An
         base["history"] = [dict(h) for h in history]
         jobs = [(run_dir / BEST_CHECKPOINT, base)] if improved else []
         if due:
-            jobs.append((run_dir / LAST_CHECKPOINT, {**base, "optimizer": opt_state}))
+            last = {**base, "optimizer": opt_state, "model": weights}
+            if ema is not None:
+                last["ema"] = cpu_copy(ema.state_dict())
+            jobs.append((run_dir / LAST_CHECKPOINT, last))
             cadence.last, cadence.wrote = time.perf_counter(), True
         writer.submit(jobs)
     _write_history(run_dir, history)

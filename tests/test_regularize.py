@@ -1,0 +1,224 @@
+"""Recipe regularisers (fercli.regularize): random erasing, mixup and the weight EMA — exact
+math, their place in the train step, resume and the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_engine import make_fer_like, tiny_cfg
+from typer.testing import CliRunner
+
+from fercli import checkpoints, config, engine, runs
+from fercli.cli import app
+from fercli.data import DeviceSplit
+from fercli.errors import FerError
+from fercli.regularize import (
+    ERASE_AREA,
+    ERASE_DRAWS,
+    ERASE_RATIO,
+    WeightEMA,
+    erase_with,
+    mix_with,
+    mixed_cross_entropy,
+    mixup_lambdas,
+)
+
+# ------------------------------------------------------------------------------ random erasing
+
+
+def _draws(area_frac: float, aspect: float, top: float, left: float, grey: float, apply: float = 0.0):
+    """erase_with draws that give a rectangle of `area_frac` of the image and h/w = aspect."""
+    a = (area_frac - ERASE_AREA[0]) / (ERASE_AREA[1] - ERASE_AREA[0])
+    lo, hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+    rho = (math.log(aspect) - lo) / (hi - lo)
+    return torch.tensor([[apply, a, rho, top, left, grey]], dtype=torch.float32)
+
+
+def test_erase_with_fills_exactly_the_rectangle_it_describes():
+    # 10×10 image, area 16 px, h/w 1 → 4×4; top = 0.5·(10 − 4) = 3, left = 0 → rows 3–6, cols 0–3.
+    x = torch.rand(1, 1, 10, 10)
+    out = erase_with(x, _draws(0.16, 1.0, 0.5, 0.0, 0.25), p=0.5)
+    expected = x.clone()
+    expected[0, 0, 3:7, 0:4] = 0.25
+    assert torch.equal(out, expected)
+    # 20×20 image, area 72 px, h/w 2 → 12×6, against the bottom-right corner (top and left draws 1).
+    x = torch.rand(1, 1, 20, 20)
+    out = erase_with(x, _draws(0.18, 2.0, 1.0, 1.0, 0.0), p=1.0)
+    expected = x.clone()
+    expected[0, 0, 8:20, 14:20] = 0.0
+    assert torch.equal(out, expected)
+
+
+def test_erase_with_leaves_images_whose_apply_draw_is_not_below_p():
+    x = torch.rand(3, 1, 12, 12)
+    r = torch.cat([_draws(0.3, 1.0, 0.5, 0.5, 0.0, apply=v) for v in (0.1, 0.5, 0.9)])
+    out = erase_with(x, r, p=0.5)
+    assert not torch.equal(out[0], x[0])
+    assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
+    assert torch.equal(erase_with(x, r, p=0.0), x)
+
+
+def test_erased_area_follows_the_drawn_fractions_on_average():
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(4000, ERASE_DRAWS, generator=g)
+    x = torch.full((4000, 1, 48, 48), 2.0)  # outside [0, 1): every erased pixel is visible
+    out = erase_with(x, r, p=0.5)
+    erased = (out != 2.0).flatten(1).any(1)
+    assert abs(erased.float().mean().item() - 0.5) < 0.03
+    frac = (out != 2.0).flatten(1).float().mean(1)[erased]
+    assert abs(frac.mean().item() - sum(ERASE_AREA) / 2) < 0.02  # the mean of U(0.02, 0.33), less clamping
+
+
+# ------------------------------------------------------------------------------ mixup
+
+
+def test_mixup_blends_each_image_with_the_reversed_batch():
+    x = torch.arange(3 * 4, dtype=torch.float32).view(3, 1, 2, 2)
+    lam = torch.tensor(0.7)
+    out = mix_with(x, lam)
+    for b in range(3):
+        assert torch.allclose(out[b], 0.7 * x[b] + 0.3 * x[2 - b])
+
+
+def test_mixed_cross_entropy_is_cross_entropy_against_the_mixed_one_hot_targets():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 7, generator=g)
+    y = torch.tensor([0, 3, 6, 1, 1, 2])
+    lam = torch.tensor(0.35)
+    soft = 0.35 * F.one_hot(y, 7).float() + 0.65 * F.one_hot(y.flip(0), 7).float()
+    want = -(soft * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(mixed_cross_entropy(logits, y, lam), want)
+    torch.testing.assert_close(mixed_cross_entropy(logits, y, torch.tensor(1.0), 0.1),
+                               F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_mixup_lambdas_are_beta_draws_replayed_by_the_same_generator():
+    a = mixup_lambdas(torch.Generator().manual_seed(3), 5000, 0.2, torch.device("cpu"))
+    b = mixup_lambdas(torch.Generator().manual_seed(3), 5000, 0.2, torch.device("cpu"))
+    assert torch.equal(a, b) and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert abs(float(a.mean()) - 0.5) < 0.02  # Beta(α, α) is symmetric about 1/2
+    # α = 0.2 is U-shaped: most mass near 0 or 1; α = 4 concentrates near 1/2.
+    assert float(((a < 0.1) | (a > 0.9)).float().mean()) > 0.5
+    c = mixup_lambdas(torch.Generator().manual_seed(3), 5000, 4.0, torch.device("cpu"))
+    assert float(((c > 0.3) & (c < 0.7)).float().mean()) > 0.6
+
+
+# ------------------------------------------------------------------------------ weight EMA
+
+
+def test_ema_update_is_the_warmed_up_moving_average():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.9)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update()  # t = 1: d = min(0.9, 2 / 11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.module[0].weight, d * w0 + (1 - d) * (w0 + 1))
+    assert int(ema.module[1].num_batches_tracked) == 7  # integer buffers are copied
+    for _ in range(200):  # past the warm-up d is the decay: ema → w geometrically
+        ema.update()
+    avg = ema.module[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(10.0)
+    ema.update()
+    torch.testing.assert_close(ema.module[0].weight, 0.9 * avg + 0.1 * model[0].weight.detach())
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    state = ema.state_dict()
+    other = WeightEMA(model, decay=0.9)
+    other.load_state_dict(state)
+    assert float(other.t) == 202 and torch.equal(other.module[0].weight, ema.module[0].weight)
+
+
+def test_graph_capture_snapshot_restores_the_ema_too():
+    model = torch.nn.Linear(4, 2)
+    ema = WeightEMA(model, decay=0.99)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = engine.snapshot_training_state(model, opt, ema.tensors())
+    before = [t.clone() for t in ema.tensors()]
+    with torch.no_grad():
+        model.weight.add_(1)
+    ema.update()
+    engine.restore_training_state(model, opt, saved, ema.tensors())
+    assert all(torch.equal(a, b) for a, b in zip(ema.tensors(), before, strict=True))
+
+
+# ------------------------------------------------------------------------------ in the train step
+
+
+def test_train_step_draws_widen_only_when_erasing_is_on():
+    data = DeviceSplit(torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8), torch.randint(0, 7, (8,)))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plain = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None)
+    erasing = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None, random_erasing=0.5)
+    assert plain.draw_width == 4 and erasing.draw_width == 4 + ERASE_DRAWS
+
+
+def test_ema_mixup_erasing_run_resumes_bit_for_bit_and_best_pt_holds_the_average(tmp_path):
+    """A run with all three interrupted in epoch 3 and resumed (last.pt from epoch 2) ends with
+    the uninterrupted run's weights, EMA and history; best.pt is the EMA's weights."""
+    ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
+    cfg = tiny_cfg(ds, tmp_path / "run", batch_size=4, epochs=3, checkpoint_every="2",
+                   ema=0.9, mixup=0.4, random_erasing=0.5)
+    (full,) = runs.train(config.make_train_config(**{**cfg.__dict__, "out": str(tmp_path / "full")}))
+
+    class Kill(Exception):
+        pass
+
+    def die_in_epoch_3(kind, info):
+        if kind == "epoch_start" and info["epoch"] == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        runs.train(cfg, on_event=die_in_epoch_3)
+    (resumed,) = runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True}))
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in hs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    a = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")
+    b = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+    assert float(a["ema"]["t"]) == 3 * 2  # 3 epochs × 2 steps
+    # best.pt is the average (its epoch's), not the live weights.
+    best = checkpoints.load_checkpoint(tmp_path / "full" / "best.pt")
+    if best["epoch"] == 2:  # the final epoch: compare with last.pt's EMA directly
+        assert all(torch.equal(best["model"][k], a["ema"]["module"][k].contiguous()) for k in best["model"])
+    assert any(not torch.equal(a["model"][k], a["ema"]["module"][k]) for k in a["model"])
+    # Changing a regulariser on --resume is refused (the replay would not be the same run).
+    with pytest.raises(FerError, match="--mixup"):
+        runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True, "mixup": 0.2}))
+
+
+def test_regulariser_options_change_training_and_off_means_the_old_run(tmp_path):
+    ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
+    base = tiny_cfg(ds, tmp_path / "a", batch_size=4, epochs=1)
+    (a,) = runs.train(base)
+    (b,) = runs.train(config.make_train_config(**{**base.__dict__, "out": str(tmp_path / "b"),
+                                                  "random_erasing": 0.0, "mixup": 0.0, "ema": 0.0}))
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    for opt in ({"random_erasing": 1.0}, {"mixup": 1.0}):
+        (c,) = runs.train(config.make_train_config(**{**base.__dict__, "out": str(tmp_path / str(opt)), **opt}))
+        assert c.history[0]["train_loss"] != a.history[0]["train_loss"], opt
+
+
+@pytest.mark.parametrize("flag,value", [("--random-erasing", "1.5"), ("--mixup", "-1"), ("--ema", "1.0"),
+                                        ("--ema", "-0.1")])
+def test_bad_regulariser_values_are_one_line_errors(tmp_path, flag, value):
+    ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
+    r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--device", "cpu", "--epochs", "1",
+                                 "--out", str(tmp_path / "run"), flag, value])
+    assert r.exit_code != 0
+    assert flag in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_explains_the_regularisers():
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--random-erasing", "--mixup", "--ema"):
+        assert flag in out
