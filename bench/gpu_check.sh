@@ -23,7 +23,12 @@
 # checks the flow end to end, numbers mean nothing):
 #   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash bench/gpu_check.sh
 #
-# Knobs (environment): OUT, DEVICE (cuda), BUDGET_S (whole script, 530), JOBS (8), step caps
+# MODE=recipes (the default since issue 9 closed) replaces steps 2-5 with
+# bench/recipe_search.py over $RECIPES (bench/recipes_fer2013.json): a throughput probe, each
+# recipe for an equal share of the budget, the recipe chosen on PublicTest only, PrivateTest
+# read once for the chosen run, which is exported. MODE=engine runs steps 2-5 as described.
+#
+# Knobs (environment): MODE (recipes), RECIPES, OUT, DEVICE (cuda), BUDGET_S (whole script, 530), JOBS (8), step caps
 # ROWS_S (200), CONC_S (100), CURVE_S (60, each of the two),
 # RECIPE_ARGS (extra `fer train` options for the accuracy run), PAYLOAD (gpu_payload), WORK,
 # PYTHON (python3), PREPARED_DATA_DIR (a data root that already holds fer2013/: no prepare).
@@ -41,6 +46,8 @@ WORK=${WORK:-/tmp/fer_gpu_check}
 OUT=${OUT:-/tmp/fer_gpu_check_out}
 JOBS=${JOBS:-8}
 RECIPE_ARGS=${RECIPE_ARGS:-}
+MODE=${MODE:-recipes}  # recipes (issue 10's accuracy search) | engine (issue 9's rows + one accuracy run)
+RECIPES=${RECIPES:-bench/recipes_fer2013.json}
 LIMIT_SCALE=1
 if [ "$DRY" = 1 ]; then
   LIMIT_SCALE=${LIMIT_SCALE_DRY:-8}  # a CPU is far slower; limits only guard against hangs
@@ -130,6 +137,19 @@ write_prepared(sys.argv[1], name="fer2013", classes=FER2013_CLASSES,
 EOF
 fi
 
+if [ "$MODE" = recipes ]; then
+  # ------------------------------------------------------------ issue 10: the recipe search
+  # Steps 2-5 give way to bench/recipe_search.py: a throughput probe, then each recipe of
+  # $RECIPES for an equal share of the budget left, chosen on PublicTest; only the chosen
+  # run is evaluated on PrivateTest and exported.
+  RS_ARGS=""
+  [ "$DRY" = 1 ] && RS_ARGS="--dry"
+  LEFT=$((T_END - $(date +%s) - 25))  # 25 s: the summary and copying back
+  run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" bench/recipe_search.py --recipes "$RECIPES" \
+    --budget-s $((LEFT - 20)) --device "$DEVICE" --work "$WORK/recipes" --json "$WORK/recipes.json" \
+    --export "$WORK/export" $RS_ARGS
+  EPOCHS=0
+else
 # ---------------------------------------------------------------- 2. the table's rows (graphed + eager)
 run_step rows "${ROWS_S:-200}" "$PY" bench/gpu_rows.py --device "$DEVICE" --json "$WORK/rows.json" $ROWS_ARGS
 
@@ -182,6 +202,7 @@ if [ -f "$RUN/best.pt" ]; then
   mkdir -p "$WORK/export"
   run_step export 30 "${FER[@]}" export "$RUN" --out "$WORK/export/model.npz" --max-shard-mb 15 || true
 fi
+fi  # MODE
 
 # ---------------------------------------------------------------- 6. what comes back (≤ 8 files)
 if [ -d "$WORK/export" ]; then

@@ -93,11 +93,12 @@ def main() -> None:
             "public_test_acc_selected": train.get("best_val_acc"), "private_test_acc": acc,
             "private_test_macro_f1": ev.get("macro_f1") if ev else None, "paper_private_test": 0.7055,
             "history": train.get("history"), "metrics": ev}
+    result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (bench/recipe_search.py)
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n==== gpu_check summary ====")
     for s in steps:
         print(f"  {s['step']:<24} exit {s['exit']:>7}  {s['seconds']:7.1f} s")
-    for t in targets:
+    for t in targets if rows else []:  # MODE=recipes measures no engine rows
         print("  " + t["measure"] + ": " + ", ".join(f"{k}={v}" for k, v in t.items() if k != "measure"))
     if curves:
         print(f"  loss curves graphed vs eager: max rel diff {curves['max_rel_diff']}")
@@ -105,6 +106,15 @@ def main() -> None:
         a = result["accuracy_run"]
         print(f"  accuracy run: {epochs} epochs in {a['seconds']} s, PublicTest {a['public_test_acc_selected']}, "
               f"PrivateTest {a['private_test_acc']}")
+    rs = result["recipe_search"]
+    if rs:
+        for r in rs.get("recipes", []):
+            print(f"  recipe {r['name']:<16} {r.get('epochs_done')} epochs, {r.get('seconds')} s, "
+                  f"PublicTest {r.get('public_test')} (epoch {r.get('best_epoch')}), {r['status']}")
+        ch = rs.get("chosen") or {}
+        print(f"  chosen on PublicTest: {ch.get('name')}; PrivateTest "
+              f"{(ch.get('private_test') or {}).get('accuracy')}, flip TTA "
+              f"{(ch.get('private_test_tta_flip') or {}).get('accuracy')}")
     print(f"  wrote {out}")
 
 
