@@ -75,3 +75,37 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
     assert seen["label_smoothing"] == 0.1
     saved = json.loads((res.run_dir / "config.json").read_text())["config"]
     assert saved["label_smoothing"] == 0.1 and saved["no_decay_bn_bias"] is True and saved["warmup_epochs"] == 0
+
+
+def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
+    """bench/recipes_fer2013.json is run unattended on a lent GPU: every recipe must parse as
+    `fer train` options (a typo would cost the call) and differ from the others."""
+    from typer.main import get_command
+
+    from fercli.cli import app
+
+    recipes = json.loads((Path(__file__).parents[1] / "bench" / "recipes_fer2013.json").read_text())["recipes"]
+    train_cmd = get_command(app).commands["train"]  # type: ignore[attr-defined]
+    seen = set()
+    for r in recipes:
+        argv = ["--preset", "fer2013-scratch", "--image-size", str(r["image_size"]), *r["args"]]
+        ctx = train_cmd.make_context("train", list(argv))
+        explicit = {k: v for k, v in ctx.params.items() if k in config.TrainConfig.__dataclass_fields__}
+        cfg = config.make_train_config(ctx.params["preset"], **explicit)
+        config.validate_config(cfg)
+        assert cfg.image_size == r["image_size"] and not cfg.pretrained
+        seen.add(tuple(argv))
+    assert len(seen) == len(recipes)
+
+
+def test_recipe_search_sizes_epochs_to_the_share() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_search", Path(__file__).parents[1] / "bench" / "recipe_search.py")
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)  # type: ignore[union-attr]
+    # 21,500 img/s (the previous H200 call, 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
+    per_epoch = 28709 / 21500 + 3589 / (3 * 21500) + 0.25
+    assert rs.epochs_for(125.0, 21500.0, 200, 28709) == int(100 / per_epoch) == 60
+    assert rs.epochs_for(125.0, 21500.0, 40, 28709) == 40  # the recipe's cap
+    assert rs.epochs_for(10.0, 21500.0, 200, 28709) == 1  # never zero
