@@ -51,8 +51,10 @@ def test_last_checkpoint_follows_the_cadence(tmp_path, writes, every, expected):
 def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
     """Interrupted in epoch 3 with last.pt from epoch 2 (cadence 2): --resume repeats the
     uninterrupted run bit for bit (weights and history). The SIGKILLed-process version of
-    this is tests/test_reliability.py."""
-    cfg = small(tmp_path, checkpoint_every="2", epochs=3)
+    this is tests/test_reliability.py. The recipe regularisers are on (random erasing, mixup,
+    weight EMA): their draws replay and the EMA resumes from last.pt, and best.pt holds the
+    average, not the live weights."""
+    cfg = small(tmp_path, checkpoint_every="2", epochs=3, ema=0.9, mixup=0.4, random_erasing=0.5)
     (full,) = runs.train(config.make_train_config(**{**cfg.__dict__, "out": str(tmp_path / "full")}))
 
     class Kill(Exception):
@@ -70,9 +72,20 @@ def test_resume_from_a_sparse_cadence_equals_the_uninterrupted_run(tmp_path):
     (resumed,) = runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True}))
     strip = lambda hs: [{k: v for k, v in h.items() if k != "img_per_s" and not k.endswith("_seconds")} for h in hs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
-    a = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    full_last = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")
+    run_last = checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")
+    a, b = full_last["model"], run_last["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    ema_a, ema_b = full_last["ema"]["module"], run_last["ema"]["module"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert float(full_last["ema"]["t"]) == float(run_last["ema"]["t"]) == 3 * 2  # 3 epochs × 2 steps
+    assert any(not torch.equal(a[k], ema_a[k]) for k in a)  # the average is not the live weights
+    best = checkpoints.load_checkpoint(tmp_path / "full" / "best.pt")
+    # Selected in the last epoch (deterministic on the CPU), so best.pt is last.pt's average exactly.
+    assert best["epoch"] == 2
+    assert all(torch.equal(best["model"][k], ema_a[k].contiguous()) for k in best["model"])
+    with pytest.raises(FerError, match="--mixup"):  # a changed regulariser would not replay the run
+        runs.train(config.make_train_config(**{**cfg.__dict__, "resume": True, "mixup": 0.2}))
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "soon", "-5s", "s"])
