@@ -195,3 +195,26 @@ def test_train_help_explains_the_regularisers():
     out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--random-erasing", "--mixup", "--ema"):
         assert flag in out
+
+
+def test_the_regularisers_never_read_a_tensor_back_to_the_host(monkeypatch):
+    """Inside a CUDA graph a host sync (item(), bool(), float(), ...) fails the capture, so the
+    ops the step runs for erasing, mixup and the EMA must never read a value back."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.999)
+    x, r = torch.rand(4, 1, 8, 8), torch.rand(4, ERASE_DRAWS)
+    logits, y, lam = torch.randn(4, 7), torch.tensor([0, 1, 2, 3]), torch.tensor(0.3)
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    erase_with(x, r, 0.5)
+    mix_with(x, lam)
+    mixed_cross_entropy(logits, y, lam, 0.1)
+    ema.update()
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="host sync"):  # the trap itself works
+        monkeypatch.setattr(torch.Tensor, "item", sync)
+        torch.tensor(1.0).item()
