@@ -26,7 +26,10 @@
 # MODE=recipes (the default since issue 9 closed) replaces steps 2-5 with
 # bench/recipe_search.py over $RECIPES (bench/recipes_fer2013.json): a throughput probe, each
 # recipe for an equal share of the budget, the recipe chosen on PublicTest only, PrivateTest
-# read once for the chosen run, which is exported. MODE=engine runs steps 2-5 as described.
+# read once for the chosen run, which is exported. MODE=ablate runs `fer ablate` instead
+# (ABLATE_DATASETS "ck+" by default, or "fer2013", or both; ABLATE_CK_EPOCHS 30,
+# ABLATE_FER_EPOCHS 12, ABLATE_SEEDS 0,1,2) and returns ablation-<dataset>.json.
+# MODE=engine runs steps 2-5 as described.
 #
 # Knobs (environment): MODE (recipes), RECIPES, OUT, DEVICE (cuda), BUDGET_S (whole script, 530), JOBS (8), step caps
 # ROWS_S (200), CONC_S (100), CURVE_S (60, each of the two),
@@ -46,7 +49,7 @@ WORK=${WORK:-/tmp/fer_gpu_check}
 OUT=${OUT:-/tmp/fer_gpu_check_out}
 JOBS=${JOBS:-8}
 RECIPE_ARGS=${RECIPE_ARGS:-}
-MODE=${MODE:-recipes}  # recipes (issue 10's accuracy search) | engine (issue 9's rows + one accuracy run)
+MODE=${MODE:-recipes}  # recipes (issue 10's accuracy search) | ablate (Table 5) | engine (issue 9's rows + one accuracy run)
 RECIPES=${RECIPES:-bench/recipes_fer2013.json}
 LIMIT_SCALE=1
 if [ "$DRY" = 1 ]; then
@@ -115,11 +118,13 @@ log "gpu_check: device=$DEVICE dry=$DRY budget=${BUDGET_S}s out=$OUT"
 # ---------------------------------------------------------------- 1. data
 if [ -f "$FER_DATA_DIR/fer2013/manifest.json" ]; then
   log "== prepared FER2013 found in $FER_DATA_DIR: skipping unpack + prepare"
-else
+elif [ -f "$PAYLOAD/fer2013.jpegpack" ]; then
   run_step unpack 90 "$PY" "$PAYLOAD/jpegpack.py" unpack "$PAYLOAD/fer2013.jpegpack" "$WORK/fer2013_jpg"
   SRC=$WORK/fer2013_jpg
   [ -d "$SRC/fer2013/train" ] && SRC=$SRC/fer2013
   run_step prepare_fer2013 150 "${FER[@]}" prepare fer2013 "$SRC" --json
+else
+  log "== no $PAYLOAD/fer2013.jpegpack: FER2013 steps will have no data"
 fi
 if [ "$DRY" = 1 ]; then
   # Training steps on a CPU: a tiny FER2013-shaped dataset (the real one just proved prepare).
@@ -136,8 +141,33 @@ write_prepared(sys.argv[1], name="fer2013", classes=FER2013_CLASSES,
                split=split, source=np.array([f"dry:{i}" for i in range(sum(n))]))
 EOF
 fi
+if [ -d "$PAYLOAD/CK+48" ]; then  # CK+48 crops: no face detection, so no Haar cascade needed
+  run_step prepare_ck 60 "${FER[@]}" prepare ck+ "$PAYLOAD/CK+48" --json
+fi
 
-if [ "$MODE" = recipes ]; then
+if [ "$MODE" = ablate ]; then
+  # ------------------------------------------------------------ issue 10, item 6: Table 5 on the GPU
+  # The from-scratch ladder (ResNet34 → +BCN → +GC) beside the paper's numbers, mean ± std:
+  # CK+ on every subject-independent fold plus the FER2013-pretrained rung (the shipped model,
+  # which travels in fercli/assets: make the payload with PAYLOAD_DATA=ck+); FER2013 over
+  # ABLATE_SEEDS. Runs go $JOBS at a time (own processes, one GPU).
+  for ds in ${ABLATE_DATASETS:-ck+}; do
+    case $ds in
+      ck+) A_ARGS="--epochs ${ABLATE_CK_EPOCHS:-30}" ;;
+      *) A_ARGS="--epochs ${ABLATE_FER_EPOCHS:-12} --seeds ${ABLATE_SEEDS:-0,1,2}" ;;
+    esac
+    if [ "$DRY" = 1 ]; then
+      A_ARGS="--epochs 1 --train-subset 16 --batch-size 8"
+      [ "$ds" = ck+ ] && A_ARGS="$A_ARGS --folds-limit 1"
+    fi
+    tag=${ds//+/}
+    LEFT=$((T_END - $(date +%s) - 25))
+    run_step "ablate_$tag" $((LEFT > 30 ? LEFT : 0)) "${FER[@]}" ablate --dataset "$ds" $A_ARGS --jobs "$JOBS" \
+      --device "$DEVICE" --out "$WORK/ablate-$tag" --json --quiet
+    [ -f "$WORK/ablate-$tag/ablation.json" ] && cp "$WORK/ablate-$tag/ablation.json" "$OUT/ablation-$tag.json"
+  done
+  EPOCHS=0
+elif [ "$MODE" = recipes ]; then
   # ------------------------------------------------------------ issue 10: the recipe search
   # Steps 2-5 give way to bench/recipe_search.py: a throughput probe, then each recipe of
   # $RECIPES for an equal share of the budget left, chosen on PublicTest; only the chosen

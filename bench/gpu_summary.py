@@ -94,6 +94,7 @@ def main() -> None:
             "private_test_macro_f1": ev.get("macro_f1") if ev else None, "paper_private_test": 0.7055,
             "history": train.get("history"), "metrics": ev}
     result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (bench/recipe_search.py)
+    result["ablation"] = {p.parent.name: load(p) for p in sorted(work.glob("ablate-*/ablation.json"))}  # MODE=ablate
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n==== gpu_check summary ====")
     for s in steps:
@@ -115,6 +116,11 @@ def main() -> None:
         print(f"  chosen on PublicTest: {ch.get('name')}; PrivateTest "
               f"{(ch.get('private_test') or {}).get('accuracy')}, flip TTA "
               f"{(ch.get('private_test_tta_flip') or {}).get('accuracy')}")
+    for name, ab in result["ablation"].items():
+        for t in (ab or {}).get("tables", []):
+            for r in t["rows"]:
+                print(f"  {name} {t['dataset']}: {r['name']:<32} ours {r['ours_mean_pct']} ± {r['ours_std_pct']} "
+                      f"(n={r['n_runs']}), paper {r['paper_pct']}, {r['status']}")
     print(f"  wrote {out}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Assemble gpu_payload/ (git-ignored) for bench/gpu_check.sh: the FER2013 jpegpack and its
-# unpacker, copied from ../shared (override with FER_SHARED=DIR). CK+48 is not needed: the
-# check trains and measures on FER2013 only. The device
+# unpacker, copied from ../shared (override with FER_SHARED=DIR); with PAYLOAD_DATA=ck+ the
+# CK+48 crops instead (MODE=ablate on CK+: the shipped model then travels too), or both. The device
 # tool carries it with `carry: ["gpu_payload"]`; everything that travels (this payload plus
 # the repo's tracked and untracked-not-ignored files) must stay within 64 MiB.
 set -euo pipefail
@@ -9,17 +9,29 @@ cd "$(dirname "$0")/.."
 SHARED=${FER_SHARED:-../shared}
 LIMIT_MIB=64
 
-for p in "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py"; do
-  [ -e "$p" ] || { echo "make_gpu_payload: $p not found (set FER_SHARED)" >&2; exit 1; }
-done
-if [ -f "$SHARED/datasets/fer2013.jpegpack.sha256" ]; then
-  (cd "$SHARED/datasets" && sha256sum --quiet -c fer2013.jpegpack.sha256) \
-    || { echo "make_gpu_payload: fer2013.jpegpack fails its sha256 check" >&2; exit 1; }
-fi
+DATA=${PAYLOAD_DATA:-fer2013}  # fer2013 (MODE=recipes/engine) | ck+ (MODE=ablate on CK+) | both
+case $DATA in fer2013|ck+|both) ;; *) echo "make_gpu_payload: PAYLOAD_DATA=$DATA is not fer2013, ck+ or both" >&2; exit 1 ;; esac
 
 rm -rf gpu_payload
 mkdir -p gpu_payload
-cp "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py" gpu_payload/
+if [ "$DATA" != ck+ ]; then
+  for p in "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py"; do
+    [ -e "$p" ] || { echo "make_gpu_payload: $p not found (set FER_SHARED)" >&2; exit 1; }
+  done
+  if [ -f "$SHARED/datasets/fer2013.jpegpack.sha256" ]; then
+    (cd "$SHARED/datasets" && sha256sum --quiet -c fer2013.jpegpack.sha256) \
+      || { echo "make_gpu_payload: fer2013.jpegpack fails its sha256 check" >&2; exit 1; }
+  fi
+  cp "$SHARED/datasets/fer2013.jpegpack" "$SHARED/tools/jpegpack.py" gpu_payload/
+fi
+if [ "$DATA" != fer2013 ]; then
+  [ -d "$SHARED/datasets/CK+48" ] || { echo "make_gpu_payload: $SHARED/datasets/CK+48 not found" >&2; exit 1; }
+  if [ -f "$SHARED/datasets/CK+48.sha256" ]; then
+    (cd "$SHARED/datasets" && sha256sum --quiet -c CK+48.sha256) \
+      || { echo "make_gpu_payload: CK+48 fails its sha256 check" >&2; exit 1; }
+  fi
+  cp -r "$SHARED/datasets/CK+48" gpu_payload/
+fi
 chmod -R u+w gpu_payload  # the shared copies are read-only; let the next run replace them
 
 payload=$(du -sb gpu_payload | cut -f1)
