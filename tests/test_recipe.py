@@ -106,6 +106,6 @@ def test_recipe_search_sizes_epochs_to_the_share() -> None:
     spec.loader.exec_module(rs)  # type: ignore[union-attr]
     # 21,500 img/s (the previous H200 call, 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
     per_epoch = 28709 / 21500 + 3589 / (3 * 21500) + 0.25
-    assert rs.epochs_for(125.0, 21500.0, 200, 28709) == int(100 / per_epoch) == 60
-    assert rs.epochs_for(125.0, 21500.0, 40, 28709) == 40  # the recipe's cap
+    assert rs.epochs_for(135.0, 21500.0, 200, 28709) == int((135 - rs.START_S) / per_epoch) == 60
+    assert rs.epochs_for(135.0, 21500.0, 40, 28709) == 40  # the recipe's cap
     assert rs.epochs_for(10.0, 21500.0, 200, 28709) == 1  # never zero
