@@ -221,8 +221,15 @@ def export_model(
     arrays, kept_fp32 = _state_arrays(state, dtype)
     meta["kept_float32"] = kept_fp32
     meta.update(extra_info or {})
-    meta_bytes = json.dumps(meta, sort_keys=False, default=str).encode("utf-8")
-    arrays[META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    return write_archive(arrays, meta, out_path, max_shard_mb)
+
+
+def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path: Path,
+                  max_shard_mb: float | None) -> dict[str, Any]:
+    """The .npz (weights + __meta__), whole or as ≤ max_shard_mb parts with an index written
+    last, and the .json sidecar; every file atomically. Returns meta plus where it all went."""
+    arrays = {**arrays, META_KEY: np.frombuffer(json.dumps(meta, sort_keys=False, default=str).encode("utf-8"),
+                                                dtype=np.uint8)}
     data = _npz_bytes(arrays)
     digest = hashlib.sha256(data).hexdigest()
 
@@ -248,6 +255,27 @@ def export_model(
     atomic_write_json(sidecar, meta)
     return {**meta, "path": str(out_path), "sharded": max_shard_mb is not None, "files": written,
             "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}
+
+
+def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any], why: str, how: str,
+                   max_shard_mb: float | None = 15.0) -> dict[str, Any]:
+    """Re-pack an exported model with some metadata fields corrected (e.g. the code_version a
+    device call could not know). The weight arrays are copied unchanged; each change appends an
+    entry to `provenance_corrections` naming the recorded value, the new one, why and how, and
+    the original archive's sha256. `src` is never modified (write to another path)."""
+    src, out_path = Path(src), Path(out_path)
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
+        raise FerError(f"{out_path}: write the amended model beside the original, not over it")
+    arrays, meta, data = _read_archive(src)
+    for field, value in changes.items():
+        meta.setdefault("provenance_corrections", []).append({
+            "date": datetime.now(timezone.utc).date().isoformat(), "field": field,
+            "recorded": meta.get(field), "corrected_to": value, "why": why, "how": how,
+            "original_archive_sha256": hashlib.sha256(data).hexdigest()})
+        meta[field] = value
+    return write_archive(arrays, meta, out_path, max_shard_mb)
 
 
 def _input_text(image_size: int) -> str:
@@ -291,14 +319,9 @@ def _read_shards(index_path: Path) -> bytes:
     return data
 
 
-def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
-    """Load an exported model (.npz, or its sharded form) -> (model in eval mode, info).
-
-    np.load with allow_pickle=False: nothing in the file is executed. The architecture is
-    rebuilt from the spec and the weights are loaded strictly, cast to float32.
-    """
-    from fercli.model import model_from_spec
-
+def _read_archive(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any], bytes]:
+    """An exported .npz (or its shard index) -> (weight arrays, __meta__ dict, the archive's
+    bytes), with one-line errors for missing, truncated, corrupt or foreign files."""
     path = Path(path)
     if path.name.endswith(INDEX_SUFFIX):
         index_path, path = path, Path(str(path)[: -len(INDEX_SUFFIX)])
@@ -341,6 +364,19 @@ def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
         raise FerError(f"{path}: unreadable {META_KEY} metadata (expected UTF-8 JSON)") from None
     if meta.get("format") != EXPORT_FORMAT:
         raise FerError(f"{path}: unsupported export format {meta.get('format')!r} (expected {EXPORT_FORMAT})")
+    return arrays, meta, data
+
+
+def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported model (.npz, or its sharded form) -> (model in eval mode, info).
+
+    np.load with allow_pickle=False: nothing in the file is executed. The architecture is
+    rebuilt from the spec and the weights are loaded strictly, cast to float32.
+    """
+    from fercli.model import model_from_spec
+
+    arrays, meta, data = _read_archive(path)
+    path = Path(str(path).removesuffix(INDEX_SUFFIX))
     classes = meta.get("classes")
     spec = meta.get("model_spec")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):

@@ -148,3 +148,27 @@ def test_bilinear_shared_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         pa, pb = model(x).softmax(1), loaded(x).softmax(1)
     assert torch.allclose(pa, pb, atol=5e-3)
+
+
+def test_amend_metadata_corrects_provenance_and_keeps_the_weights(run_dir: tuple[Path, torch.nn.Module],
+                                                                   tmp_path: Path) -> None:
+    """What bench/ship_model.py does to a device call's export: same weights, corrected
+    code_version, a provenance_corrections entry; the original untouched."""
+    from fercli.export import amend_metadata
+
+    src = tmp_path / "call" / "model.npz"
+    export_model(run_dir[0], src, max_shard_mb=0.5)
+    before = {p.name: p.read_bytes() for p in src.parent.iterdir()}
+    original_sha = json.loads(Path(f"{src}.index.json").read_text())["sha256"]
+    info = amend_metadata(src, tmp_path / "ship" / "default_model.npz", {"code_version": "abc123"},
+                          why="the device copy has no checkout", how="re-packed")
+    assert {p.name: p.read_bytes() for p in src.parent.iterdir()} == before  # the source is untouched
+    a, meta_a = load_exported(src)
+    b, meta_b = load_exported(tmp_path / "ship" / "default_model.npz")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert meta_b["code_version"] == "abc123" and info["sharded"]
+    (fix,) = meta_b["provenance_corrections"]
+    assert fix["recorded"] == meta_a["code_version"] and fix["corrected_to"] == "abc123"
+    assert fix["original_archive_sha256"] == original_sha
+    with pytest.raises(FerError, match="beside the original"):
+        amend_metadata(src, src, {"code_version": "x"}, why="", how="")
