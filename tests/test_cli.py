@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
@@ -30,6 +31,17 @@ def test_train_help_explains_the_protocol():
     assert r.exit_code == 0
     for needle in ("PublicTest", "--preset", "--resume", "--shared-backbone", "--freeze-backbone", "--image-size"):
         assert needle in r.stdout, needle
+
+
+@pytest.mark.parametrize("cmd,default", [("train", "[default: 30; paper preset: 200]"),
+                                         ("ablate", "[default: fast preset 10; paper preset 200]"),
+                                         ("predict", "[default: the bundled model")])
+def test_help_shows_the_defaults_it_documents(cmd, default):
+    """Rich reads "[default: …]" in a help text as a markup tag and drops it; each must be
+    escaped, or --help silently hides the defaults."""
+    r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0
+    assert default in r.stdout
 
 
 def test_train_then_evaluate_json(tmp_path):

@@ -104,11 +104,11 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
 @app.command()
 def ablate(
     dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+, all, or a prepared dataset directory."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per run. [default: fast preset 10; paper preset 200]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per run. \\[default: fast preset 10; paper preset 200]"),
     seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2 (mean ± std over them)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     preset: str = typer.Option("fast", help="fast: batch 64, lr 3e-4, cosine, 10 epochs; paper: batch 16, lr 1e-4, constant, 200 epochs (§3.2)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. [default: runs/ablate-<dataset>]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. \\[default: runs/ablate-<dataset>]"),
     folds_limit: Optional[int] = typer.Option(None, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
     train_subset: Optional[int] = typer.Option(None, help="Use only N training images per run (quick checks)."),
     batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),

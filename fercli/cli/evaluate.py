@@ -44,7 +44,7 @@ def _per_class_table(m: dict[str, Any]) -> Any:
 @app.command()
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
-    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). [default: the one the model recorded]"),
+    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
     split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
     fold: Optional[int] = typer.Option(None, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),

