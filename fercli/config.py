@@ -25,7 +25,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | onecycle (runs._lr_at)
     image_size: int = 48
     pretrained: bool = True
     weights: str | None = None
@@ -38,6 +38,7 @@ class TrainConfig:
     no_decay_bn_bias: bool = False  # weight decay 0 on 1-d parameters (BatchNorm, biases)
     random_erasing: float = 0.0  # probability of erasing a rectangle per image (fercli.regularize)
     mixup: float = 0.0  # mixup Beta(α, α) parameter; 0 = off
+    cutmix: float = 0.0  # cutmix Beta(α, α) parameter; 0 = off (excludes mixup)
     ema: float = 0.0  # decay of the weight EMA that is validated and saved; 0 = off
     shared_backbone: bool = False
     freeze_backbone: bool = False
@@ -61,7 +62,7 @@ class TrainConfig:
     shard_data: bool = False  # torchrun: each rank holds only its 1/W of the training rows
 
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "onecycle")
 PRESETS = ("paper", "fer2013-scratch")
 
 # §3.2 of the paper: batch 16, lr 1e-4, 200 epochs, ImageNet-pretrained, AdamW-GC on
@@ -136,6 +137,13 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError(f"--random-erasing is a probability in [0, 1], got {cfg.random_erasing}")
     if not (cfg.mixup >= 0 and math.isfinite(cfg.mixup)):
         raise FerError(f"--mixup is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.mixup}")
+    if not (cfg.cutmix >= 0 and math.isfinite(cfg.cutmix)):
+        raise FerError(f"--cutmix is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.cutmix}")
+    if cfg.mixup > 0 and cfg.cutmix > 0:
+        raise FerError("--mixup and --cutmix are alternatives: set one of them to 0")
+    if cfg.schedule == "onecycle" and cfg.warmup_epochs:
+        raise FerError("--schedule onecycle has its own warm-up (the first 30% of the epochs): "
+                       "drop --warmup-epochs")
     if not 0.0 <= cfg.ema < 1.0:
         raise FerError(f"--ema is a decay in [0, 1) (0 = off; e.g. 0.999), got {cfg.ema}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:

@@ -37,6 +37,8 @@ from fercli.optim import graph_capturable, use_tensor_lr
 from fercli.regularize import (
     ERASE_DRAWS,
     WeightEMA,
+    cut_with,
+    cutmix_draws,
     erase_with,
     mix_with,
     mixed_cross_entropy,
@@ -68,8 +70,9 @@ class TrainStep:
 
     idx: int64 (B,) rows of `data`; r: float32 (B, draw_width) augmentation draws: 4 for
     augment_with, then ERASE_DRAWS for erase_with when random erasing is on; None without
-    augmentation. lam: 0-d float32 mixup weight (mixup on). Returns 0-d tensors: mean loss
-    (float32) and the number of correct predictions (int64; under mixup, of the first label).
+    augmentation. lam: the step's mixing draws, 0-d float32 λ (mixup on) or (λ, cy, cx) float32
+    (3,) (cutmix on). Returns 0-d tensors: mean loss (float32) and the number of correct
+    predictions (int64; under mixup or cutmix, of the first label).
     With a graph they live in graph memory that the next step overwrites: accumulate them
     before calling again (train_one_epoch does). ema (WeightEMA) is updated after each step.
     """
@@ -78,19 +81,24 @@ class TrainStep:
                  data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
                  augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
                  label_smoothing: float = 0.0, model: nn.Module | None = None,
-                 random_erasing: float = 0.0, mixup: float = 0.0, ema: WeightEMA | None = None) -> None:
+                 random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+                 ema: WeightEMA | None = None) -> None:
+        if mixup > 0 and cutmix > 0:
+            raise FerError("mixup and cutmix are alternatives: turn one of them off")
         self.forward, self.optimizer, self.data = forward, optimizer, data
         self.model = model if model is not None else forward
         self.device = data.x.device
         self.batch = min(batch_size, len(data))
         self.amp_dtype, self.augment, self.channels_last = amp_dtype, augment, channels_last
         self.label_smoothing = label_smoothing
-        self.random_erasing, self.mixup, self.ema = random_erasing, mixup, ema
+        self.random_erasing, self.mixup, self.cutmix, self.ema = random_erasing, mixup, cutmix, ema
         self.draw_width = 4 + (ERASE_DRAWS if augment and random_erasing > 0 else 0)
         # Static inputs: each step copies its indices and draws into these, then runs `_body`.
         self.idx = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
         self.r = torch.full((self.batch, self.draw_width), 0.5, dtype=torch.float32, device=self.device)
-        self.lam = torch.ones((), dtype=torch.float32, device=self.device)
+        # Mixing draws: mixup's λ (0-d) or cutmix's (λ, cy, cx); λ = 1 leaves the batch as it is.
+        self.lam = (torch.tensor([1.0, 0.5, 0.5], device=self.device) if cutmix > 0
+                    else torch.ones((), dtype=torch.float32, device=self.device))
         self.graph: Any = None
         self.graphed = bool(cuda_graphs and self.device.type == "cuda"
                             and isinstance(self.model, nn.Module) and graph_capturable(optimizer))
@@ -105,16 +113,19 @@ class TrainStep:
             x = augment_with(x, self.r[:, :4])
             if self.draw_width > 4:
                 x = erase_with(x, self.r[:, 4:], self.random_erasing)
+        lam = self.lam  # the loss's weight of y: mixup's λ, or the share cutmix left unpasted
         if self.mixup > 0:
             x = mix_with(x, self.lam)
+        elif self.cutmix > 0:
+            x, lam = cut_with(x, self.lam)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Under a graph the grads stay allocated (graph memory) and are zeroed in place.
         self.optimizer.zero_grad(set_to_none=not self.graphed)
         with _autocast(self.device, self.amp_dtype, cache=not self.graphed):
             logits = self.forward(x)  # (B, C)
-            if self.mixup > 0:
-                loss = mixed_cross_entropy(logits.float(), y, self.lam, self.label_smoothing)
+            if self.mixup > 0 or self.cutmix > 0:
+                loss = mixed_cross_entropy(logits.float(), y, lam, self.label_smoothing)
             else:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         loss.backward()
@@ -214,11 +225,14 @@ def train_one_epoch(
     batches = epoch_batches(len(data), batch_size, gen, device)[:max_steps]  # (steps, B)
     steps, bs = batches.shape
     # All of the epoch's augmentation draws at once: (steps, B, draw_width), one kernel; then
-    # the mixup weights (steps,), drawn after them so runs without mixup keep their stream.
+    # the mixing draws, after them so runs without mixing keep their stream: mixup's λ (steps,)
+    # or cutmix's (λ, cy, cx) (steps, 3).
     # (getattr: a stand-in step without these attributes, as in tests and benches, draws 4.)
     width, mixup = getattr(step_fn, "draw_width", 4), getattr(step_fn, "mixup", 0.0)
+    cutmix = getattr(step_fn, "cutmix", 0.0)
     draws = torch.rand(steps, bs, width, generator=gen, device=device) if augment else None
-    lams = mixup_lambdas(gen, steps, mixup, device) if mixup > 0 else None
+    lams = (mixup_lambdas(gen, steps, mixup, device) if mixup > 0
+            else cutmix_draws(gen, steps, cutmix, device) if cutmix > 0 else None)
     world = dist.world_size if dist is not None else 1
     if world > 1 and not dist.sharded:  # this rank's columns of every global batch: (steps, B / W)
         b = bs // world
@@ -321,7 +335,8 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
                     data: DeviceSplit, *, batch_size: int, amp_dtype: torch.dtype | None,
                     augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
                     label_smoothing: float = 0.0, model: nn.Module | None = None,
-                    random_erasing: float = 0.0, mixup: float = 0.0, ema: WeightEMA | None = None) -> TrainStep:
+                    random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+                    ema: WeightEMA | None = None) -> TrainStep:
     """The train step for `data`: `forward` is the model, or torch.compile(model) for
     --compile (then pass `model`). cuda_graphs captures the step on CUDA when the optimizer
     is capturable (fused Adam/AdamW: adam*, adamw*); sgd* and CPU run the same body eagerly.
@@ -329,7 +344,7 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
     return TrainStep(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
                      augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
                      label_smoothing=label_smoothing, model=model, random_erasing=random_erasing,
-                     mixup=mixup, ema=ema)
+                     mixup=mixup, cutmix=cutmix, ema=ema)
 
 
 class GraphedInference:

@@ -1,4 +1,4 @@
-"""Recipe regularisers of the train step: random erasing, mixup and a weight EMA.
+"""Recipe regularisers of the train step: random erasing, mixup, cutmix and a weight EMA.
 
 All three are graph-friendly like the affine augmentation in fercli.data: their random numbers
 are drawn once per epoch outside the step (from the epoch's generator, so a resumed run replays
@@ -7,7 +7,8 @@ them) and enter the step as tensors, so the whole step can still be one CUDA gra
     x (B, 1, H, W) in [0, 1] → augment_with (affine, fercli.data)
       → erase_with   (--random-erasing P: a grey rectangle in each image with probability P)
       → mix_with     (--mixup ALPHA: x·λ + x.flip(0)·(1−λ), λ ~ Beta(α, α) per step)
-      → model → mixed_cross_entropy (λ·CE(y) + (1−λ)·CE(y.flip(0)))
+        or cut_with  (--cutmix ALPHA: a box of x.flip(0) pasted into x, area ≈ (1−λ)·H·W)
+      → model → mixed_cross_entropy (λ·CE(y) + (1−λ)·CE(y.flip(0)); cutmix: λ = kept area)
     after optimizer.step(): WeightEMA.update() (--ema DECAY), whose copy of the model is what
     is validated, selected and saved to best.pt.
 
@@ -82,6 +83,40 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, lam: torch.Tensor
     ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     ce_partner = F.cross_entropy(logits, y.flip(0), label_smoothing=label_smoothing)
     return lam * ce + (1 - lam) * ce_partner
+
+
+# ------------------------------------------------------------------------------ cutmix
+
+CUTMIX_DRAWS = 3  # per step: λ ~ Beta(α, α), box centre row and column (uniform in [0, 1))
+
+
+def cutmix_draws(gen: torch.Generator, steps: int, alpha: float, device: torch.device) -> torch.Tensor:
+    """(steps, 3) float32 per-step cutmix draws (λ, cy, cx): λ as mixup_lambdas draws it, then
+    the box centres from the same generator, so a resumed epoch replays all of them."""
+    lam = mixup_lambdas(gen, steps, alpha, device)  # (steps,)
+    centre = torch.rand(steps, 2, generator=gen, device=gen.device).to(device)  # (steps, 2)
+    return torch.cat([lam[:, None], centre], dim=1)
+
+
+def cut_with(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019) within the batch, its draws given: x float (B, 1, H, W);
+    d float32 (3,) = (λ, cy, cx). Returns (x', λ') with λ' a 0-d tensor.
+
+    The box has sides H·√(1−λ) and W·√(1−λ), centre (cy·H, cx·W), clipped to the image; a pixel
+    belongs to it when its centre does. Inside the box every image b shows its partner
+    x_{B−1−b} (the batch reversed, as in mix_with). λ' = 1 − box pixels / (H·W) is the share of
+    the image that stayed its own, and weighs the loss: mixed_cross_entropy(logits, y, λ')."""
+    _, _, height, width = x.shape
+    cut = torch.sqrt(1 - d[0])  # side fraction of the box
+    h, w = cut * height, cut * width
+    cy, cx = d[1] * height, d[2] * width
+    ys = torch.arange(height, device=x.device, dtype=d.dtype) + 0.5  # pixel centres (H,)
+    xs = torch.arange(width, device=x.device, dtype=d.dtype) + 0.5
+    in_y = (ys >= cy - h / 2) & (ys < cy + h / 2)  # (H,)
+    in_x = (xs >= cx - w / 2) & (xs < cx + w / 2)  # (W,)
+    box = in_y[:, None] & in_x[None, :]  # (H, W)
+    lam = 1 - box.sum().to(d.dtype) / (height * width)
+    return torch.where(box, x.flip(0), x), lam
 
 
 # ------------------------------------------------------------------------------ weight EMA

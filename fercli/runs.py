@@ -74,9 +74,25 @@ def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
     return Path("runs") / f"{dataset_name}-{cfg.model}-{cfg.optimizer}-{stamp}"
 
 
+ONECYCLE_RISE = 0.3  # share of the epochs spent rising (torch OneCycleLR's pct_start)
+ONECYCLE_DIV = 25.0  # start at lr / 25 (its div_factor) ...
+ONECYCLE_FINAL_DIV = 1e4  # ... end towards lr / 25 / 1e4 (its final_div_factor)
+
+
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
     """lr of 0-based `epoch`: linear warm-up to cfg.lr over warmup_epochs (lr·(e+1)/w), then
-    constant or cosine from cfg.lr over the remaining epochs (warmup 0: cosine over all)."""
+    constant or cosine from cfg.lr over the remaining epochs (warmup 0: cosine over all).
+
+    onecycle (Smith & Topin 2019, torch's OneCycleLR with cosine phases, per epoch): u =
+    max(1, round(0.3·E)) epochs rise from lr/25 to lr along a half cosine, then the other E − u
+    fall along a half cosine towards lr/25/1e4 (epoch u is the peak)."""
+    if cfg.schedule == "onecycle":
+        u = max(1, round(ONECYCLE_RISE * cfg.epochs))
+        start = cfg.lr / ONECYCLE_DIV
+        if epoch < u:
+            return start + (cfg.lr - start) * (1 - math.cos(math.pi * epoch / u)) / 2
+        end = start / ONECYCLE_FINAL_DIV
+        return end + (cfg.lr - end) * (1 + math.cos(math.pi * (epoch - u) / max(1, cfg.epochs - u))) / 2
     w = cfg.warmup_epochs
     if epoch < w:
         return cfg.lr * (epoch + 1) / w
@@ -206,7 +222,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
             raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
         saved = ckpt.get("config", {})
         for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                    "init_from", "random_erasing", "mixup", "ema"):
+                    "init_from", "random_erasing", "mixup", "cutmix", "ema"):
             # Options newer than a checkpoint were off when it was written: compare with the default.
             if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
                 raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
@@ -329,7 +345,7 @@ def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, am
     return make_train_step(forward, optimizer, train_data, batch_size=batch, amp_dtype=amp_dtype,
                            augment=cfg.augment, channels_last=cfg.channels_last, model=model,
                            label_smoothing=cfg.label_smoothing, random_erasing=cfg.random_erasing,
-                           mixup=cfg.mixup, ema=ema,
+                           mixup=cfg.mixup, cutmix=cfg.cutmix, ema=ema,
                            cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
 
 

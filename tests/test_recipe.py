@@ -32,6 +32,22 @@ def test_defaults_keep_the_old_schedule_and_warmup_ramps() -> None:
             config.validate_config(config.make_train_config(None, epochs=4, **bad))
 
 
+def test_onecycle_rises_for_30_percent_of_the_epochs_then_falls() -> None:
+    """10 epochs at lr 1e-3: u = 3 rising epochs from 1e-3/25 (half cosine: 4e-5, 2.8e-4, 7.6e-4),
+    the peak at epoch 3, then a half cosine over 7 epochs towards 4e-9."""
+    cfg = config.make_train_config(None, epochs=10, lr=1e-3, schedule="onecycle")
+    lrs = [runs._lr_at(cfg, e) for e in range(10)]
+    start, end = 1e-3 / 25, 1e-3 / 25 / 1e4
+    want_up = [start + (1e-3 - start) * (1 - math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    want_down = [end + (1e-3 - end) * (1 + math.cos(math.pi * (e - 3) / 7)) / 2 for e in range(3, 10)]
+    assert lrs == pytest.approx(want_up + want_down)
+    assert lrs[0] == pytest.approx(4e-5) and lrs[3] == pytest.approx(1e-3) and max(lrs) == lrs[3]
+    assert all(a < b for a, b in zip(lrs[:3], lrs[1:4], strict=True))
+    assert all(a > b for a, b in zip(lrs[3:-1], lrs[4:], strict=True))
+    with pytest.raises(FerError, match="onecycle"):  # it has its own warm-up
+        config.validate_config(config.make_train_config(None, epochs=10, schedule="onecycle", warmup_epochs=2))
+
+
 def test_no_decay_on_bn_and_bias() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
@@ -71,10 +87,13 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(runs, "make_train_step", spy)
     ds = make_fer_like(tmp_path / "fer")
-    (res,) = runs.train(tiny_cfg(ds, tmp_path / "run", epochs=1, label_smoothing=0.1, no_decay_bn_bias=True))
-    assert seen["label_smoothing"] == 0.1
+    (res,) = runs.train(tiny_cfg(ds, tmp_path / "run", epochs=1, label_smoothing=0.1, no_decay_bn_bias=True,
+                                 cutmix=1.0, schedule="onecycle"))
+    assert seen["label_smoothing"] == 0.1 and seen["cutmix"] == 1.0
     saved = json.loads((res.run_dir / "config.json").read_text())["config"]
     assert saved["label_smoothing"] == 0.1 and saved["no_decay_bn_bias"] is True and saved["warmup_epochs"] == 0
+    assert saved["cutmix"] == 1.0 and saved["schedule"] == "onecycle"
+    assert res.history[0]["lr"] == pytest.approx(1e-3 / 25)  # one-cycle starts at lr / 25
 
 
 def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:

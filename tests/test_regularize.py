@@ -19,6 +19,8 @@ from fercli.regularize import (
     ERASE_DRAWS,
     ERASE_RATIO,
     WeightEMA,
+    cut_with,
+    cutmix_draws,
     erase_with,
     mix_with,
     mixed_cross_entropy,
@@ -106,6 +108,44 @@ def test_mixup_lambdas_are_beta_draws_replayed_by_the_same_generator():
     assert float(((c > 0.3) & (c < 0.7)).float().mean()) > 0.6
 
 
+# ------------------------------------------------------------------------------ cutmix
+
+
+def test_cut_with_pastes_the_partner_box_and_weighs_by_the_kept_area():
+    """8×8 images, λ = 0.75 → box sides 8·√0.25 = 4; centre (0.5, 0.25)·8 = (4, 2): rows 2..5,
+    columns 0..3 (pixel centres 2.5..5.5 and 0.5..3.5 lie in [2, 6) and [0, 4)). 16 of 64
+    pixels come from the partner, so λ' = 0.75 exactly."""
+    x = torch.stack([torch.full((1, 8, 8), float(b)) for b in range(3)])  # image b is all b
+    out, lam = cut_with(x, torch.tensor([0.75, 0.5, 0.25]))
+    box = torch.zeros(8, 8, dtype=torch.bool)
+    box[2:6, 0:4] = True
+    for b in range(3):
+        want = torch.where(box, torch.tensor(float(2 - b)), torch.tensor(float(b)))
+        assert torch.equal(out[b, 0], want)
+    assert float(lam) == 0.75
+
+
+def test_cut_with_clips_the_box_at_the_border_and_recomputes_lambda():
+    """λ = 0.75, centre at the top-left corner: only the 2×2 quarter of the 4×4 box is inside,
+    so 4 of 64 pixels are pasted and λ' = 60/64, not the drawn 0.75."""
+    x = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)])
+    out, lam = cut_with(x, torch.tensor([0.75, 0.0, 0.0]))
+    assert float(out[0].sum()) == 4 and torch.equal(out[0, 0, :2, :2], torch.ones(2, 2))
+    assert float(lam) == 60 / 64
+    same, lam1 = cut_with(x, torch.tensor([1.0, 0.3, 0.6]))  # λ = 1: no box, the batch unchanged
+    assert torch.equal(same, x) and float(lam1) == 1.0
+
+
+def test_cutmix_draws_are_beta_lambdas_and_uniform_centres_replayed_by_the_generator():
+    a = cutmix_draws(torch.Generator().manual_seed(5), 4000, 1.0, torch.device("cpu"))
+    b = cutmix_draws(torch.Generator().manual_seed(5), 4000, 1.0, torch.device("cpu"))
+    assert a.shape == (4000, 3) and torch.equal(a, b)
+    # the λ column is exactly what mixup_lambdas draws from the same generator state
+    assert torch.equal(a[:, 0], mixup_lambdas(torch.Generator().manual_seed(5), 4000, 1.0, torch.device("cpu")))
+    assert float(a.min()) >= 0 and float(a.max()) < 1 + 1e-6
+    assert abs(float(a[:, 1:].mean()) - 0.5) < 0.02  # Beta(1, 1) and the centres: uniform
+
+
 # ------------------------------------------------------------------------------ weight EMA
 
 
@@ -171,17 +211,18 @@ def test_erasing_and_mixup_change_the_step_and_off_means_the_old_step():
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         step = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None, **kw)
-        lam = torch.tensor(0.6) if kw.get("mixup") else None
+        lam = torch.tensor(0.6) if kw.get("mixup") else torch.tensor([0.6, 0.5, 0.5]) if kw.get("cutmix") else None
         return float(step(idx, r[:, :step.draw_width], lam)[0])
 
     plain = loss()
-    assert loss(random_erasing=0.0, mixup=0.0) == plain
+    assert loss(random_erasing=0.0, mixup=0.0, cutmix=0.0) == plain
     assert loss(random_erasing=1.0) != plain
     assert loss(mixup=0.2) != plain
+    assert loss(cutmix=1.0) != plain
 
 
 @pytest.mark.parametrize("flag,value", [("--random-erasing", "1.5"), ("--mixup", "-1"), ("--ema", "1.0"),
-                                        ("--ema", "-0.1")])
+                                        ("--ema", "-0.1"), ("--cutmix", "nan")])
 def test_bad_regulariser_values_are_one_line_errors(tmp_path, flag, value):
     ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
     r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--device", "cpu", "--epochs", "1",
@@ -191,9 +232,16 @@ def test_bad_regulariser_values_are_one_line_errors(tmp_path, flag, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_mixup_and_cutmix_together_are_refused(tmp_path):
+    r = CliRunner().invoke(app, ["train", "--dataset", str(tmp_path), "--device", "cpu", "--epochs", "1",
+                                 "--out", str(tmp_path / "run"), "--mixup", "0.2", "--cutmix", "1"])
+    assert r.exit_code != 0 and "--mixup and --cutmix" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_help_explains_the_regularisers():
     out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--random-erasing", "--mixup", "--ema"):
+    for flag in ("--random-erasing", "--mixup", "--cutmix", "--ema", "onecycle"):
         assert flag in out
 
 
@@ -212,6 +260,7 @@ def test_the_regularisers_never_read_a_tensor_back_to_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, sync)
     erase_with(x, r, 0.5)
     mix_with(x, lam)
+    cut_with(x, torch.tensor([0.3, 0.2, 0.9]))
     mixed_cross_entropy(logits, y, lam, 0.1)
     ema.update()
     monkeypatch.undo()
