@@ -23,7 +23,8 @@
 # checks the flow end to end, numbers mean nothing):
 #   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash bench/gpu_check.sh
 #
-# MODE=recipes (the default since issue 9 closed) replaces steps 2-5 with
+# MODE=recipes (the default since issue 9 closed; with CK+48 in the payload it ends with the
+# CK+ transfer from the chosen run, recipe_search.py step 4) replaces steps 2-5 with
 # bench/recipe_search.py over $RECIPES (bench/recipes_fer2013.json): a throughput probe, each
 # recipe for an equal share of the budget, the recipe chosen on PublicTest only, PrivateTest
 # read once for the chosen run, which is exported. MODE=ablate runs `fer ablate` instead

@@ -116,6 +116,12 @@ def main() -> None:
         print(f"  chosen on PublicTest: {ch.get('name')}; PrivateTest "
               f"{(ch.get('private_test') or {}).get('accuracy')}, flip TTA "
               f"{(ch.get('private_test_tta_flip') or {}).get('accuracy')}")
+        ck = rs.get("ck_transfer")
+        if ck:
+            k = (ck.get("test") or {}).get("kfold") or {}
+            print(f"  CK+ transfer from {ck.get('init_from')}: {len(ck.get('folds', []))} folds in {ck.get('seconds')} s, "
+                  f"test mean {k.get('accuracy_mean')} ± {k.get('accuracy_std')}, "
+                  f"pooled {(ck.get('test') or {}).get('accuracy')}")
     for name, ab in result["ablation"].items():
         for t in (ab or {}).get("tables", []):
             for r in t["rows"]:

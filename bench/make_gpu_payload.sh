@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Assemble gpu_payload/ (git-ignored) for bench/gpu_check.sh: the FER2013 jpegpack and its
-# unpacker, copied from ../shared (override with FER_SHARED=DIR); with PAYLOAD_DATA=ck+ the
-# CK+48 crops instead (MODE=ablate on CK+: the shipped model then travels too), or both. The device
+# Assemble gpu_payload/ (git-ignored) for bench/gpu_check.sh: by default the FER2013 jpegpack,
+# its unpacker and the CK+48 crops (MODE=recipes ends with a CK+ transfer), copied from
+# ../shared (override with FER_SHARED=DIR); PAYLOAD_DATA=fer2013 leaves CK+48 out;
+# PAYLOAD_DATA=ck+ takes CK+48 alone (MODE=ablate on CK+: the shipped model then travels too). The device
 # tool carries it with `carry: ["gpu_payload"]`; everything that travels (this payload plus
 # the repo's tracked and untracked-not-ignored files) must stay within 64 MiB.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 SHARED=${FER_SHARED:-../shared}
 LIMIT_MIB=64
 
-DATA=${PAYLOAD_DATA:-fer2013}  # fer2013 (MODE=recipes/engine) | ck+ (MODE=ablate on CK+) | both
+DATA=${PAYLOAD_DATA:-both}  # both (MODE=recipes) | fer2013 (MODE=engine) | ck+ (MODE=ablate on CK+)
 case $DATA in fer2013|ck+|both) ;; *) echo "make_gpu_payload: PAYLOAD_DATA=$DATA is not fer2013, ck+ or both" >&2; exit 1 ;; esac
 
 rm -rf gpu_payload

@@ -12,6 +12,11 @@
    run is evaluated on PrivateTest (`fer evaluate`, single model; then `--tta flip`, reported
    separately) and exported (`fer export --max-shard-mb 15`). The other runs never see
    PrivateTest: PublicTest alone chooses the recipe.
+4. CK+ transfer (when CK+ is prepared beside FER2013 and the recipes file has "ck_transfer"):
+   `fer train --dataset ck+ --init-from <the chosen run> --fold all <its args>`, every
+   subject-independent fold (test K, select on K+1), then `fer evaluate` for mean ± std and
+   pooled. The CK+ recipe is fixed in the file, chosen beforehand on CK+ selection folds; its
+   time is reserved before the FER2013 shares are cut. "FER2013-pretrained", never ImageNet.
 
 Everything measured (probe rates, per-run epochs, seconds, PublicTest curve, the choice, its
 PrivateTest numbers) goes into --json. --dry runs the same flow on a CPU at toy sizes
@@ -82,6 +87,43 @@ def fer(args: list[str], timeout: float) -> tuple[int, str]:
         return 124, exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
 
 
+def data_dir() -> Path:
+    return Path(os.environ.get("FER_DATA_DIR") or REPO / "data")
+
+
+def ck_transfer(spec: dict, init_run: Path, image_size: int, work: Path, device: str, seconds: float,
+                dry: bool) -> dict:
+    """Step 4: the fixed CK+ recipe from the chosen FER2013 run's trunk, all folds, evaluated.
+    CK+ trains at the source run's image size (its 48 px crops upsampled like FER2013's), so
+    the trunk sees faces at the scale it learned. A run cut by its time keeps the folds it
+    finished; fer evaluate reports those."""
+    out = work / "ck-transfer"
+    toy = ["--train-subset", "16", "--batch-size", "8", "--epochs", "1"] if dry else []
+    cmd = ["train", "--dataset", "ck+", "--init-from", str(init_run), "--fold", "all", *spec["args"],
+           "--image-size", str(image_size), *toy,
+           "--device", device, "--checkpoint-every", "1000s", "--out", str(out), "--force", "--quiet", "--json"]
+    entry: dict = {"what": "CK+ subject-independent 10-fold (test fold K, checkpoint selected on fold K+1), "
+                           "trunk FER2013-pretrained from this call's chosen from-scratch FER2013 run "
+                           "(never ImageNet), head fresh; single models, no TTA",
+                   "init_from": init_run.name, "args": cmd[1:], "why": spec.get("why", "")}
+    print(f"== ck+ transfer in {seconds:.0f} s: fer {' '.join(cmd)}", file=sys.stderr, flush=True)
+    t = time.monotonic()
+    rc, _ = fer(cmd, seconds - 20)  # 20 s for fer evaluate
+    entry.update(exit=rc, seconds=round(time.monotonic() - t, 1))
+    folds = sorted(out.glob("fold-*/train_summary.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    entry["folds"] = [{"fold": p.parent.name, "selection_acc": json.loads(p.read_text()).get("best_val_acc"),
+                       "best_epoch": json.loads(p.read_text()).get("best_epoch"),
+                       "seconds": json.loads(p.read_text()).get("seconds"), "history": history(p.parent)}
+                      for p in folds]
+    if folds:
+        rc_e, text = fer(["evaluate", str(out), "--device", device, "--json"], 60)
+        try:
+            entry["test"] = json.loads(text)
+        except ValueError:
+            entry["test"] = {"error": f"fer evaluate exit {rc_e}"}
+    return entry
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipes", default=str(REPO / "bench" / "recipes_fer2013.json"))
@@ -94,7 +136,9 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
-    recipes = json.loads(Path(args.recipes).read_text())["recipes"]
+    plan = json.loads(Path(args.recipes).read_text())
+    recipes = plan["recipes"]
+    ck_spec = plan.get("ck_transfer") if (data_dir() / "ckplus" / "manifest.json").is_file() else None
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
     toy = ["--train-subset", "32", "--batch-size", "8"] if args.dry else []
@@ -117,6 +161,8 @@ def main() -> None:
     print(f"probe: {report['probe']}", file=sys.stderr, flush=True)
 
     reserve = 30.0 if args.dry else 45.0  # evaluate ×2 + export of the chosen run
+    ck_s = (90.0 if args.dry else float(ck_spec.get("reserve_s", 120))) if ck_spec else 0.0
+    reserve += ck_s  # step 4's time comes off the top, before the recipes' shares
     for i, r in enumerate(recipes):
         left = deadline - reserve - time.monotonic()
         share = left / (len(recipes) - i)
@@ -176,12 +222,18 @@ def main() -> None:
                         max(20.0, deadline + 30 - time.monotonic()))
             report["chosen"]["export_exit"] = rc
         evaluate("private_test_tta_flip", ["--tta", "flip"])  # after the export: reported separately
+        if ck_spec:
+            size = int(next(r for r in recipes if r["name"] == chosen["name"]).get("image_size", 48))
+            report["ck_transfer"] = ck_transfer(ck_spec, run, size, work, args.device,
+                                                max(30.0, deadline - time.monotonic()), args.dry)
     report["seconds"] = round(time.monotonic() - t0, 1)
     tmp = Path(args.json).with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, args.json)
     summary = [(e["name"], e.get("epochs_done"), e.get("public_test")) for e in report["recipes"]]
-    print(json.dumps({"recipes": summary, "chosen": report.get("chosen", {}).get("name")}), flush=True)
+    ck = (report.get("ck_transfer") or {}).get("test", {}).get("kfold")
+    print(json.dumps({"recipes": summary, "chosen": report.get("chosen", {}).get("name"),
+                      "ck_transfer_mean": ck and ck.get("accuracy_mean")}), flush=True)
 
 
 if __name__ == "__main__":

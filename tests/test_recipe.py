@@ -97,8 +97,8 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
 
 
 def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
-    """bench/recipes_fer2013.json is run unattended on a lent GPU: every recipe must parse as
-    `fer train` options (a typo would cost the call) and differ from the others."""
+    """bench/recipes_fer2013.json is run unattended on a lent GPU: every recipe (and the CK+
+    transfer) must parse as `fer train` options (a typo would cost the call) and differ."""
     from typer.main import get_command
 
     from fercli.cli import app
@@ -115,6 +115,13 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
         assert cfg.image_size == r["image_size"] and not cfg.pretrained
         seen.add(tuple(argv))
     assert len(seen) == len(recipes)
+    # The CK+ transfer step: the same check, with the options recipe_search adds itself.
+    ck = json.loads((Path(__file__).parents[1] / "bench" / "recipes_fer2013.json").read_text())["ck_transfer"]
+    ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
+    cfg = config.make_train_config(None, **{k: v for k, v in ctx.params.items()
+                                            if k in config.TrainConfig.__dataclass_fields__})
+    config.validate_config(cfg)
+    assert cfg.init_from == "default" and cfg.dataset == "ck+" and ck["reserve_s"] >= 60
 
 
 def test_recipe_search_sizes_epochs_to_the_share() -> None:
