@@ -76,6 +76,26 @@ def test_fer2013_scratch_preset_is_the_measured_h200_recipe() -> None:
     assert config.make_train_config("fer2013-scratch", epochs=40).epochs == 40  # flags override
 
 
+def test_ckplus_transfer_preset_is_the_measured_ck_recipe(tmp_path: Path) -> None:
+    """The preset is the chosen CK+ run's recorded config (docs/cpu/...), and on the command
+    line it brings --dataset ck+ with it."""
+    cfg = config.make_train_config("ckplus-transfer")
+    rec = json.loads((Path(__file__).resolve().parents[1] / "docs" / "cpu" / "2026-11-27-epyc-avx2"
+                      / "ckplus_chosen_config.json").read_text())
+    for key, value in rec["config"].items():
+        if key in ("device", "out", "fold", "threads", "eval_batch_size"):
+            continue  # where and how fast it ran, and which fold: not the recipe
+        assert getattr(cfg, key) == value, key
+    assert rec["training"] == config.training_label(rec["config"]) == "FER2013-pretrained"
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--preset", "ckplus-transfer", "--out", str(tmp_path / "run")],
+                           env={"FER_DATA_DIR": str(tmp_path)})
+    assert r.exit_code != 0 and "dataset ck+ is not prepared" in r.output and "Traceback" not in r.output
+
+
 @pytest.mark.slow
 def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
@@ -118,10 +138,10 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
     # The CK+ transfer step: the same check, with the options recipe_search adds itself.
     ck = json.loads((Path(__file__).parents[1] / "bench" / "recipes_fer2013.json").read_text())["ck_transfer"]
     ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
-    cfg = config.make_train_config(None, **{k: v for k, v in ctx.params.items()
-                                            if k in config.TrainConfig.__dataclass_fields__})
+    cfg = config.make_train_config(ctx.params["preset"], **{k: v for k, v in ctx.params.items()
+                                                            if k in config.TrainConfig.__dataclass_fields__})
     config.validate_config(cfg)
-    assert cfg.init_from == "default" and cfg.dataset == "ck+" and ck["reserve_s"] >= 60
+    assert cfg.init_from == "default" and cfg.dataset == "ck+" and cfg.epochs >= 1 and ck["reserve_s"] >= 60
 
 
 def test_recipe_search_sizes_epochs_to_the_share() -> None:

@@ -24,8 +24,8 @@ def _parse_fold(fold: Optional[str]) -> Optional[int]:
 
 @app.command()
 def train(
-    dataset: str = typer.Option("fer2013", "--dataset", "-d",
-                                help="fer2013, ck+, or the path of a `fer prepare` output directory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+                                          help="fer2013, ck+, or the path of a `fer prepare` output directory. \\[default: fer2013; ckplus-transfer preset: ck+]"),
     model: Optional[str] = typer.Option(None, help="Model name: bcnn-resnet34 (the paper's OBSR-Net) or resnet34 (baseline). \\[default: bcnn-resnet34]"),
     optimizer: Optional[str] = typer.Option(None, help="sgd, adam, adamw, sgd-gc, adam-gc, adamw-gc, or auto (the paper's: adamw-gc on FER2013, adam-gc on CK+). \\[default: auto]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs. \\[default: 30; paper preset: 200]"),
@@ -69,7 +69,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. \\[default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
-    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). Explicit flags override it."),
+    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). 'ckplus-transfer': the best measured CK+ recipe, from the shipped FER2013 model's trunk (--dataset ck+ --init-from default, shared trunk, Adam-GC lr 3e-4, batch 32, 10 epochs, label smoothing 0.1, EMA 0.99); add --fold all for all 10 subject folds. Explicit flags override it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
