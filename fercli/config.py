@@ -39,6 +39,7 @@ class TrainConfig:
     random_erasing: float = 0.0  # probability of erasing a rectangle per image (fercli.regularize)
     mixup: float = 0.0  # mixup Beta(α, α) parameter; 0 = off
     cutmix: float = 0.0  # cutmix Beta(α, α) parameter; 0 = off (excludes mixup)
+    scale_aug: float = 0.0  # random zoom in [1 − s, 1 + s] in the affine augmentation; 0 = off
     ema: float = 0.0  # decay of the weight EMA that is validated and saved; 0 = off
     shared_backbone: bool = False
     freeze_backbone: bool = False
@@ -148,6 +149,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError(f"--mixup is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.mixup}")
     if not (cfg.cutmix >= 0 and math.isfinite(cfg.cutmix)):
         raise FerError(f"--cutmix is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.cutmix}")
+    if not 0.0 <= cfg.scale_aug < 1.0:
+        raise FerError(f"--scale-aug is the largest relative zoom, in [0, 1) (e.g. 0.2), got {cfg.scale_aug}")
     if cfg.mixup > 0 and cfg.cutmix > 0:
         raise FerError("--mixup and --cutmix are alternatives: set one of them to 0")
     if cfg.schedule == "onecycle" and cfg.warmup_epochs:

@@ -107,14 +107,21 @@ def augment_batch(
 
 
 def augment_with(x: torch.Tensor, r: torch.Tensor, max_shift: float = 0.1,
-                 max_rotate_deg: float = 10.0, flip: bool = True) -> torch.Tensor:
+                 max_rotate_deg: float = 10.0, flip: bool = True, max_scale: float = 0.0) -> torch.Tensor:
     """augment_batch with its uniform draws given: r float32 (B, 4) in [0, 1) = (angle, tx,
-    ty, flip). No RNG inside, so a CUDA graph can capture it with r as a static input."""
+    ty, flip). No RNG inside, so a CUDA graph can capture it with r as a static input.
+
+    max_scale > 0 (--scale-aug): r is (B, 5) and its 5th draw zooms each image by
+    z = 1 + (2·r4 − 1)·max_scale (z > 1: the face fills more of the frame), about the centre:
+    the sampling grid is divided by z."""
     angle = (r[:, 0] * 2 - 1) * math.radians(max_rotate_deg)
     tx = (r[:, 1] * 2 - 1) * 2 * max_shift  # affine_grid coordinates span [-1, 1] = 2 units
     ty = (r[:, 2] * 2 - 1) * 2 * max_shift
     sx = torch.where(r[:, 3] < 0.5, -1.0, 1.0) if flip else torch.ones_like(tx)
     cos, sin = torch.cos(angle), torch.sin(angle)
+    if max_scale > 0:
+        inv_zoom = 1 / (1 + (r[:, 4] * 2 - 1) * max_scale)  # (B,)
+        cos, sin = cos * inv_zoom, sin * inv_zoom
     theta = torch.stack(
         [torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1
     )  # (B, 2, 3)

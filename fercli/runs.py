@@ -222,7 +222,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
             raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
         saved = ckpt.get("config", {})
         for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                    "init_from", "random_erasing", "mixup", "cutmix", "ema"):
+                    "init_from", "random_erasing", "mixup", "cutmix", "ema", "scale_aug"):
             # Options newer than a checkpoint were off when it was written: compare with the default.
             if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
                 raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
@@ -345,7 +345,7 @@ def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, am
     return make_train_step(forward, optimizer, train_data, batch_size=batch, amp_dtype=amp_dtype,
                            augment=cfg.augment, channels_last=cfg.channels_last, model=model,
                            label_smoothing=cfg.label_smoothing, random_erasing=cfg.random_erasing,
-                           mixup=cfg.mixup, cutmix=cfg.cutmix, ema=ema,
+                           mixup=cfg.mixup, cutmix=cfg.cutmix, ema=ema, scale_aug=cfg.scale_aug,
                            cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
 
 

@@ -108,11 +108,11 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
     monkeypatch.setattr(runs, "make_train_step", spy)
     ds = make_fer_like(tmp_path / "fer")
     (res,) = runs.train(tiny_cfg(ds, tmp_path / "run", epochs=1, label_smoothing=0.1, no_decay_bn_bias=True,
-                                 cutmix=1.0, schedule="onecycle"))
-    assert seen["label_smoothing"] == 0.1 and seen["cutmix"] == 1.0
+                                 cutmix=1.0, schedule="onecycle", scale_aug=0.2))
+    assert seen["label_smoothing"] == 0.1 and seen["cutmix"] == 1.0 and seen["scale_aug"] == 0.2
     saved = json.loads((res.run_dir / "config.json").read_text())["config"]
     assert saved["label_smoothing"] == 0.1 and saved["no_decay_bn_bias"] is True and saved["warmup_epochs"] == 0
-    assert saved["cutmix"] == 1.0 and saved["schedule"] == "onecycle"
+    assert saved["cutmix"] == 1.0 and saved["schedule"] == "onecycle" and saved["scale_aug"] == 0.2
     assert res.history[0]["lr"] == pytest.approx(1e-3 / 25)  # one-cycle starts at lr / 25
 
 

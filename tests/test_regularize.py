@@ -108,6 +108,25 @@ def test_mixup_lambdas_are_beta_draws_replayed_by_the_same_generator():
     assert float(((c > 0.3) & (c < 0.7)).float().mean()) > 0.6
 
 
+# ------------------------------------------------------------------------------ random zoom (--scale-aug)
+
+
+def test_scale_aug_zooms_about_the_centre_by_the_drawn_factor():
+    """No rotation, shift or flip; an 8×8 ramp whose value is each column's normalised
+    x-coordinate p = (2j + 1)/8 − 1. Zooming by z samples the input at p / z, and bilinear
+    interpolation of a ramp is exact: the output column holds p / z (z = 1.5 from r4 = 1 with
+    max_scale 0.5; z = 0.5 from r4 = 0, where the centre four columns stay inside the image)."""
+    from fercli.data import augment_with
+
+    p = (2 * torch.arange(8, dtype=torch.float32) + 1) / 8 - 1
+    x = p.view(1, 1, 1, 8).expand(2, 1, 8, 8).contiguous()
+    r = torch.tensor([[0.5, 0.5, 0.5, 0.9, 1.0], [0.5, 0.5, 0.5, 0.9, 0.0]])
+    out = augment_with(x, r, max_scale=0.5)
+    torch.testing.assert_close(out[0, 0], (p / 1.5).expand(8, 8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1, 0, :, 2:6], (p[2:6] / 0.5).expand(8, 4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(augment_with(x, r[:, :4]), x, atol=1e-6, rtol=0)  # off: no zoom
+
+
 # ------------------------------------------------------------------------------ cutmix
 
 
@@ -197,6 +216,8 @@ def test_train_step_draws_widen_only_when_erasing_is_on():
     plain = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None)
     erasing = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None, random_erasing=0.5)
     assert plain.draw_width == 4 and erasing.draw_width == 4 + ERASE_DRAWS
+    both = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None, random_erasing=0.5, scale_aug=0.2)
+    assert (both.affine_width, both.draw_width) == (5, 5 + ERASE_DRAWS)  # the zoom draw sits before erasing's
 
 
 def test_erasing_and_mixup_change_the_step_and_off_means_the_old_step():
@@ -219,10 +240,11 @@ def test_erasing_and_mixup_change_the_step_and_off_means_the_old_step():
     assert loss(random_erasing=1.0) != plain
     assert loss(mixup=0.2) != plain
     assert loss(cutmix=1.0) != plain
+    assert loss(scale_aug=0.0) == plain and loss(scale_aug=0.3) != plain
 
 
 @pytest.mark.parametrize("flag,value", [("--random-erasing", "1.5"), ("--mixup", "-1"), ("--ema", "1.0"),
-                                        ("--ema", "-0.1"), ("--cutmix", "nan")])
+                                        ("--ema", "-0.1"), ("--cutmix", "nan"), ("--scale-aug", "1")])
 def test_bad_regulariser_values_are_one_line_errors(tmp_path, flag, value):
     ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
     r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--device", "cpu", "--epochs", "1",
@@ -241,7 +263,7 @@ def test_mixup_and_cutmix_together_are_refused(tmp_path):
 
 def test_train_help_explains_the_regularisers():
     out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--random-erasing", "--mixup", "--cutmix", "--ema", "onecycle"):
+    for flag in ("--random-erasing", "--mixup", "--cutmix", "--scale-aug", "--ema", "onecycle"):
         assert flag in out
 
 
