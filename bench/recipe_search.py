@@ -108,7 +108,8 @@ def ck_transfer(spec: dict, init_run: Path, image_size: int, work: Path, device:
                    "init_from": init_run.name, "args": cmd[1:], "why": spec.get("why", "")}
     print(f"== ck+ transfer in {seconds:.0f} s: fer {' '.join(cmd)}", file=sys.stderr, flush=True)
     t = time.monotonic()
-    rc, _ = fer(cmd, seconds - 20)  # 20 s for fer evaluate
+    t_end = t + seconds
+    rc, _ = fer(cmd, seconds - 35)  # 35 s for fer evaluate: ten folds' checkpoints, ~100 faces each
     entry.update(exit=rc, seconds=round(time.monotonic() - t, 1))
     folds = sorted(out.glob("fold-*/train_summary.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     entry["folds"] = [{"fold": p.parent.name, "selection_acc": json.loads(p.read_text()).get("best_val_acc"),
@@ -116,7 +117,7 @@ def ck_transfer(spec: dict, init_run: Path, image_size: int, work: Path, device:
                        "seconds": json.loads(p.read_text()).get("seconds"), "history": history(p.parent)}
                       for p in folds]
     if folds:
-        rc_e, text = fer(["evaluate", str(out), "--device", device, "--json"], 60)
+        rc_e, text = fer(["evaluate", str(out), "--device", device, "--json"], max(30.0, t_end - time.monotonic()))
         try:
             entry["test"] = json.loads(text)
         except ValueError:
