@@ -84,7 +84,7 @@ FER2013_SCRATCH_PRESET = {"model": "bcnn-resnet34", "shared_backbone": True, "pr
 # docs/cpu/2026-11-27-epyc-avx2/ckplus_chosen_config.json is the measured run's config.
 CKPLUS_TRANSFER_PRESET = {"dataset": "ck+", "model": "bcnn-resnet34", "shared_backbone": True,
                           "pretrained": False, "init_from": "default", "optimizer": "adam-gc", "lr": 3e-4,
-                          "weight_decay": 1e-4, "batch_size": 32, "epochs": 10, "schedule": "cosine",
+                          "weight_decay": 1e-4, "batch_size": 32, "epochs": 16, "schedule": "cosine",
                           "image_size": 48, "label_smoothing": 0.1, "ema": 0.99}
 PRESET_VALUES = {"paper": PAPER_PRESET, "fer2013-scratch": FER2013_SCRATCH_PRESET,
                  "ckplus-transfer": CKPLUS_TRANSFER_PRESET}

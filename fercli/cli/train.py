@@ -70,7 +70,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. \\[default: runs/<dataset>-<model>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
-    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). 'ckplus-transfer': the best measured CK+ recipe, from the shipped FER2013 model's trunk (--dataset ck+ --init-from default, shared trunk, Adam-GC lr 3e-4, batch 32, 10 epochs, label smoothing 0.1, EMA 0.99); add --fold all for all 10 subject folds. Explicit flags override it."),
+    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). 'ckplus-transfer': the best measured CK+ recipe, from the shipped FER2013 model's trunk (--dataset ck+ --init-from default, shared trunk, Adam-GC lr 3e-4, batch 32, 16 epochs, label smoothing 0.1, EMA 0.99); add --fold all for all 10 subject folds. Explicit flags override it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
