@@ -50,7 +50,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint")
     """Rebuild the architecture from its spec and load the weights, strictly."""
     from fercli.model import model_from_spec
 
-    model = model_from_spec(ckpt["model_spec"])
+    model = model_from_spec(ckpt["model_spec"], empty=True)  # the strict load fills every weight
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

@@ -381,7 +381,7 @@ def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     spec = meta.get("model_spec")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise FerError(f"{path}: metadata has no class list")
-    model = model_from_spec(spec)  # FerError on a bad spec
+    model = model_from_spec(spec, empty=True)  # FerError on a bad spec; every weight is loaded below
     if spec.get("num_classes") != len(classes):
         raise FerError(f"{path}: spec says {spec.get('num_classes')} classes but {len(classes)} are named")
     expected = model.state_dict()

@@ -256,6 +256,17 @@ def test_spec_round_trip(name, shared):
     a, b = model.state_dict(), rebuilt.state_dict()
     assert list(a) == list(b)
     assert all(a[k].shape == b[k].shape for k in a)
+    # empty=True (checkpoint and export loading) skips the random init; after the strict load
+    # it must be the same model to the bit, constants (FaceInput's mean/std) included.
+    empty = model_from_spec(spec, empty=True)
+    assert empty.spec == model.spec
+    empty.load_state_dict(a, strict=True)
+    assert not any(t.is_meta for t in (*empty.parameters(), *empty.buffers()))
+    rebuilt.load_state_dict(a, strict=True)  # (not the cached model: its mode is shared)
+    rebuilt.eval(), empty.eval()
+    x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), empty(x))
 
 
 @pytest.mark.parametrize(
