@@ -112,10 +112,9 @@ def ck_transfer(spec: dict, init_run: Path, image_size: int, work: Path, device:
     rc, _ = fer(cmd, seconds - 35)  # 35 s for fer evaluate: ten folds' checkpoints, ~100 faces each
     entry.update(exit=rc, seconds=round(time.monotonic() - t, 1))
     folds = sorted(out.glob("fold-*/train_summary.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    entry["folds"] = [{"fold": p.parent.name, "selection_acc": json.loads(p.read_text()).get("best_val_acc"),
-                       "best_epoch": json.loads(p.read_text()).get("best_epoch"),
-                       "seconds": json.loads(p.read_text()).get("seconds"), "history": history(p.parent)}
-                      for p in folds]
+    summaries = [(p.parent, json.loads(p.read_text())) for p in folds]
+    entry["folds"] = [{"fold": d.name, "selection_acc": s.get("best_val_acc"), "best_epoch": s.get("best_epoch"),
+                       "seconds": s.get("seconds"), "history": history(d)} for d, s in summaries]
     if folds:
         rc_e, text = fer(["evaluate", str(out), "--device", device, "--json"], max(30.0, t_end - time.monotonic()))
         try:

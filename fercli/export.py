@@ -269,11 +269,12 @@ def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any
     if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
         raise FerError(f"{out_path}: write the amended model beside the original, not over it")
     arrays, meta, data = _read_archive(src)
+    original = hashlib.sha256(data).hexdigest()
+    today = datetime.now(timezone.utc).date().isoformat()
     for field, value in changes.items():
         meta.setdefault("provenance_corrections", []).append({
-            "date": datetime.now(timezone.utc).date().isoformat(), "field": field,
-            "recorded": meta.get(field), "corrected_to": value, "why": why, "how": how,
-            "original_archive_sha256": hashlib.sha256(data).hexdigest()})
+            "date": today, "field": field, "recorded": meta.get(field), "corrected_to": value,
+            "why": why, "how": how, "original_archive_sha256": original})
         meta[field] = value
     return write_archive(arrays, meta, out_path, max_shard_mb)
 

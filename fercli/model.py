@@ -366,9 +366,7 @@ def model_from_spec(spec: dict, empty: bool = False) -> nn.Module:
         return _architecture(*args)
     with torch.device("meta"):
         model = _architecture(*args)
-    spec_dict = model.spec
-    model = model.to_empty(device="cpu")
-    model.spec = spec_dict
+    model.to_empty(device="cpu")  # in place: model.spec stays
     for m in model.modules():
         if isinstance(m, FaceInput):
             m.reset_constants()
