@@ -48,18 +48,25 @@ class TrainProgress:
         self.steps = 0
         self.images = 0
         self.t0 = 0.0
+        self.started = False
 
+    # The bars start with the first event, not on entry: a setting or dataset refused before
+    # any run starts then leaves stderr as one `error:` line (a started, empty Live prints a
+    # blank line when it stops).
     def __enter__(self) -> TrainProgress:
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.__exit__(*exc)
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         import time
 
         p = self.progress
+        if not self.started:
+            p.start()
+            self.started = True
         if kind == "run_start":
             self.steps = info["steps_per_epoch"]
             if self.epoch_task is not None:

@@ -320,8 +320,9 @@ def test_bad_input(name, tmp_path, trained_run, monkeypatch):
     assert res.exit_code != 0, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    lines = res.stderr.splitlines()
     assert lines, res.output
+    assert all(ln.strip() for ln in lines), repr(res.stderr)  # no blank line around the error either
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1, res.stderr
     assert case.culprit in errors[0], (case.culprit, errors[0])
