@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def torch_load_weights_only(path: Path) -> Any:
+    """torch.load that runs no code from the file (weights_only=True), the one way fercli reads
+    .pt files. Torch warns on stderr about a pickle protocol newer than its own (any raw
+    pickle.dump file); the caller turns a refused file into one `error:` line, so that warning
+    would only print above it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load a fercli checkpoint without executing code from it (weights_only=True)."""
     path = Path(path)
@@ -31,7 +42,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise FerError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load_weights_only(path)
     except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from fercli.checkpoints import torch_load_weights_only
 from fercli.errors import FerError
 
 # torchvision's ImageNet statistics: the pretrained trunks expect inputs normalised this way.
@@ -433,7 +434,7 @@ def load_resnet34_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a torchvision resnet34 state dict safely (weights_only=True); FerError naming the file."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except Exception as e:  # truncated zip, pickle payload, not a torch file, ...: all the user's to fix
         raise FerError(f"{path} is not a loadable PyTorch state dict ({type(e).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):

@@ -322,9 +322,8 @@ def test_bad_input(name, tmp_path, trained_run, monkeypatch):
     assert "Traceback" not in res.output
     lines = res.stderr.splitlines()
     assert lines, res.output
-    assert all(ln.strip() for ln in lines), repr(res.stderr)  # no blank line around the error either
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1, res.stderr
+    assert errors == lines and len(errors) == 1, res.stderr  # the error line alone: no blank or warning line
     assert case.culprit in errors[0], (case.culprit, errors[0])
     assert res.stdout.strip() == "", res.stdout  # no partial results, not even JSON
     for p in case.outputs:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,10 +114,14 @@ def test_crafted_pickle_checkpoint_is_refused_and_never_runs(tmp_path, container
     else:
         evil.write_bytes(pickle.dumps(payload))
     assert not marker.exists()
-    r = CliRunner().invoke(app, ["evaluate", str(evil)])
+    with warnings.catch_warnings(record=True) as caught:  # outside pytest, a warning prints on stderr
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(app, ["evaluate", str(evil)])
     assert r.exit_code != 0
     assert "refused" in r.output and "evil.pt" in r.output
     assert "Traceback" not in r.output
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert [str(w.message) for w in caught] == []  # e.g. torch's "Detected pickle protocol 4" for raw pickles
     assert not marker.exists(), "the pickle payload ran"
 
 
