@@ -179,6 +179,9 @@ def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
         m = classification_metrics(y, res["pred"], ds.classes)
         m.update({"split": split_name, "checkpoint": str(src.path), "best_epoch": src.best_epoch,
                   "selected_on": selected_on if same else "unknown (not this dataset)",
+                  # what training saw on the selection split at that epoch: the number to
+                  # compare recipes by (the test split's must not choose anything)
+                  "selection_accuracy": src.selection_acc if same else None,
                   "tta": cfg.tta, "loss": res["loss"]})
         per_fold.append(m)
         y_all.append(y)

@@ -36,13 +36,17 @@ def classification_metrics(
 
 
 def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (population std over folds) of accuracy and macro-F1."""
+    """Mean ± std (population std over folds) of accuracy and macro-F1, and the mean accuracy
+    on the selection folds (fold K+1 chose fold K's checkpoint): the figure to choose recipes
+    by, None unless every fold recorded it."""
     acc = np.array([m["accuracy"] for m in fold_metrics])
     f1 = np.array([m["macro_f1"] for m in fold_metrics])
+    sel = [m.get("selection_accuracy") for m in fold_metrics]
     return {
         "folds": len(fold_metrics),
         "accuracy_mean": float(acc.mean()),
         "accuracy_std": float(acc.std()),
         "macro_f1_mean": float(f1.mean()),
         "macro_f1_std": float(f1.std()),
+        "selection_accuracy_mean": None if None in sel else float(np.mean(sel)),
     }

@@ -127,10 +127,13 @@ def metrics_tables(m: dict[str, Any]) -> list[Table]:
         kt.add_column("accuracy %", justify="right")
         kt.add_column("macro-F1 %", justify="right")
         kt.add_column("n", justify="right")
+        kt.add_column("selection fold, acc %", justify="right")
         for f in m["per_fold"]:
-            kt.add_row(f["split"], pct(f["accuracy"]), pct(f["macro_f1"]), str(f["num_samples"]))
+            sel = f"{f['selected_on']} {pct(f.get('selection_accuracy'))}"
+            kt.add_row(f["split"], pct(f["accuracy"]), pct(f["macro_f1"]), str(f["num_samples"]), sel)
         kt.add_row("mean ± std", f"{pct(k['accuracy_mean'])} ± {pct(k['accuracy_std'])}",
-                   f"{pct(k['macro_f1_mean'])} ± {pct(k['macro_f1_std'])}", "")
-        kt.add_row("pooled", pct(m["accuracy"]), pct(m["macro_f1"]), str(m["num_samples"]))
+                   f"{pct(k['macro_f1_mean'])} ± {pct(k['macro_f1_std'])}", "",
+                   f"mean {pct(k.get('selection_accuracy_mean'))}")
+        kt.add_row("pooled", pct(m["accuracy"]), pct(m["macro_f1"]), str(m["num_samples"]), "")
         tables.append(kt)
     return tables

@@ -41,6 +41,7 @@ class ModelSource:
     code_version: str | None = None  # the code that trained the weights, when recorded
     device: str | None = None  # the device that trained them, when recorded
     best_epoch: int | None = None
+    selection_acc: float | None = None  # accuracy on the selection split at best_epoch, when recorded
     meta: dict[str, Any] = field(default_factory=dict)  # an export's __meta__ (empty for .pt)
 
     @property
@@ -113,7 +114,7 @@ def load_exported_source(path: Path) -> ModelSource:
                        train_config=dict(meta.get("train_config") or {}),
                        dataset_name=meta.get("dataset_name"), dataset_sha256=meta.get("dataset_sha256"),
                        code_version=meta.get("code_version"), device=meta.get("device"),
-                       best_epoch=meta.get("best_epoch"), meta=meta)
+                       best_epoch=meta.get("best_epoch"), selection_acc=meta.get("best_val_acc"), meta=meta)
 
 
 def load_checkpoint_source(path: Path) -> ModelSource:
@@ -126,7 +127,8 @@ def load_checkpoint_source(path: Path) -> ModelSource:
                        sha256=_sha256_file(path), train_config=dict(ckpt.get("config") or {}),
                        dataset_name=ckpt.get("dataset_name"), dataset_sha256=ckpt.get("dataset_sha256"),
                        code_version=ckpt.get("code_version") or run_info.get("code_version"),
-                       device=run_info.get("device"), best_epoch=(ckpt.get("best") or {}).get("epoch"))
+                       device=run_info.get("device"), best_epoch=(ckpt.get("best") or {}).get("epoch"),
+                       selection_acc=(ckpt.get("best") or {}).get("val_acc"))
 
 
 def load_model_source(ref: str | Path, what: str = "model") -> ModelSource:

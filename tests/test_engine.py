@@ -272,6 +272,21 @@ def test_kfold_train_and_aggregate(tmp_path):
     accs = [f["accuracy"] for f in m["per_fold"]]
     assert m["kfold"]["accuracy_mean"] == pytest.approx(float(np.mean(accs)))
     assert m["kfold"]["accuracy_std"] == pytest.approx(float(np.std(accs)))
+    # The selection folds' accuracy (what recipes are compared by) is training's, at the chosen epoch.
+    by_fold = {f"fold{(r.fold + 1) % 3}": r.best_val_acc for r in results}
+    assert [f["selected_on"] for f in m["per_fold"]] == ["fold1", "fold2", "fold0"]
+    assert [f["selection_accuracy"] for f in m["per_fold"]] == [by_fold[f["selected_on"]] for f in m["per_fold"]]
+    assert m["kfold"]["selection_accuracy_mean"] == pytest.approx(float(np.mean(list(by_fold.values()))))
+    # `fer evaluate ROOT` shows them beside each test fold, and their mean.
+    from typer.testing import CliRunner
+
+    from fercli.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "kfold"), "--device", "cpu"], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    sel_mean = 100 * m["kfold"]["selection_accuracy_mean"]
+    assert "selection fold, acc %" in res.stdout and f"mean {sel_mean:.2f}" in res.stdout
+    assert re.search(rf"fold0 .* fold1 {100 * by_fold['fold1']:.2f}", res.stdout)
 
 
 def test_evaluate_refuses_other_class_set(tmp_path):
