@@ -123,12 +123,13 @@ def load_checkpoint_source(path: Path) -> ModelSource:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval()
     run_info = _read_json(path.parent / "config.json")
+    best = ckpt.get("best") or {}
     return ModelSource(model=model, classes=list(ckpt["classes"]), kind="checkpoint", path=path,
                        sha256=_sha256_file(path), train_config=dict(ckpt.get("config") or {}),
                        dataset_name=ckpt.get("dataset_name"), dataset_sha256=ckpt.get("dataset_sha256"),
                        code_version=ckpt.get("code_version") or run_info.get("code_version"),
-                       device=run_info.get("device"), best_epoch=(ckpt.get("best") or {}).get("epoch"),
-                       selection_acc=(ckpt.get("best") or {}).get("val_acc"))
+                       device=run_info.get("device"), best_epoch=best.get("epoch"),
+                       selection_acc=best.get("val_acc"))
 
 
 def load_model_source(ref: str | Path, what: str = "model") -> ModelSource:
