@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ablation of the engine's speed choices, one at a time, on device-resident data.
 
-Every variant trains through fercli.engine.train_one_epoch (device-resident uint8 data,
+Every variant trains through fercli.train.engine.train_one_epoch (device-resident uint8 data,
 device randperm batches, augment_batch on the device); only the step differs:
 
   fp32                 fp32 eager, contiguous, AdamW(foreach=False) + python-loop GC, .item()/step
@@ -11,7 +11,7 @@ device randperm batches, augment_batch on the device); only the step differs:
   -item = engine       no .item() per step (the engine's default step)
   +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (now the engine's default)
   +fused_head          + the B-CNN head's signed sqrt + L2 normalisation as one autograd
-                       Function (fercli.model's default; earlier variants patch in the
+                       Function (fercli.model.networks's default; earlier variants patch in the
                        unfused F.normalize(signed_sqrt(x)) to measure what it buys)
   fp32+foreach_gc      the engine with --precision fp32 (channels_last, foreach GC, no .item())
   compile              the engine with torch.compile (mode from --compile-mode; slow to compile on CPU)
@@ -42,12 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import fercli.model  # noqa: E402
-from fercli import bench, engine  # noqa: E402
-from fercli.data import DeviceSplit  # noqa: E402
+import fercli.model.networks  # noqa: E402
+from fercli.bench import engine_bench as bench  # noqa: E402
+from fercli.data.resident import DeviceSplit  # noqa: E402
 from fercli.device import device_name, resolve_device  # noqa: E402
-from fercli.model import build_model  # noqa: E402
-from fercli.optim import AdamWGC  # noqa: E402
+from fercli.model.networks import build_model  # noqa: E402
+from fercli.train import engine
+from fercli.train.optim import AdamWGC  # noqa: E402
 
 CHAIN = ("fp32", "+channels_last", "+bf16", "+foreach_gc", "engine", "+fused_adamw", "+fused_head")
 VARIANTS = (*CHAIN, "fp32+foreach_gc", "compile", "reduce-overhead", "+cuda_graphs")
@@ -55,8 +56,8 @@ DEFAULT = CHAIN
 
 
 def unfused_normalize_bilinear(m: torch.Tensor) -> torch.Tensor:
-    """Eq. (4)-(6) as separate ops: what fercli.model did before its fused Function."""
-    return torch.nn.functional.normalize(fercli.model.signed_sqrt(m.flatten(1)), dim=1)
+    """Eq. (4)-(6) as separate ops: what fercli.model.networks did before its fused Function."""
+    return torch.nn.functional.normalize(fercli.model.networks.signed_sqrt(m.flatten(1)), dim=1)
 
 
 def spec(variant: str) -> dict:
@@ -124,16 +125,16 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device, x: tor
                        cuda_graphs=bool(s.get("graphs")))
 
     warm = args.warmup if not s["compile"] else max(args.warmup, 3)
-    original = fercli.model.normalize_bilinear
+    original = fercli.model.networks.normalize_bilinear
     if not s["fused_head"]:
-        fercli.model.normalize_bilinear = unfused_normalize_bilinear  # BilinearResNet34.pooled uses it
+        fercli.model.networks.normalize_bilinear = unfused_normalize_bilinear  # BilinearResNet34.pooled uses it
     try:
         ips, ms, _ = bench.engine_throughput(model, opt, step_fn, data, batch_size=args.batch_size,
                                              steps=args.steps, warmup=warm, amp_dtype=amp,
                                              channels_last=s["cl"])
         return ips, ms
     finally:
-        fercli.model.normalize_bilinear = original
+        fercli.model.networks.normalize_bilinear = original
 
 
 def main() -> None:

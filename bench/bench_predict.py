@@ -9,8 +9,8 @@ trace+freeze (+ optimize_for_inference), and torch.compile (skipped if it fails)
 and onnxruntime (the graph `fer export --format onnx` writes, fp32 weights, CPU provider,
 --threads intra-op threads; what `fer predict --backend auto` runs on the CPU).
 Per photo: decode + Haar detection + crop + classification of each sample image with the
-runner fercli.predict actually uses. Untrained weights: latency does not depend on them.
---folder N: end-to-end throughput of `fer predict` (fercli.predict.run_predict) over a folder
+runner fercli.infer.predict actually uses. Untrained weights: latency does not depend on them.
+--folder N: end-to-end throughput of `fer predict` (fercli.infer.predict.run_predict) over a folder
 of N photos (FER2013 PrivateTest faces upscaled to 192 px in a 384 px frame, JPEG), for
 today's runner (torch eager + Haar) and the new defaults (onnxruntime + auto detector),
 with the shipped default model.
@@ -86,7 +86,7 @@ def variants(model: torch.nn.Module, x: torch.Tensor, try_compile: bool):
     try:
         import numpy as np
 
-        from fercli.onnx_export import OnnxClassifier, onnx_bytes
+        from fercli.export.onnx_format import OnnxClassifier, onnx_bytes
 
         sess = OnnxClassifier(onnx_bytes(model, {"classes": [f"c{i}" for i in range(7)]}, dtype="float32"),
                               threads=torch.get_num_threads()).session
@@ -108,7 +108,7 @@ def variants(model: torch.nn.Module, x: torch.Tensor, try_compile: bool):
 
         # int8 (static QDQ, `fer export --int8-calibration`): calibrated here on random faces;
         # latency does not depend on the calibration (accuracy does: docs/benchmarks.md).
-        from fercli.onnx_export import quantize_int8
+        from fercli.export.onnx_format import quantize_int8
 
         calib = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
         fp32 = onnx_bytes(model, {"classes": [f"c{i}" for i in range(7)]}, dtype="float32")
@@ -192,7 +192,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.jit deprecation and tracer warnings
 
-    from fercli.model import build_model
+    from fercli.model.networks import build_model
 
     load = os.getloadavg()
     out: dict = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -225,16 +225,16 @@ def main() -> None:
                                                      for k, v in resb.items()}
         for k, v in out[f"per_face_batch{args.batch}"][name].items():
             print(f"{name:22s} b{args.batch} {k:45s} {v['median_ms']:8.2f} ms/face", file=sys.stderr)
-        from fercli.predict import FaceClassifier
+        from fercli.infer.predict import FaceClassifier
 
         t0 = time.perf_counter()
         FaceClassifier(model, [f"c{i}" for i in range(7)], torch.device("cpu"), optimize="jit").prepare()
         out["build_seconds"][name] = round(time.perf_counter() - t0, 2)
 
-    # Per photo, end to end with the runner fercli.predict uses.
-    from fercli import predict as P
+    # Per photo, end to end with the runner fercli.infer.predict uses.
     from fercli.errors import FerError
-    from fercli.images import load_grey
+    from fercli.infer import predict as P
+    from fercli.vision.images import load_grey
 
     try:
         P.detect_faces(load_grey(REPO / "sample_images" / "astronaut.jpg"), "haar")
@@ -279,8 +279,8 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
 
     import cv2
 
-    from fercli import predict as P
     from fercli.errors import FerError
+    from fercli.infer import predict as P
 
     root = fer_root / "fer2013" if (fer_root / "fer2013").is_dir() else fer_root
     files = sorted((root / "test").rglob("PrivateTest_*.jpg"))[:n]
@@ -294,7 +294,7 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
                    ("torch eager + yunet", "torch", "yunet", None),
                    ("new default: onnxruntime + auto (yunet)", "auto", "auto", None)]
         if int8_calibration:
-            from fercli.onnx_export import export_onnx
+            from fercli.export.onnx_format import export_onnx
 
             q = Path(tmp + "-int8.onnx")
             export_onnx(P.DEFAULT_MODEL, q, int8_calibration=int8_calibration)

@@ -65,8 +65,8 @@ def build_zip(folders: Path) -> Path:
 
 
 def build_csv(folders: Path) -> Path:
-    from fercli.dataset import load_prepared
-    from fercli.ingest import prepare_fer2013
+    from fercli.data.ingest import prepare_fer2013
+    from fercli.data.prepared import load_prepared
 
     dest = CACHE / f"fer2013-{CACHE_VERSION}" / "fer2013.csv"
     if not dest.exists():
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--only", default="folder,zip,csv")
     args = ap.parse_args()
 
-    from fercli.ingest import prepare_fer2013
+    from fercli.data.ingest import prepare_fer2013
 
     folders = find_folders(args.folders)
     inputs = {"folder": folders}

@@ -133,7 +133,7 @@ if [ "$DRY" = 1 ]; then
   "$PY" - "$FER_DATA_DIR/fer2013" <<'EOF'
 import sys
 import numpy as np
-from fercli.dataset import FER2013_CLASSES, write_prepared
+from fercli.data.prepared import FER2013_CLASSES, write_prepared
 rng = np.random.default_rng(0)
 n = (48, 16, 16)
 split = np.array(["train"] * n[0] + ["public_test"] * n[1] + ["private_test"] * n[2])

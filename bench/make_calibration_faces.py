@@ -1,6 +1,6 @@
 """Build fercli/assets/calibration_faces.npz: the two public-domain sample portraits
 (sample_images/README.md) as 160x160 grey crops around their Haar boxes, from which
-fercli.onnx_export.sample_calibration_faces draws the int8 calibration faces.
+fercli.export.onnx_format.sample_calibration_faces draws the int8 calibration faces.
 
     .venv/bin/python bench/make_calibration_faces.py
 
@@ -18,9 +18,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fercli.faces import crop_face  # noqa: E402
-from fercli.images import load_grey  # noqa: E402
-from fercli.onnx_export import CALIBRATION_ASSET  # noqa: E402
+from fercli.export.onnx_format import CALIBRATION_ASSET  # noqa: E402
+from fercli.vision.faces import crop_face  # noqa: E402
+from fercli.vision.images import load_grey  # noqa: E402
 
 BOXES = {"astronaut.jpg": (177, 66, 95, 95), "grace_hopper.jpg": (156, 104, 222, 222)}
 

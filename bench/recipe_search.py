@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 bench/recipe_search.py --recipes bench/recipes_fer2013.json \
         --budget-s 440 --device cuda --work /tmp/rs --json rs.json [--export DIR] [--dry]
 
-1. Throughput probe: `fer bench`'s engine (fercli.bench.run_bench, graphed step) for each
+1. Throughput probe: `fer bench`'s engine (fercli.bench.engine_bench.run_bench, graphed step) for each
    image size the recipes use, shared-trunk B-CNN at the preset's batch 128.
 2. Each recipe in turn: `fer train --preset fer2013-scratch <its options> --epochs E`, where E
    is what its equal share of the budget left affords at the probed rate (capped by the
@@ -45,7 +45,7 @@ FALLBACK_IMG_PER_S = 6000.0  # 48 px, if the probe fails: the previous H200 call
 def probe(sizes: list[int], device: str, dry: bool) -> dict[int, tuple[float, float]]:
     """(graphed, eager) training img/s of the preset's model at each image size (batch 128);
     on a CPU both are the eager rate."""
-    from fercli.bench import BenchConfig, run_bench
+    from fercli.bench.engine_bench import BenchConfig, run_bench
 
     rates = {}
     for size in sizes:

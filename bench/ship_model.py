@@ -8,7 +8,7 @@ export rightly recorded "unknown").
 
 The weight arrays are copied unchanged; `provenance_corrections` in the metadata records the
 recorded value, the correction, why, how and the original archive's sha256
-(fercli.export.amend_metadata). Then update the README's shipped-model table and
+(fercli.export.npz_format.amend_metadata). Then update the README's shipped-model table and
 docs/results.md, and run tests/test_evaluate.py (it checks the shipped model's PrivateTest).
 
 A 96 px model (the recipe call's candidates) does ~4× the trunk work of today's 48 px default
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from fercli.errors import FerError
-    from fercli.export import amend_metadata
+    from fercli.export.npz_format import amend_metadata
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="the returned export (.npz, or its .npz.index.json)")

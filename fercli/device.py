@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import TYPE_CHECKING
 
-import torch
-
-from fercli.config import DEVICES
 from fercli.errors import FerError
+
+if TYPE_CHECKING:
+    import torch
+
+# The choices of every --device. Torch is imported inside the functions below, not here:
+# the training config and the torchrun launcher read this tuple without paying ~4 s for torch.
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -22,6 +29,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -29,6 +38,8 @@ def device_name(device: torch.device) -> str:
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 autocast where it pays: always on CUDA; on CPU only with native bf16 support."""
+    import torch
+
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -43,7 +54,6 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if "AVX512" in caps.upper() else None
 
 
-
 def configure_backends(device: torch.device, deterministic: bool) -> None:
     """Fast kernels on CUDA unless --deterministic.
 
@@ -53,6 +63,8 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     form and only warn), so a resumed run repeats the uninterrupted one bit for bit on the
     same GPU model and torch version.
     """
+    import torch
+
     if deterministic:
         # cuBLAS needs a fixed workspace for reproducible results; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -78,7 +78,7 @@ def fer2013_prepared(fer2013_folders: Path, tmp_path_factory: pytest.TempPathFac
     """The real FER2013 prepared once per session from the image folders (decoding its 35,887
     JPEGs takes ~10 s): the PrepareResult, whose .out is the prepared directory. Tests read it
     and never write to it."""
-    from fercli.ingest import prepare_fer2013
+    from fercli.data.ingest import prepare_fer2013
 
     return prepare_fer2013(fer2013_folders, out=tmp_path_factory.mktemp("fer2013-real") / "folders")
 
@@ -90,7 +90,7 @@ def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("FORCE_COLOR", raising=False)
-    from fercli import report
+    from fercli.cli import report
 
     for con in (report.console, report.err_console):
         monkeypatch.setattr(con, "_width", 200)

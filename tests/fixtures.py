@@ -347,8 +347,8 @@ def untrained_run(run: Path, classes: list[str]) -> Path:
     """A `fer train`-shaped run directory whose best.pt is an untrained resnet34 (seed 0)."""
     import torch
 
-    from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
-    from fercli.model import build_model
+    from fercli.model.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+    from fercli.model.networks import build_model
 
     run.mkdir(parents=True)
     torch.manual_seed(0)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fercli import ablate, paper
+from fercli import paper
 from fercli.cli import app
+from fercli.data.ingest import prepare_ckplus
 from fercli.errors import FerError
-from fercli.ingest import prepare_ckplus
+from fercli.evaluation import ablate
 from tests.fixtures import make_ckplus48_tree
 
 runner = CliRunner()
@@ -155,7 +156,7 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
 
 
 def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:
-    from fercli.config import validate_config
+    from fercli.train.config import validate_config
 
     ck = ablate._resolve_datasets(str(tiny_ck))[0]
     cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0, 1, 2), device="cpu")

@@ -22,8 +22,9 @@ from PIL import Image
 from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
-from fercli import checkpoints, config, runs
 from fercli.cli import app
+from fercli.model import checkpoints
+from fercli.train import config, runs
 from tests.fixtures import (
     face_image,
     fer_csv_row,
@@ -351,7 +352,7 @@ def test_odd_image_formats_are_converted_not_rejected(tmp_path, kind):
     assert summary["converted"]["total"] == 1, summary["converted"]
     assert any(expected_reason in r.lower() for r in summary["converted"]["reasons"]), summary["converted"]
     assert tree_digest(src) == before
-    from fercli.dataset import load_prepared
+    from fercli.data.prepared import load_prepared
 
     ds = load_prepared(tmp_path / "out")
     hits = np.flatnonzero(np.char.endswith(ds.source, target.name))

@@ -69,8 +69,8 @@ def test_gpu_check_prepare_of_fer2013_folders_needs_no_haar_cascade(tmp_path, mo
     `fer prepare fer2013 FOLDERS` must never reach for the detector."""
     import cv2
 
-    from fercli import faces
-    from fercli.ingest import prepare_fer2013
+    from fercli.data.ingest import prepare_fer2013
+    from fercli.vision import faces
     from tests.fixtures import make_fer_folders
 
     def no_cascade(*a, **k):
@@ -84,7 +84,7 @@ def test_gpu_check_prepare_of_fer2013_folders_needs_no_haar_cascade(tmp_path, mo
 
 def test_time_cap_shrinks_the_timed_steps():
     """A cap far below one step's time: the bench times the minimum (2 steps), not 50."""
-    from fercli.bench import BenchConfig, run_bench
+    from fercli.bench.engine_bench import BenchConfig, run_bench
 
     r = run_bench(BenchConfig(device="cpu", model="resnet34", batch_size=2, steps=50, warmup=2, synthetic=True,
                               reference=False, inference=False, threads=1, time_cap_s=0.01))
@@ -97,8 +97,8 @@ def test_flops_grow_with_the_input_area():
     roughly quadruples its FLOPs (less at the end: the 2×2 map at 48 px becomes 3×3, not 4×4)."""
     import torch
 
-    from fercli.bench import flops_per_image
-    from fercli.model import build_model
+    from fercli.bench.engine_bench import flops_per_image
+    from fercli.model.networks import build_model
 
     f = {}
     for size in (48, 96):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from test_engine import make_fer_like, tiny_cfg
 
-from fercli import checkpoints, config, runs
 from fercli.errors import FerError
+from fercli.model import checkpoints
+from fercli.train import config, runs
 
 
 @pytest.fixture()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fercli import faces
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.images import load_grey
-from fercli.predict import detect_faces
-from fercli.video import iou
+from fercli.infer.predict import detect_faces
+from fercli.infer.video import iou
+from fercli.vision import faces
+from fercli.vision.images import load_grey
 from tests.fixtures import SAMPLE_DIR
 
 runner = CliRunner()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from fercli import distributed, engine
-from fercli.checkpoints import load_checkpoint
-from fercli.data import DeviceSplit
-from fercli.dataset import load_prepared, write_prepared
-from fercli.distributed import DistInfo
+from fercli.data.prepared import load_prepared, write_prepared
+from fercli.data.resident import DeviceSplit
 from fercli.errors import FerError
+from fercli.model.checkpoints import load_checkpoint
+from fercli.train import distributed, engine
+from fercli.train.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,14 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from fercli import checkpoints, config, data, engine, runs
-from fercli import evaluate as evaluation
-from fercli.dataset import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
+from fercli.data import resident as data
+from fercli.data.prepared import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
 from fercli.errors import FerError
-from fercli.model import build_model
+from fercli.evaluation import evaluate as evaluation
+from fercli.model import checkpoints
+from fercli.model.networks import build_model
 from fercli.provenance import code_version
+from fercli.train import config, engine, runs
 
 
 def make_fer_like(path, n_per_split=(24, 12, 12), seed=0):
@@ -176,11 +178,11 @@ def test_run_directory_records_provenance(tmp_path):
 
 def test_checkpoint_round_trip_reproduces_predictions(tmp_path, monkeypatch):
     # Keep the live model the run trains, to compare it with what last.pt gives back.
-    import fercli.model
+    import fercli.model.networks
 
     built = []
-    real_build = fercli.model.build_model
-    monkeypatch.setattr(fercli.model, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = fercli.model.networks.build_model
+    monkeypatch.setattr(fercli.model.networks, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     ds_path = make_fer_like(tmp_path / "fer")
     (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
     (trained,) = built

@@ -13,14 +13,14 @@ import torch
 from typer.testing import CliRunner
 
 from fercli import paper
-from fercli.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
-from fercli.config import TrainConfig
-from fercli.dataset import load_prepared
+from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
-from fercli.evaluate import EvaluateConfig, evaluate_target, paper_per_class
-from fercli.export import INDEX_SUFFIX, export_model
-from fercli.model import build_model
+from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target, paper_per_class
+from fercli.export.npz_format import INDEX_SUFFIX, export_model
+from fercli.model.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, save_checkpoint
+from fercli.model.networks import build_model
+from fercli.train.config import TrainConfig
 from tests.test_engine import make_ck_like, make_fer_like
 
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_cli_evaluate_json_and_one_line_errors(fer_run) -> None:
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_shipped_model_reproduces_its_private_test_accuracy(fer2013_prepared) -> None:  # type: ignore[no-untyped-def]
-    from fercli.sources import default_model_path
+    from fercli.model.sources import default_model_path
 
     ds = fer2013_prepared.out
     assets = default_model_path().parent

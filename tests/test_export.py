@@ -1,4 +1,4 @@
-"""`fer export` / fercli.export: fp16 .npz round trip, shards, corrupt files (untrained models)."""
+"""`fer export` / fercli.export.npz_format: fp16 .npz round trip, shards, corrupt files (untrained models)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fercli.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.export import INDEX_SUFFIX, META_KEY, export_model, load_exported
-from fercli.model import build_model
+from fercli.export.npz_format import INDEX_SUFFIX, META_KEY, export_model, load_exported
+from fercli.model.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+from fercli.model.networks import build_model
 from tests.fixtures import face_image
 
 runner = CliRunner()
@@ -154,7 +154,7 @@ def test_amend_metadata_corrects_provenance_and_keeps_the_weights(run_dir: tuple
                                                                    tmp_path: Path) -> None:
     """What bench/ship_model.py does to a device call's export: same weights, corrected
     code_version, a provenance_corrections entry; the original untouched."""
-    from fercli.export import amend_metadata
+    from fercli.export.npz_format import amend_metadata
 
     src = tmp_path / "call" / "model.npz"
     export_model(run_dir[0], src, max_shard_mb=0.5)

@@ -1,4 +1,4 @@
-"""One image path for `fer prepare` and `fer predict` (fercli.images + fercli.faces).
+"""One image path for `fer prepare` and `fer predict` (fercli.vision.images + fercli.vision.faces).
 
 The same file must reach the model as the same 48x48 uint8 array whether it is training
 data or a photo to classify: these tests run both commands' real code on the same files
@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fercli import faces
-from fercli import predict as P
-from fercli.dataset import load_prepared
+from fercli.data.ingest import prepare_fer2013
+from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
-from fercli.faces import crop_face, resize_face
-from fercli.images import decode_bgr, decode_grey
-from fercli.ingest import prepare_fer2013
+from fercli.infer import predict as P
+from fercli.vision import faces
+from fercli.vision.faces import crop_face, resize_face
+from fercli.vision.images import decode_bgr, decode_grey
 from tests.fixtures import SAMPLE_DIR, face_image, make_fer_folders
 
 TINY_COUNTS = {s: {c: 1 for c in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")}

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fercli import engine
-from fercli.data import DeviceSplit, augment_with
-from fercli.optim import build_optimizer
+from fercli.data.resident import DeviceSplit, augment_with
+from fercli.train import engine
+from fercli.train.optim import build_optimizer
 
 CPU = torch.device("cpu")
 

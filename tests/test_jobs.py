@@ -1,4 +1,4 @@
-"""fercli.jobs: whole runs as concurrent processes (--jobs 2 on the CPU), a killed and a failed
+"""fercli.train.jobs: whole runs as concurrent processes (--jobs 2 on the CPU), a killed and a failed
 run that leave the others alone, resume that skips finished runs, --seeds from the CLI."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 from test_engine import make_fer_like, tiny_cfg
 from typer.testing import CliRunner
 
-from fercli import checkpoints, jobs
 from fercli.cli import app
 from fercli.errors import FerError
+from fercli.model import checkpoints
+from fercli.train import jobs
 
 
 def test_two_at_a_time_with_a_killed_and_a_failed_run_then_resume(tmp_path):

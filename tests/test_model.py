@@ -1,4 +1,4 @@
-"""fercli.model: the bilinear pooling math (eq. 1-7), the two architectures, weights, specs."""
+"""fercli.model.networks: the bilinear pooling math (eq. 1-7), the two architectures, weights, specs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fercli.errors import FerError
-from fercli.model import (
+from fercli.model.networks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MODEL_NAMES,
@@ -374,7 +374,7 @@ def test_fused_head_equals_signed_sqrt_then_normalize_values_and_gradients():
     """normalize_bilinear's fused Function == F.normalize(signed_sqrt(x)) (eq. 5–6)."""
     import torch.nn.functional as F
 
-    from fercli.model import normalize_bilinear, signed_sqrt
+    from fercli.model.networks import normalize_bilinear, signed_sqrt
 
     torch.manual_seed(0)
     m = torch.randn(3, 8, 8, dtype=torch.float64)

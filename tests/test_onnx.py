@@ -16,10 +16,7 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.faces import FACE_SIZE, crop_face
-from fercli.images import load_grey
-from fercli.model import build_model
-from fercli.onnx_export import (
+from fercli.export.onnx_format import (
     ONNX_FORMAT,
     OPSET,
     OnnxClassifier,
@@ -28,13 +25,16 @@ from fercli.onnx_export import (
     onnx_bytes,
     quantize_int8,
 )
-from fercli.predict import (
+from fercli.infer.predict import (
     FaceClassifier,
     PredictConfig,
     detect_faces,
     make_classifier,
     resolve_model,
 )
+from fercli.model.networks import build_model
+from fercli.vision.faces import FACE_SIZE, crop_face
+from fercli.vision.images import load_grey
 from tests.fixtures import SAMPLE_DIR
 from tests.test_export import CLASSES, make_run
 
@@ -166,7 +166,7 @@ def test_backend_selection(resnet_run, tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache" / "onnx").glob("*-int8-*.onnx"))) == 1  # cached beside the fp32 graph
     with pytest.raises(FerError, match="an fp32 graph"):  # an exported graph's precision is fixed
         make_classifier(PredictConfig(inputs=("x",), model=str(tmp_path / "m.onnx"), precision="int8"))
-    from fercli.predict import validate
+    from fercli.infer.predict import validate
 
     for bad, msg in ((dict(precision="int4"), "--precision"), (dict(precision="int8", backend="torch"), "onnxruntime")):
         with pytest.raises(FerError, match=msg):
@@ -181,7 +181,7 @@ def test_int8_graphs_keep_the_shipped_models_labels(fer2013_prepared) -> None:
     PublicTest faces (measured on all 3,589: 97.6%; `fer export --int8-calibration` on 256
     FER2013 Training faces: 97.8%, the same quantize_int8). Without 7-bit weights (reduce_range)
     a non-VNNI x86 CPU saturates its int16 sums: 65% on a 2-core AVX2 EPYC, failing this test."""
-    from fercli.dataset import load_prepared
+    from fercli.data.prepared import load_prepared
 
     clf, info, why = make_classifier(PredictConfig(inputs=("x",), device="cpu"))
     assert isinstance(clf, OnnxClassifier) and clf.describe()["precision"] == "int8" and "bundled" in why
@@ -196,7 +196,7 @@ def test_int8_graphs_keep_the_shipped_models_labels(fer2013_prepared) -> None:
 
 
 def test_sample_calibration_faces_are_fixed_varied_faces() -> None:
-    from fercli.onnx_export import sample_calibration_faces
+    from fercli.export.onnx_format import sample_calibration_faces
 
     a, b = sample_calibration_faces(), sample_calibration_faces(count=16)
     assert a.shape == (256, 48, 48) and a.dtype == np.uint8

@@ -1,4 +1,4 @@
-"""fercli.optim: gradient centralization (eq. 8-9, 12) and the optimizers by name, in float64."""
+"""fercli.train.optim: gradient centralization (eq. 8-9, 12) and the optimizers by name, in float64."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from fercli.errors import FerError
-from fercli.optim import (
+from fercli.train.optim import (
     OPTIMIZER_NAMES,
     SGDGC,
     AdamGC,
@@ -28,7 +28,7 @@ D = torch.float64
 
 
 def gc_reference(g: torch.Tensor, min_dim: int = 2) -> torch.Tensor:
-    """Test-local eq. (8)-(9), written independently of fercli.optim."""
+    """Test-local eq. (8)-(9), written independently of fercli.train.optim."""
     if g.dim() < min_dim:
         return g.clone()
     return g - g.mean(dim=tuple(range(1, g.dim())), keepdim=True)
@@ -134,7 +134,7 @@ def test_gc_step_on_resnet34_is_batched_not_per_tensor():
     """GC of a whole ResNet34 (36 conv + 1 FC weights) in a handful of mean kernels."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fercli.model import build_model
+    from fercli.model.networks import build_model
 
     model = build_model("resnet34", 7, pretrained=False)
     opt = build_optimizer("adamw-gc", model, lr=1e-3)

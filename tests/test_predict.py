@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fercli import predict as P
 from fercli.cli import app
-from fercli.faces import crop_face
-from fercli.images import load_grey
-from fercli.model import build_model
+from fercli.infer import predict as P
+from fercli.model.networks import build_model
+from fercli.vision.faces import crop_face
+from fercli.vision.images import load_grey
 from tests.fixtures import (
     SAMPLE_DIR,
     face_image,
@@ -176,7 +176,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    from fercli import classifier
+    from fercli.infer import classifier
 
     monkeypatch.setattr(classifier, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.npz")
     img = str(SAMPLE_DIR / "astronaut.jpg")
@@ -190,7 +190,7 @@ def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: py
     assert res.exit_code == 0, res.output
     assert "newest local run" in res.stderr and "some-run" in res.stderr
     # The bundled default wins once it exists (an exported .npz).
-    from fercli.export import export_model
+    from fercli.export.npz_format import export_model
 
     export_model(model_dir, tmp_path / "assets" / "default_model.npz")
     res = runner.invoke(app, ["predict", img, "--json", "--backend", "torch"])  # no ONNX conversion needed here

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.dataset import FER2013_CLASSES, load_prepared
-from fercli.fsutil import sha256_file
-from fercli.images import MAX_IMAGE_PIXELS
-from fercli.ingest import prepare_ckplus, prepare_fer2013
+from fercli.data.ingest import prepare_ckplus, prepare_fer2013
+from fercli.data.prepared import FER2013_CLASSES, load_prepared
+from fercli.files import sha256_file
+from fercli.vision.images import MAX_IMAGE_PIXELS
 from tests.fixtures import (
     CK48_SMALL_EXPECTED,
     FER_SMALL_COUNTS,
@@ -211,7 +211,7 @@ def test_fer_skip_bad_skips_and_counts(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_huge_png_is_refused_from_header_only(tmp_path: Path) -> None:
-    from fercli.images import BadImage, decode_grey
+    from fercli.vision.images import BadImage, decode_grey
 
     p = write_huge_png(tmp_path / "huge.png")
     assert p.stat().st_size < 1000
@@ -255,7 +255,7 @@ def test_table_output_and_progress(tmp_path: Path) -> None:
 
 
 def test_core_does_not_import_typer_or_rich() -> None:
-    code = ("import sys, fercli.ingest, fercli.images, fercli.faces; "
+    code = ("import sys, fercli.data.ingest, fercli.vision.images, fercli.vision.faces; "
             "bad = [m for m in ('typer', 'rich') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -412,7 +412,7 @@ def test_sample_images_have_detectable_faces() -> None:
         found[f] = len(det.detectMultiScale(grey, 1.1, 5, minSize=(60, 60)))
     assert found == {"astronaut.jpg": 1, "grace_hopper.jpg": 1, "two_faces.jpg": 2}
     for which, box in SAMPLE_FACE_BOXES.items():  # the ingest detector agrees with the README
-        from fercli.faces import detect_face
+        from fercli.vision.faces import detect_face
 
         grey = cv2.imread(str(SAMPLE_DIR / f"{which}.jpg"), cv2.IMREAD_GRAYSCALE)
         got = detect_face(grey)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.dataset import FER2013_CLASSES, PreparedDataset, load_prepared
-from fercli.ingest import prepare_ckplus, prepare_fer2013
+from fercli.data.ingest import prepare_ckplus, prepare_fer2013
+from fercli.data.prepared import FER2013_CLASSES, PreparedDataset, load_prepared
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

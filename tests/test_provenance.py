@@ -12,11 +12,11 @@ import pytest
 from test_engine import make_fer_like
 
 from fercli import provenance
-from fercli.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from fercli.config import make_train_config
-from fercli.export import export_model
-from fercli.model import build_model
-from fercli.runs import train
+from fercli.export.npz_format import export_model
+from fercli.model.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from fercli.model.networks import build_model
+from fercli.train.config import make_train_config
+from fercli.train.runs import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = re.compile(r"[0-9a-f]{40}(\+dirty)?")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fercli import config, runs
 from fercli.errors import FerError
-from fercli.optim import build_optimizer
+from fercli.train import config, runs
+from fercli.train.optim import build_optimizer
 from tests.test_engine import make_fer_like, tiny_cfg
 
 

@@ -1,4 +1,4 @@
-"""Recipe regularisers (fercli.regularize): random erasing, mixup and the weight EMA — exact
+"""Recipe regularisers (fercli.train.regularize): random erasing, mixup and the weight EMA — exact
 math, their place in the train step, resume and the CLI."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from test_engine import make_fer_like
 from typer.testing import CliRunner
 
-from fercli import engine
 from fercli.cli import app
-from fercli.data import DeviceSplit
-from fercli.regularize import (
+from fercli.data.resident import DeviceSplit
+from fercli.train import engine
+from fercli.train.regularize import (
     ERASE_AREA,
     ERASE_DRAWS,
     ERASE_RATIO,
@@ -116,7 +116,7 @@ def test_scale_aug_zooms_about_the_centre_by_the_drawn_factor():
     x-coordinate p = (2j + 1)/8 − 1. Zooming by z samples the input at p / z, and bilinear
     interpolation of a ramp is exact: the output column holds p / z (z = 1.5 from r4 = 1 with
     max_scale 0.5; z = 0.5 from r4 = 0, where the centre four columns stay inside the image)."""
-    from fercli.data import augment_with
+    from fercli.data.resident import augment_with
 
     p = (2 * torch.arange(8, dtype=torch.float32) + 1) / 8 - 1
     x = p.view(1, 1, 1, 8).expand(2, 1, 8, 8).contiguous()

@@ -16,9 +16,9 @@ import torch
 from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
-from fercli import checkpoints
 from fercli.cli import app
-from fercli.dataset import load_prepared
+from fercli.data.prepared import load_prepared
+from fercli.model import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fercli import config, runs
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.model import build_model
-from fercli.sources import default_model_path, load_model_source
+from fercli.model.networks import build_model
+from fercli.model.sources import default_model_path, load_model_source
+from fercli.train import config, runs
 from tests.test_engine import make_ck_like
 from tests.test_evaluate import fake_run
 
@@ -22,7 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def ck48(ckplus48_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fercli.ingest import prepare_ckplus
+    from fercli.data.ingest import prepare_ckplus
 
     return prepare_ckplus(ckplus48_dir, out=tmp_path_factory.mktemp("ck") / "ckplus").out
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fercli import video
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.model import build_model
-from fercli.predict import FaceClassifier
+from fercli.infer import video
+from fercli.infer.predict import FaceClassifier
+from fercli.model.networks import build_model
 from tests.fixtures import SAMPLE_DIR, untrained_run
 
 runner = CliRunner()

@@ -1,7 +1,7 @@
 """The `fer` command line: a thin Typer layer over the core modules.
 
 Each command parses flags into one frozen config dataclass, calls one core function that
-returns data, and renders that data with fercli.report. Core modules never import Typer or
+returns data, and renders that data with fercli.cli.report. Core modules never import Typer or
 Rich. A FerError from the core becomes `error: <one line>` on stderr and a non-zero exit,
 with no traceback and (thanks to the atomic writers) no partial output.
 """

@@ -130,8 +130,9 @@ def ablate(
     where it stopped. Without ImageNet weights the pretrained rows say "weights unavailable"
     and the from-scratch ladder (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) runs instead.
     """
-    from fercli import ablate as core
-    from fercli import paper, report
+    from fercli import paper
+    from fercli.cli import report
+    from fercli.evaluation import ablate as core
 
     if paper_only:
         if json_out:
@@ -140,7 +141,7 @@ def ablate(
         for t in _paper_tables():
             report.console.print(t, highlight=False)
         return
-    from fercli.jobs import parse_devices
+    from fercli.train.jobs import parse_devices
 
     cfg = core.AblateConfig(
         dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,

@@ -36,8 +36,8 @@ def bench(
     augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader +
     torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image,
     achieved TFLOP/s against a measured bf16 matmul rate, and inference latency."""
-    from fercli import report
-    from fercli.bench import BenchConfig, run_bench
+    from fercli.bench.engine_bench import BenchConfig, run_bench
+    from fercli.cli import report
 
     if nproc is not None:
         _scaling(nproc, device, model, batch_size, threads, json_out)
@@ -112,8 +112,8 @@ def _table(r: dict[str, Any]) -> Any:
 
 
 def _scaling(nproc: int, device: str, model: str, batch_size: int, threads: Optional[int], json_out: bool) -> None:
-    from fercli import report
-    from fercli.scaling import ScalingConfig, run_scaling
+    from fercli.bench.scaling import ScalingConfig, run_scaling
+    from fercli.cli import report
 
     cfg = ScalingConfig(nproc=nproc, device="cuda" if device == "cuda" else "cpu", model=model,
                         batch_size=batch_size, threads_per_proc=threads or 1)

@@ -57,8 +57,8 @@ def evaluate(
     FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
     metrics.json and confusion.png; an exported model's folder is never written to.
     """
-    from fercli import evaluate as evaluation
-    from fercli import report
+    from fercli.cli import report
+    from fercli.evaluation import evaluate as evaluation
 
     cfg = evaluation.EvaluateConfig(target=str(Path(target)) if target != "default" else target,
                                     split=split, fold=fold, tta=tta, device=device, dataset=dataset)

@@ -21,8 +21,9 @@ def export_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Export a trained model to a compact, pickle-free .npz or an ONNX graph; `fer predict --model` loads both."""
-    from fercli import export, report
+    from fercli.cli import report
     from fercli.errors import FerError
+    from fercli.export import npz_format as export
 
     if int8_calibration is not None and fmt != "onnx":
         raise FerError("--int8-calibration applies to --format onnx only")
@@ -31,7 +32,7 @@ def export_cmd(
     elif fmt == "onnx":
         if max_shard_mb is not None:
             raise FerError("--max-shard-mb applies to --format npz only")
-        from fercli import onnx_export
+        from fercli.export import onnx_format as onnx_export
 
         info = onnx_export.export_onnx(source, out, dtype=dtype, int8_calibration=int8_calibration)
     else:

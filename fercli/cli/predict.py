@@ -14,7 +14,7 @@ def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def
     """A stderr bar that disappears when done: label, bar, n/N, extra columns, elapsed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from fercli import report
+    from fercli.cli import report
 
     return Progress(label, BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
                     console=report.err_console, transient=True, disable=not enabled)
@@ -26,7 +26,7 @@ class _Progress:
     def __init__(self, quiet: bool) -> None:
         from rich.progress import TextColumn
 
-        from fercli import report
+        from fercli.cli import report
 
         self.enabled = not quiet and report.err_console.is_terminal
         self.bar = _transient_bar(self.enabled, TextColumn("{task.description}"))
@@ -79,7 +79,7 @@ class _VideoProgress:
     def __init__(self, quiet: bool) -> None:
         from rich.progress import TextColumn
 
-        from fercli import report
+        from fercli.cli import report
 
         self.enabled = not quiet and report.err_console.is_terminal
         self.bar = _transient_bar(self.enabled, TextColumn("frames"),
@@ -119,7 +119,8 @@ def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
     """A video file or a camera: progress bar / live rows, then a summary table."""
     import json
 
-    from fercli import report, video
+    from fercli.cli import report
+    from fercli.infer import video
 
     window = None
     on_frame = None
@@ -205,9 +206,10 @@ def predict(
     "faces": [{"frame", "time_s", "track", "box", "label", "probs"}]}; --camera prints one JSON
     line per face as it goes.
     """
-    from fercli import predict as core
-    from fercli import report, video
+    from fercli.cli import report
     from fercli.errors import FerError
+    from fercli.infer import predict as core
+    from fercli.infer import video
 
     if json_out and csv_out is not None and str(csv_out) == "-":
         raise typer.BadParameter("--csv - and --json both want stdout")

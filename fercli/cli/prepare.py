@@ -1,6 +1,6 @@
 """`fer prepare fer2013|ck+ SRC`: turn a downloaded dataset into the prepared format.
 
-Thin layer: parse flags, call fercli.ingest, render its PrepareResult with Rich (or print
+Thin layer: parse flags, call fercli.data.ingest, render its PrepareResult with Rich (or print
 it as JSON with --json). Progress goes to stderr as a transient Rich bar.
 """
 
@@ -71,7 +71,7 @@ def fer2013(
     as_json: bool = _JSON,
 ) -> None:
     """Prepare FER2013 (48x48 faces, 7 classes; splits train, public_test, private_test)."""
-    from fercli.ingest import prepare_fer2013
+    from fercli.data.ingest import prepare_fer2013
 
     with _progress("reading FER2013") as cb:
         result = prepare_fer2013(src, out=out, force=force, skip_bad=skip_bad, progress=cb)
@@ -98,7 +98,7 @@ def ckplus(
     as_json: bool = _JSON,
 ) -> None:
     """Prepare CK+ (7 classes; subject ids and subject-independent folds kept)."""
-    from fercli.ingest import prepare_ckplus
+    from fercli.data.ingest import prepare_ckplus
 
     with _progress("reading CK+") as cb:
         result = prepare_ckplus(

@@ -84,7 +84,8 @@ def train(
     if nproc is not None:  # before importing torch: this process only launches torchrun
         _launch_torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
         return
-    from fercli import config, distributed, report, runs
+    from fercli.cli import report
+    from fercli.train import config, distributed, runs
 
     cfg = config.make_train_config(
         preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
@@ -122,7 +123,7 @@ def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node
     import subprocess
     import sys
 
-    from fercli.launch import torchrun_command
+    from fercli.train.launch import torchrun_command
 
     if "train" not in sys.argv:
         raise FerError("--nproc relaunches this command line; call it as `fer train ... --nproc N`")
@@ -146,11 +147,11 @@ def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node
 
 def _train_jobs(cfg, seeds: Optional[str], jobs: int, devices: Optional[str], quiet: bool,  # type: ignore[no-untyped-def]
                 json_out: bool) -> None:
-    """--seeds / --jobs / --devices: whole runs as concurrent processes (fercli.jobs)."""
+    """--seeds / --jobs / --devices: whole runs as concurrent processes (fercli.train.jobs)."""
     import dataclasses
 
-    from fercli import jobs as scheduler
-    from fercli import report
+    from fercli.cli import report
+    from fercli.train import jobs as scheduler
 
     def on_event(kind: str, info: dict) -> None:  # type: ignore[type-arg]
         if quiet:

@@ -1,0 +1,66 @@
+"""PNG figures: the loss curve (paper Fig. 10) and the confusion matrix (Fig. 9).
+
+matplotlib with the Agg backend, written atomically. Imported lazily by callers because
+matplotlib costs ~0.5 s to import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fercli.files import atomic_save
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_l.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_l.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("cross-entropy loss")
+    ax_l.legend()
+    ax_a.plot(epochs, [100 * h["train_acc"] for h in history], label="train")
+    ax_a.plot(epochs, [100 * h["val_acc"] for h in history], label="validation")
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("accuracy (%)")
+    ax_a.legend()
+    fig.suptitle("Training curves (cf. paper Fig. 10)")
+    fig.tight_layout()
+    with atomic_save(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _plt()
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # row-normalised: recall per class
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_save(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,416 @@
+"""Export a trained model to a safe, compact `.npz` and load it back.
+
+The exported file is a plain NumPy archive (no pickle, nothing that executes on load):
+
+    <name>.npz          every state-dict tensor under its state-dict key, float tensors as
+                        float16 (or float32 with dtype="float32"), integer buffers such as
+                        BatchNorm's num_batches_tracked kept as int64, plus
+                        __meta__   uint8 array holding UTF-8 JSON: format, model spec,
+                                   classes, image size, training command, PrivateTest
+                                   accuracy (when the run has metrics.json), device,
+                                   dataset sha256, fercli version, ...
+    <name>.json         the same JSON as a human-readable sidecar (informative only; the
+                        loader trusts only __meta__ inside the archive)
+
+With `max_shard_mb` the archive's bytes are split into `<name>.npz.part0, .part1, ...` of at
+most that size and an index `<name>.npz.index.json` lists each part's size and sha256 and
+the whole archive's sha256 (files come back from a GPU machine at ≤ 16 MB each). The
+loader reassembles and verifies the parts before reading anything.
+
+Every write is atomic (temp file + rename). Every load error is a one-line FerError that
+names the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fercli import __version__
+from fercli.errors import FerError
+from fercli.files import atomic_write_bytes, atomic_write_json
+from fercli.provenance import code_version
+
+EXPORT_FORMAT = "fercli-export-v1"
+META_KEY = "__meta__"
+INDEX_SUFFIX = ".index.json"
+PART_SUFFIX = ".part"
+DTYPES = {"float16": np.float16, "float32": np.float32}
+# npz members are named "<key>.npy"; keys must be plain so nothing odd reaches the file system.
+_SAFE_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run dir or None) for a run directory or a .pt file."""
+    from fercli.model.checkpoints import BEST_CHECKPOINT
+
+    if src.is_dir():
+        ck = src / BEST_CHECKPOINT
+        if not ck.is_file():
+            if any(src.glob("fold-*/" + BEST_CHECKPOINT)):
+                raise FerError(f"{src} is a k-fold root with one model per fold: export one fold, "
+                               f"e.g. {src / 'fold-0'}")
+            raise FerError(f"{src}: no {BEST_CHECKPOINT} found (is it a `fer train` run directory?)")
+        return ck, src
+    if not src.exists():
+        raise FerError(f"{src} does not exist (give a run directory or a checkpoint .pt file)")
+    run_dir = src.parent if (src.parent / "config.json").is_file() else None
+    return src, run_dir
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def train_command(config: dict[str, Any]) -> str:
+    """A `fer train ...` command line that reproduces `config` (non-default options only)."""
+    from fercli.train.config import TrainConfig
+
+    defaults = dataclasses.asdict(TrainConfig())
+    skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
+    parts = ["fer", "train"]
+    for key, value in config.items():
+        if key in skip or key not in defaults or (value == defaults[key] and key != "dataset"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "fold" and value == -1:
+            value = "all"
+        if isinstance(value, bool):
+            if key in ("pretrained", "augment"):
+                parts.append(flag if value else f"--no-{key}")
+            elif value:
+                parts.append(flag)
+        elif value is None:
+            continue
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def _state_arrays(state: dict[str, torch.Tensor], dtype: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """State dict -> numpy arrays: floats cast to `dtype`, integers kept (int64)."""
+    arrays: dict[str, np.ndarray] = {}
+    kept_fp32: list[str] = []
+    target = DTYPES[dtype]
+    for key, t in state.items():
+        if key == META_KEY or not key or set(key) - _SAFE_KEY_CHARS:
+            raise FerError(f"state-dict key {key!r} cannot be exported (unexpected characters)")
+        t = t.detach().to("cpu").contiguous()
+        if t.is_floating_point():
+            a32 = t.float().numpy()
+            a = a32.astype(target)
+            # fp16 overflows past 65504: keep such a tensor (a BatchNorm variance, say) in fp32.
+            if target is np.float16 and not np.array_equal(np.isfinite(a), np.isfinite(a32)):
+                a = a32
+                kept_fp32.append(key)
+        elif t.dtype == torch.bool:
+            a = t.numpy().astype(np.bool_)
+        else:
+            a = t.to(torch.int64).numpy()
+        arrays[key] = np.array(a, order="C", copy=True)  # (ascontiguousarray would make 0-d 1-d)
+    return arrays, kept_fp32
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A reproducible .npz (fixed member timestamps and order, stored, no pickle) in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, provenance block) of a run directory's best.pt or a checkpoint file."""
+    from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
+
+    ck_path, run_dir = _find_checkpoint(src)
+    ckpt = load_checkpoint(ck_path)
+    model = model_from_checkpoint(ckpt, ck_path)  # proves the weights fit the spec before export
+    config = ckpt.get("config") or {}
+    run_info = _read_json(run_dir / "config.json") if run_dir else None
+    metrics = _read_json(run_dir / "metrics.json") if run_dir else None
+    test_acc = None
+    if metrics and isinstance(metrics.get("accuracy"), (int, float)):
+        test_acc = {"split": metrics.get("split"), "accuracy": float(metrics["accuracy"]),
+                    "macro_f1": metrics.get("macro_f1"), "tta": metrics.get("tta"),
+                    "num_samples": metrics.get("num_samples")}
+    meta: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "model_spec": dict(ckpt["model_spec"]),
+        "classes": list(ckpt["classes"]),
+        "image_size": int(ckpt["model_spec"].get("image_size", 48)),
+        "input": _input_text(int(ckpt["model_spec"].get("image_size", 48))),
+        "dtype": dtype,
+        "kept_float32": [],
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "training_command": train_command(config) if config else None,
+        "train_config": config,
+        "best_epoch": (ckpt.get("best") or {}).get("epoch"),
+        "best_val_acc": (ckpt.get("best") or {}).get("val_acc"),
+        "test_metrics": test_acc,
+        "private_test_accuracy": test_acc["accuracy"] if test_acc and test_acc["split"] == "private_test" else None,
+        "device": (run_info or {}).get("device"),
+        "dataset_name": ckpt.get("dataset_name"),
+        "dataset_sha256": ckpt.get("dataset_sha256"),
+        "trained_with_fercli": ckpt.get("fercli_version"),
+        # Two versions: the code that trained the weights (from the checkpoint itself, else
+        # the run's config.json) and the code that wrote this file.
+        "code_version": ckpt.get("code_version") or (run_info or {}).get("code_version"),
+        "exported_with_code_version": code_version(),
+        "fercli_version": __version__,
+        "source_checkpoint": str(ck_path),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return model, meta
+
+
+def export_meta(src: Path | str, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, provenance block) of any export source: a run directory, a .pt checkpoint, or
+    an already exported .npz (its recorded provenance is kept; this export is stamped)."""
+    src = Path(src)
+    if src.suffix == ".npz" or src.name.endswith(INDEX_SUFFIX) or (not src.exists() and exported_exists(src)):
+        model, info = load_exported(src)
+        meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
+        meta.update(dtype=dtype, source_model=str(src), exported_with_code_version=code_version(),
+                    exported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return model, meta
+    return _checkpoint_meta(src, dtype)
+
+
+def export_model(
+    src: Path | str,
+    out_path: Path | str,
+    dtype: str = "float16",
+    extra_info: dict[str, Any] | None = None,
+    max_shard_mb: float | None = None,
+) -> dict[str, Any]:
+    """Export a run directory's best.pt (or a checkpoint file) to `out_path` (.npz).
+
+    Returns the metadata written to __meta__ plus where the file(s) went and their sizes.
+    """
+    if dtype not in DTYPES:
+        raise FerError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    if max_shard_mb is not None and not (max_shard_mb > 0 and math.isfinite(max_shard_mb)):
+        raise FerError(f"--max-shard-mb must be a positive number, got {max_shard_mb}")
+    src, out_path = Path(src), Path(out_path)
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    model, meta = _checkpoint_meta(src, dtype)
+    state = {k: v for k, v in model.state_dict().items()}
+    arrays, kept_fp32 = _state_arrays(state, dtype)
+    meta["kept_float32"] = kept_fp32
+    meta.update(extra_info or {})
+    return write_archive(arrays, meta, out_path, max_shard_mb)
+
+
+def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path: Path,
+                  max_shard_mb: float | None) -> dict[str, Any]:
+    """The .npz (weights + __meta__), whole or as ≤ max_shard_mb parts with an index written
+    last, and the .json sidecar; every file atomically. Returns meta plus where it all went."""
+    arrays = {**arrays, META_KEY: np.frombuffer(json.dumps(meta, sort_keys=False, default=str).encode("utf-8"),
+                                                dtype=np.uint8)}
+    data = _npz_bytes(arrays)
+    digest = hashlib.sha256(data).hexdigest()
+
+    written: list[str] = []
+    if max_shard_mb is None:
+        atomic_write_bytes(out_path, data)
+        written.append(str(out_path))
+    else:
+        size = max(1, int(max_shard_mb * 1024 * 1024))
+        parts = []
+        for i, start in enumerate(range(0, len(data), size)):
+            chunk = data[start:start + size]
+            p = Path(f"{out_path}{PART_SUFFIX}{i}")
+            atomic_write_bytes(p, chunk)
+            parts.append({"file": p.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+            written.append(str(p))
+        index = {"format": EXPORT_FORMAT + "-shards", "bytes": len(data), "sha256": digest,
+                 "parts": parts, "meta": meta}
+        index_path = Path(f"{out_path}{INDEX_SUFFIX}")
+        atomic_write_json(index_path, index)  # last: an index only exists once every part does
+        written.append(str(index_path))
+    sidecar = out_path.with_suffix(".json")
+    atomic_write_json(sidecar, meta)
+    return {**meta, "path": str(out_path), "sharded": max_shard_mb is not None, "files": written,
+            "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}
+
+
+def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any], why: str, how: str,
+                   max_shard_mb: float | None = 15.0) -> dict[str, Any]:
+    """Re-pack an exported model with some metadata fields corrected (e.g. the code_version a
+    device call could not know). The weight arrays are copied unchanged; each change appends an
+    entry to `provenance_corrections` naming the recorded value, the new one, why and how, and
+    the original archive's sha256. `src` is never modified (write to another path)."""
+    src, out_path = Path(src), Path(out_path)
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
+        raise FerError(f"{out_path}: write the amended model beside the original, not over it")
+    arrays, meta, data = _read_archive(src)
+    original = hashlib.sha256(data).hexdigest()
+    today = datetime.now(timezone.utc).date().isoformat()
+    for field, value in changes.items():
+        meta.setdefault("provenance_corrections", []).append({
+            "date": today, "field": field, "recorded": meta.get(field), "corrected_to": value,
+            "why": why, "how": how, "original_archive_sha256": original})
+        meta[field] = value
+    return write_archive(arrays, meta, out_path, max_shard_mb)
+
+
+def _input_text(image_size: int) -> str:
+    """What the model expects, from its own spec: 48×48 face crops (the FER2013 format, the
+    same crop as in training), which the model itself resizes to its input size."""
+    resize = "" if image_size == 48 else f"; the model resizes it to {image_size}x{image_size} itself"
+    return f"greyscale face crop, uint8, 48x48 (INTER_AREA) as in training{resize}"
+
+
+# --------------------------------------------------------------------------- load
+
+
+def exported_exists(path: Path | str) -> bool:
+    """True if `path` (a .npz) or its shard index exists."""
+    path = Path(path)
+    return path.is_file() or Path(f"{path}{INDEX_SUFFIX}").is_file()
+
+
+def _read_shards(index_path: Path) -> bytes:
+    index = _read_json(index_path)
+    if not index or not isinstance(index.get("parts"), list) or "sha256" not in index:
+        raise FerError(f"{index_path}: not a fercli shard index (expected parts and sha256)")
+    chunks = []
+    for i, part in enumerate(index["parts"]):
+        if not isinstance(part, dict) or not isinstance(part.get("file"), str):
+            raise FerError(f"{index_path}: part {i} is malformed")
+        name = part["file"]
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise FerError(f"{index_path}: part name {name!r} is not a plain file name")
+        p = index_path.parent / name
+        try:
+            chunk = p.read_bytes()
+        except OSError as exc:
+            raise FerError(f"{p}: cannot read model shard ({exc.strerror or exc})") from None
+        if len(chunk) != part.get("bytes") or hashlib.sha256(chunk).hexdigest() != part.get("sha256"):
+            raise FerError(f"{p}: shard is truncated or corrupt (size or sha256 differs from {index_path.name})")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise FerError(f"{index_path}: reassembled model does not match its sha256")
+    return data
+
+
+def _read_archive(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any], bytes]:
+    """An exported .npz (or its shard index) -> (weight arrays, __meta__ dict, the archive's
+    bytes), with one-line errors for missing, truncated, corrupt or foreign files."""
+    path = Path(path)
+    if path.name.endswith(INDEX_SUFFIX):
+        index_path, path = path, Path(str(path)[: -len(INDEX_SUFFIX)])
+    else:
+        index_path = Path(f"{path}{INDEX_SUFFIX}")
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FerError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
+    elif index_path.is_file():
+        data = _read_shards(index_path)
+    elif path.is_dir():
+        raise FerError(f"{path} is a directory; expected an exported model .npz")
+    else:
+        raise FerError(f"model file {path} does not exist")
+    if not data:
+        raise FerError(f"{path}: empty file (0 bytes), not an exported model")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            names = list(z.files)
+            if META_KEY not in names:
+                raise FerError(f"{path}: not a fercli exported model (no {META_KEY} array)")
+            arrays = {k: z[k] for k in names}
+    except FerError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise FerError(f"{path}: truncated or corrupt model file ({type(exc).__name__}: {first})") from None
+    except Exception as exc:  # zlib/struct errors on damaged members
+        raise FerError(f"{path}: truncated or corrupt model file ({type(exc).__name__})") from None
+    meta_arr = arrays.pop(META_KEY)
+    try:
+        if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
+            raise ValueError("wrong dtype")
+        meta = json.loads(meta_arr.tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        raise FerError(f"{path}: unreadable {META_KEY} metadata (expected UTF-8 JSON)") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise FerError(f"{path}: unsupported export format {meta.get('format')!r} (expected {EXPORT_FORMAT})")
+    return arrays, meta, data
+
+
+def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported model (.npz, or its sharded form) -> (model in eval mode, info).
+
+    np.load with allow_pickle=False: nothing in the file is executed. The architecture is
+    rebuilt from the spec and the weights are loaded strictly, cast to float32.
+    """
+    from fercli.model.networks import model_from_spec
+
+    arrays, meta, data = _read_archive(path)
+    path = Path(str(path).removesuffix(INDEX_SUFFIX))
+    classes = meta.get("classes")
+    spec = meta.get("model_spec")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise FerError(f"{path}: metadata has no class list")
+    model = model_from_spec(spec, empty=True)  # FerError on a bad spec; every weight is loaded below
+    if spec.get("num_classes") != len(classes):
+        raise FerError(f"{path}: spec says {spec.get('num_classes')} classes but {len(classes)} are named")
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - arrays.keys())
+    unexpected = sorted(arrays.keys() - expected.keys())
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise FerError(f"{path}: weights do not fit model {spec.get('name')}: {len(missing)} missing, "
+                       f"{len(unexpected)} unexpected arrays (e.g. {first!r})")
+    state: dict[str, torch.Tensor] = {}
+    for key, ref in expected.items():
+        a = arrays[key]
+        if tuple(a.shape) != tuple(ref.shape):
+            raise FerError(f"{path}: array {key!r} has shape {tuple(a.shape)}, model {spec.get('name')} "
+                           f"expects {tuple(ref.shape)}")
+        if ref.is_floating_point():
+            if a.dtype.kind != "f":
+                raise FerError(f"{path}: array {key!r} is {a.dtype}, expected floating point")
+            state[key] = torch.from_numpy(a.astype(np.float32))
+        else:
+            if a.dtype.kind not in "iub":
+                raise FerError(f"{path}: array {key!r} is {a.dtype}, expected integers")
+            state[key] = torch.from_numpy(a.astype(np.int64)).to(ref.dtype)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FerError(f"{path}: weights do not fit model {spec.get('name')}: "
+                       f"{str(exc).strip().splitlines()[0][:160]}") from None
+    model.eval()
+    info = {**meta, "path": str(path), "bytes": len(data)}
+    return model, info

@@ -1,0 +1,432 @@
+"""`fer predict clip.mp4` and `fer predict --camera 0`: faces and expressions over time.
+
+Per analysed frame (every `every`-th frame, up to `max_frames`): BGR -> grey (as
+fercli.vision.images does for photos), the same detector and crop as `fer predict` on photos
+(fercli.infer.predict.find_faces), one batch through the classifier (torch or onnxruntime,
+fercli.infer.predict.make_classifier). Faces are linked across frames by IoU (greedy, highest
+overlap first) into tracks; with `smooth` = alpha in (0, 1) each track's probabilities are an
+exponential average p_t = alpha * p_frame + (1 - alpha) * p_{t-1}, so labels do not flicker.
+
+A file is read to its end and checked against the frame count in its header: a video that
+stops early (truncated) is an error, not a short result. The annotated video (every frame,
+drawn with the latest analysed boxes, same fps and size) and the CSV are written through
+temp files and renamed only when the whole clip succeeded. A camera runs until `stop` (Ctrl-C
+in the CLI) or its stream ends, and is always released.
+
+No Typer or Rich here: `run_video` returns a frozen VideoResult; callbacks report progress
+and rows so the CLI can draw a bar or print rows live.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from fercli.errors import FerError
+from fercli.files import atomic_save, atomic_write_text
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
+DEFAULT_FPS = 25.0  # when the container does not say (some webcams, some AVIs)
+TRACK_IOU = 0.3  # a detection continues a track when their boxes overlap at least this much
+TRACK_MAX_GAP = 5  # analysed frames a track may go unseen before it is dropped
+TRUNCATED_TOLERANCE = 0.02  # header frame counts may be off by a frame or two; more is damage
+# FFmpeg would happily play a still image renamed .mp4 as a one-frame "video": refuse those.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF????WEBP")
+
+
+def _looks_like_image(head: bytes) -> bool:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(m) for m in _IMAGE_MAGIC if b"?" not in m)
+
+
+def _quiet_opencv() -> None:
+    """OpenCV and FFmpeg print their own warnings ("moov atom not found", "can't open camera
+    by index") on stderr; the one-line FerError says it instead."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at first open
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        pass
+
+
+class Capture(Protocol):
+    """What run_video needs from cv2.VideoCapture (tests pass a fake)."""
+
+    def isOpened(self) -> bool: ...
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+    def get(self, prop: int) -> float: ...
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    source: str  # a video file, or a camera index as a string ("0")
+    camera: bool = False
+    model: str | None = None
+    backend: str = "auto"
+    precision: str = "auto"
+    detector: str = "auto"
+    tta: str = "none"
+    device: str = "auto"
+    margin: float = 0.2
+    every: int = 1  # analyse every N-th frame
+    max_frames: int | None = None  # stop after reading this many frames
+    smooth: float | None = None  # EMA alpha in (0, 1]; None = raw per-frame probabilities
+    annotate: str | None = None  # folder for the annotated video
+    csv: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameFace:
+    frame: int  # index of the frame in the stream, from 0
+    time_s: float  # frame / fps for a file, seconds since start for a camera
+    track: int  # IoU track id, from 0
+    box: tuple[int, int, int, int]  # x, y, w, h
+    label: str
+    probs: dict[str, float]  # smoothed when VideoConfig.smooth is set
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "time_s": self.time_s, "track": self.track, "box": list(self.box),
+                "label": self.label, "probs": dict(self.probs)}
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    source: str
+    camera: bool
+    frames_read: int
+    frames_analysed: int
+    fps: float
+    size: tuple[int, int]  # width, height
+    faces: tuple[FrameFace, ...]
+    summary: dict[str, float]  # label -> share of face rows over the clip
+    stopped: str  # end | max-frames | interrupted
+    model: Any  # fercli.infer.predict.ModelInfo
+    runner: dict[str, Any]
+    device: str
+    seconds: float
+    annotated: str | None = None
+    csv: str | None = None
+    tracks: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.source, "camera": self.camera, "frames_read": self.frames_read,
+                "frames_analysed": self.frames_analysed, "fps": self.fps, "size": list(self.size),
+                "tracks": self.tracks, "stopped": self.stopped, "summary": dict(self.summary),
+                "faces": [f.as_dict() for f in self.faces], "error": None}
+
+
+def is_video_path(p: str | Path) -> bool:
+    return Path(p).suffix.lower() in VIDEO_EXTENSIONS
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class _Track:
+    id: int
+    box: tuple[int, int, int, int]
+    probs: np.ndarray  # (C,) float64
+    last: int  # index of the analysed frame it was last seen in
+
+
+class Tracker:
+    """Greedy IoU tracker with an optional exponential average of each track's probabilities."""
+
+    def __init__(self, smooth: float | None) -> None:
+        self.alpha = smooth
+        self.tracks: list[_Track] = []
+        self.next_id = 0
+        self.step = 0
+
+    def update(self, boxes: list[tuple[int, int, int, int]], probs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """boxes (K) and probs (K, C) of one analysed frame -> (track id, probs to report) each."""
+        self.step += 1
+        self.tracks = [t for t in self.tracks if self.step - t.last <= TRACK_MAX_GAP]
+        pairs = sorted(((iou(b, t.box), i, j) for i, b in enumerate(boxes) for j, t in enumerate(self.tracks)),
+                       reverse=True)
+        match: dict[int, int] = {}
+        used: set[int] = set()
+        for ov, i, j in pairs:
+            if ov < TRACK_IOU:
+                break
+            if i not in match and j not in used:
+                match[i] = j
+                used.add(j)
+        out = []
+        for i, b in enumerate(boxes):
+            p = probs[i].astype(np.float64)
+            if i in match:
+                t = self.tracks[match[i]]
+                if self.alpha is not None:
+                    p = self.alpha * p + (1 - self.alpha) * t.probs
+                t.box, t.probs, t.last = b, p, self.step
+            else:
+                t = _Track(self.next_id, b, p, self.step)
+                self.next_id += 1
+                self.tracks.append(t)
+            out.append((t.id, p / p.sum()))
+        return out
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def open_capture(cfg: VideoConfig) -> Capture:
+    """cv2.VideoCapture of the file or camera, or a one-line FerError naming it."""
+    _quiet_opencv()
+    if cfg.camera:
+        try:
+            index = int(cfg.source)
+        except ValueError:
+            raise FerError(f"--camera {cfg.source!r}: give a camera index such as 0") from None
+        cap = cv2.VideoCapture(index)
+        if not cap.isOpened():
+            cap.release()
+            raise FerError(f"camera {index}: cannot open it (no such device, or it is busy)")
+        return cap
+    p = Path(cfg.source).expanduser()
+    if p.is_dir():
+        raise FerError(f"{p} is a folder, not a video")
+    if not p.is_file():
+        raise FerError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise FerError(f"{p}: empty file (0 bytes), not a video")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise FerError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if _looks_like_image(head):
+        raise FerError(f"{p}: this is a still image, not a video (give it to fer predict with an image extension)")
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        cap.release()
+        raise FerError(f"{p}: not a video OpenCV can read (damaged, truncated or not a video)")
+    return cap
+
+
+def has_display() -> bool:
+    """True when cv2.imshow can open a window: a GUI build of OpenCV and a display.
+    (opencv-python-headless, which fercli installs, has no GUI backend at all.)"""
+    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow("fer")
+        cv2.destroyWindow("fer")
+    except cv2.error:
+        return False
+    return True
+
+
+def _annotate_target(cfg: VideoConfig) -> Path | None:
+    if cfg.annotate is None:
+        return None
+    d = Path(cfg.annotate).expanduser()
+    if d.exists() and not d.is_dir():
+        raise FerError(f"--annotate {d} is a file; give a folder for the annotated video")
+    name = f"camera{cfg.source}.mp4" if cfg.camera else Path(cfg.source).stem + ".mp4"
+    target = d / name
+    if not cfg.camera and target.exists() and os.path.samefile(target, cfg.source):
+        raise FerError(f"--annotate {d}: the annotated video {target} would overwrite the input")
+    return target
+
+
+def csv_text(result: VideoResult, classes: tuple[str, ...]) -> str:
+    """One row per face per analysed frame (header only when no face was found)."""
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["path", "frame", "time_s", "track", "x", "y", "w", "h", "label", "probability",
+                 *[f"p_{c}" for c in classes]])
+    for f in result.faces:
+        wr.writerow([result.source, f.frame, f"{f.time_s:.3f}", f.track, *f.box, f.label,
+                     f"{f.probs[f.label]:.6f}", *[f"{f.probs[c]:.6f}" for c in classes]])
+    return buf.getvalue()
+
+
+def _draw(bgr: np.ndarray, rows: list[FrameFace]) -> np.ndarray:
+    from fercli.infer.predict import FaceResult, _annotate
+
+    return _annotate(bgr, tuple(FaceResult(box=r.box, label=f"#{r.track} {r.label}", probs={
+        f"#{r.track} {r.label}": r.probs[r.label]}) for r in rows)) if rows else bgr
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+ProgressFn = Callable[[int, int | None, float], None]  # frames read, total (None: camera), fps
+FrameFn = Callable[[int, np.ndarray, list[FrameFace]], None]  # frame index, BGR, its rows
+
+
+def validate(cfg: VideoConfig) -> None:
+    if cfg.every < 1:
+        raise FerError(f"--every must be ≥ 1, got {cfg.every}")
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise FerError(f"--max-frames must be ≥ 1, got {cfg.max_frames}")
+    if cfg.smooth is not None and not (math.isfinite(cfg.smooth) and 0 < cfg.smooth <= 1):
+        raise FerError(f"--smooth must be in (0, 1] (the weight of the newest frame), got {cfg.smooth}")
+
+
+def run_video(
+    cfg: VideoConfig,
+    *,
+    capture: Capture | None = None,
+    classifier: Any = None,
+    on_progress: ProgressFn | None = None,
+    on_frame: FrameFn | None = None,
+) -> VideoResult:
+    """Detect, classify and track faces through a video file or a camera stream."""
+    from fercli.device import device_name
+    from fercli.infer.predict import (
+        ModelInfo,
+        PredictConfig,
+        find_faces,
+        make_classifier,
+        runner_info,
+    )
+    from fercli.infer.predict import validate as validate_predict
+
+    t0 = time.perf_counter()
+    validate(cfg)
+    pcfg = PredictConfig(inputs=(cfg.source,), model=cfg.model, detector=cfg.detector, tta=cfg.tta,
+                         device=cfg.device, margin=cfg.margin, backend=cfg.backend, precision=cfg.precision)
+    validate_predict(pcfg)
+    from fercli.vision.faces import resolve_detector
+
+    detector = resolve_detector(cfg.detector)
+    target = _annotate_target(cfg)
+    if cfg.csv is not None and not cfg.camera and Path(cfg.csv).expanduser().resolve() == Path(cfg.source).resolve():
+        raise FerError(f"--csv {cfg.csv} is the input video; choose another file")
+    name = f"camera {cfg.source}" if cfg.camera else str(Path(cfg.source).expanduser())
+    cap = capture if capture is not None else open_capture(cfg)
+    try:
+        if classifier is None:
+            classifier, info, why = make_classifier(pcfg)
+        else:
+            info, why = ModelInfo(source="given", path="", description="in-memory model",
+                                  classes=classifier.classes), "given"
+        classes = classifier.classes
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+        fps = fps if math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
+        total = None if cfg.camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+        progress = on_progress or (lambda done, tot, rate: None)
+        tracker = Tracker(cfg.smooth)
+        rows: list[FrameFace] = []
+        n_read = n_done = 0
+        size = (0, 0)
+        stopped = "end"
+        last: list[FrameFace] = []
+        with ExitStack() as stack:
+            writer = None
+            tmp_video: Path | None = None
+            if target is not None:
+                tmp_video = stack.enter_context(atomic_save(target))
+            try:
+                while True:
+                    if cfg.max_frames is not None and n_read >= cfg.max_frames:
+                        stopped = "max-frames"
+                        break
+                    ok, frame = cap.read()
+                    if not ok or frame is None:
+                        break
+                    if frame.ndim == 2:
+                        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+                    idx = n_read
+                    n_read += 1
+                    if n_read == 1:
+                        size = (frame.shape[1], frame.shape[0])
+                        if tmp_video is not None:
+                            writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                            if not writer.isOpened():
+                                raise FerError(f"--annotate {target}: OpenCV cannot write an mp4 video here")
+                    if idx % cfg.every == 0:
+                        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                        boxes, crops = find_faces(grey, detector, cfg.margin)
+                        probs = classifier.predict_proba(np.stack(crops), tta=cfg.tta) if crops else np.zeros((0, len(classes)))
+                        ts = (time.perf_counter() - t0) if cfg.camera else idx / fps
+                        last = []
+                        for b, (tid, p) in zip(boxes, tracker.update([tuple(int(v) for v in b) for b in boxes], probs),
+                                               strict=True):
+                            last.append(FrameFace(frame=idx, time_s=round(ts, 3), track=tid,
+                                                  box=tuple(int(v) for v in b), label=classes[int(np.argmax(p))],
+                                                  probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
+                        rows.extend(last)
+                        n_done += 1
+                        if on_frame is not None:
+                            on_frame(idx, frame, last)
+                    if writer is not None:
+                        writer.write(_draw(frame, last))
+                    progress(n_read, total, n_read / max(1e-9, time.perf_counter() - t0))
+            except KeyboardInterrupt:
+                if not cfg.camera:
+                    raise
+                stopped = "interrupted"  # Ctrl-C ends a camera session normally
+            finally:
+                if writer is not None:
+                    writer.release()
+            if n_read == 0:
+                raise FerError(f"{name}: no frames could be read (an empty or damaged video)")
+            if (stopped == "end" and total is not None
+                    and n_read < total * (1 - TRUNCATED_TOLERANCE) - 1):
+                raise FerError(f"{name}: truncated or damaged video: read {n_read} of the {total} frames "
+                               "its header announces")
+            if tmp_video is not None and writer is None:
+                raise FerError(f"{name}: no frame to write to {target}")
+    finally:
+        cap.release()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    summary = {c: round(counts.get(c, 0) / len(rows), 4) for c in classes} if rows else {}
+    result = VideoResult(source=name, camera=cfg.camera, frames_read=n_read, frames_analysed=n_done, fps=fps,
+                         size=size, faces=tuple(rows), summary=summary, stopped=stopped, model=info,
+                         runner={**runner_info(classifier), "backend_reason": why, "detector": detector},
+                         device=device_name(classifier.device), seconds=time.perf_counter() - t0,
+                         annotated=str(target) if target is not None else None, csv=cfg.csv,
+                         tracks=tracker.next_id)
+    if cfg.csv is not None:
+        atomic_write_text(Path(cfg.csv).expanduser(), csv_text(result, classes))
+    return result
+
+
+class LiveWindow:
+    """A cv2 window showing each analysed frame with its boxes; q or Esc stops the stream
+    (raised as KeyboardInterrupt, which run_video treats as a normal camera stop)."""
+
+    def __init__(self, title: str = "fer (q to quit)") -> None:
+        self.title = title
+
+    def __call__(self, idx: int, frame: np.ndarray, rows: list[FrameFace]) -> None:
+        cv2.imshow(self.title, _draw(frame, rows))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
