@@ -1,16 +1,16 @@
 """`fer predict clip.mp4` and `fer predict --camera 0`: faces and expressions over time.
 
-Per analysed frame (every `every`-th frame, up to `max_frames`): BGR -> grey (as
-fercli.vision.images does for photos), the same detector and crop as `fer predict` on photos
-(fercli.infer.predict.find_faces), one batch through the classifier (torch or onnxruntime,
-fercli.infer.predict.make_classifier). Faces are linked across frames by IoU (greedy, highest
-overlap first) into tracks; with `smooth` = alpha in (0, 1) each track's probabilities are an
+Per analysed frame (every `every`-th frame, up to `max_frames`): the BGR frame goes through
+the one inference path, fercli.infer.recognizer.Recognizer (the decoder's BGR -> grey, the
+same detector and crop as `fer predict` on photos, one batch through the classifier). Faces
+are linked across frames by IoU (greedy, highest overlap first) into tracks; with `smooth` = alpha in (0, 1) each track's probabilities are an
 exponential average p_t = alpha * p_frame + (1 - alpha) * p_{t-1}, so labels do not flicker.
 
 A file is read to its end and checked against the frame count in its header: a video that
 stops early (truncated) is an error, not a short result. The annotated video (every frame,
-drawn with the latest analysed boxes, same fps and size) and the CSV are written through
-temp files and renamed only when the whole clip succeeded. A camera runs until `stop` (Ctrl-C
+drawn with the latest analysed boxes, same fps and size), the CSV (timeline_frame, the
+DataFrame Recognizer.predict_video returns) and the --plot chart are written through temp
+files and renamed only when the whole clip succeeded. A camera runs until `stop` (Ctrl-C
 in the CLI) or its stream ends, and is always released.
 
 No Typer or Rich here: `run_video` returns a frozen VideoResult; callbacks report progress
