@@ -248,7 +248,10 @@ def results_frame(images: tuple[ImageResult, ...] | list[ImageResult], classes: 
 
 
 def frame_csv(df: pd.DataFrame) -> str:
-    """A results/timeline DataFrame as CSV text: probabilities to 6 decimals, empty cells blank."""
+    """A results/timeline DataFrame as CSV text: probabilities to 6 decimals, time_s to
+    milliseconds, empty cells blank."""
+    if "time_s" in df.columns:
+        df = df.assign(time_s=df["time_s"].map("{:.3f}".format))
     return str(df.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
 
 
