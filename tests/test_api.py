@@ -188,15 +188,29 @@ def test_plot_emotions_refuses_a_photo_table(rec: fercli.Recognizer, tmp_path: P
 # --------------------------------------------------------------------------- threads
 
 
-def test_one_recognizer_shared_by_8_threads_gives_the_sequential_results(rec: fercli.Recognizer) -> None:
+def test_one_recognizer_shared_by_8_threads_gives_the_sequential_results(
+        rec: fercli.Recognizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Detection runs in parallel (nothing shared), classification under the Recognizer's
-    lock: 8 threads × 3 calls over 3 images give exactly the sequential answers."""
+    lock: 8 threads × 3 calls over 3 images give exactly the sequential answers, and the
+    model never runs two forward passes at once."""
     images = [cv2.imread(str(SAMPLE_DIR / n)) for n in ("astronaut.jpg", "grace_hopper.jpg", "two_faces.jpg")]
     images = [cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA) for im in images]
     expected = [rec.predict(im, color="bgr") for im in images]
     assert [len(e) for e in expected] == [1, 1, 2]
     crops = np.stack([c for im in images for _, c in rec.find_faces(im, color="bgr")])
     expected_probs = rec.classify(crops)
+    active, most = [0], [0]
+    inner = rec.classifier.predict_proba
+
+    def counted(*args: object, **kwargs: object) -> np.ndarray:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(rec.classifier, "predict_proba", counted)
     results: dict[tuple[int, int], object] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -217,6 +231,7 @@ def test_one_recognizer_shared_by_8_threads_gives_the_sequential_results(rec: fe
     for th in threads:
         th.join()
     assert not errors, errors
+    assert most[0] == 1  # the lock: one forward pass at a time
     for t in range(8):
         for k in range(3):
             assert results[t, k] == expected[(t + k) % 3]
