@@ -3,6 +3,11 @@
 Everything the tool writes goes to a temporary sibling first and is renamed into place, so a
 kill (SIGKILL, power loss) leaves either the old complete file or the new complete file,
 never a mixture. Temp names start with `.fer-tmp-` so a leftover is easy to recognise.
+
+A write the machine refuses (full disk or quota, read-only file system, no permission, a folder
+deleted under the running job, torch.save's zip-writer error) removes its temp file and raises
+WriteFault: one line naming the file asked for (with what it needs and what is free, for
+space), exit code 1. The previous file stays as it was.
 """
 
 from __future__ import annotations
