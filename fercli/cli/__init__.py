@@ -54,7 +54,8 @@ if hasattr(typer.core.TyperArgument, "_usage_display_name"):
 
 
 class _FerGroup(typer.core.TyperGroup):
-    """Turns a FerError from any command into `error: <one line>` and its exit code."""
+    """Turns a FerError from any command into `error: <one line>` and its exit code, and so
+    does an OSError that is a fault of the machine (full disk, read-only, vanished folder)."""
 
     def list_commands(self, ctx):  # type: ignore[no-untyped-def]
         names = super().list_commands(ctx)
@@ -66,6 +67,16 @@ class _FerGroup(typer.core.TyperGroup):
         except FerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # Last line of defence for a write no atomic writer made: a full disk, a read-only
+            # or vanished folder end in one line, exit code 1, like the writers' own errors.
+            from fercli.files import fault_from_oserror
+
+            fault = fault_from_oserror(exc)
+            if fault is None:
+                raise
+            typer.echo(f"error: {fault}", err=True)
+            raise typer.Exit(fault.exit_code) from None
 
 
 app = typer.Typer(

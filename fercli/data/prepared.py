@@ -140,7 +140,9 @@ def write_prepared(
         manifest["num_folds"] = int(cols["fold"].max()) + 1
     manifest.update(manifest_extra or {})
     manifest["fercli_version"] = __version__
-    with atomic_directory(out, force=force) as tmp:
+    # What a full disk's message says it needs: the columns as stored, plus the manifest.
+    size = sum(int(c.nbytes) for c in cols.values()) + (64 << 10)
+    with atomic_directory(out, force=force, size_hint=size) as tmp:
         _write_npz(tmp / DATA_FILE, cols)
         manifest["sha256"] = sha256_file(tmp / DATA_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

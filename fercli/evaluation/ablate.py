@@ -34,7 +34,7 @@ from typing import Any
 
 from fercli import paper
 from fercli.errors import FerError
-from fercli.files import atomic_write_json, atomic_write_text
+from fercli.files import atomic_write_many, json_bytes
 
 PRESETS = ("fast", "paper")
 # The fast preset trades the paper's 200 epochs at batch 16 for a ladder that finishes: batch
@@ -392,8 +392,9 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         "tables": tables,
         "runs": {"total": len(plan), "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)},
     }
-    atomic_write_json(root / "ablation.json", result)
-    atomic_write_text(root / "ablation.csv", ablation_csv(result))
+    # Both or neither: a full disk leaves the previous pair (or nothing), never a mixture.
+    atomic_write_many([(root / "ablation.json", json_bytes(result)),
+                       (root / "ablation.csv", ablation_csv(result).encode("utf-8"))])
     result["files"] = [str(root / "ablation.json"), str(root / "ablation.csv")]
     return result
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from fercli import __version__
 from fercli.errors import FerError
-from fercli.files import atomic_write_bytes, atomic_write_json
+from fercli.files import atomic_write_many, json_bytes
 from fercli.provenance import code_version
 
 EXPORT_FORMAT = "fercli-export-v1"
@@ -233,26 +233,25 @@ def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path:
     data = _npz_bytes(arrays)
     digest = hashlib.sha256(data).hexdigest()
 
-    written: list[str] = []
+    # Every file of the export is written all or nothing (atomic_write_many): a full disk
+    # halfway through the shards leaves the previous export whole, index and sidecar included.
+    files: list[tuple[Path, bytes]] = []
     if max_shard_mb is None:
-        atomic_write_bytes(out_path, data)
-        written.append(str(out_path))
+        files.append((out_path, data))
     else:
         size = max(1, int(max_shard_mb * 1024 * 1024))
         parts = []
         for i, start in enumerate(range(0, len(data), size)):
             chunk = data[start:start + size]
             p = Path(f"{out_path}{PART_SUFFIX}{i}")
-            atomic_write_bytes(p, chunk)
+            files.append((p, chunk))
             parts.append({"file": p.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-            written.append(str(p))
         index = {"format": EXPORT_FORMAT + "-shards", "bytes": len(data), "sha256": digest,
                  "parts": parts, "meta": meta}
-        index_path = Path(f"{out_path}{INDEX_SUFFIX}")
-        atomic_write_json(index_path, index)  # last: an index only exists once every part does
-        written.append(str(index_path))
+        files.append((Path(f"{out_path}{INDEX_SUFFIX}"), json_bytes(index)))  # renamed after every part
+    written = [str(p) for p, _ in files]
     sidecar = out_path.with_suffix(".json")
-    atomic_write_json(sidecar, meta)
+    atomic_write_many([*files, (sidecar, json_bytes(meta))])
     return {**meta, "path": str(out_path), "sharded": max_shard_mb is not None, "files": written,
             "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}
 

@@ -277,7 +277,7 @@ def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16",
     """`fer export SRC --format onnx`: a run dir / .pt checkpoint / exported .npz -> .onnx.
     With `int8_calibration` (a folder of face crops, e.g. FER2013 Training): static int8."""
     from fercli.export.npz_format import export_meta
-    from fercli.files import atomic_write_bytes, atomic_write_json
+    from fercli.files import atomic_write_many, json_bytes
 
     src, out_path = Path(src), Path(out_path)
     if out_path.suffix != ".onnx":
@@ -290,10 +290,9 @@ def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16",
         dtype = "int8"
     else:
         data = onnx_bytes(model, meta, dtype)
-    atomic_write_bytes(out_path, data)
     meta = {**meta, "format": ONNX_FORMAT, "opset": OPSET, "dtype": dtype}
     sidecar = out_path.with_suffix(".json")
-    atomic_write_json(sidecar, meta)
+    atomic_write_many([(out_path, data), (sidecar, json_bytes(meta))])  # both or neither
     return {**meta, "path": str(out_path), "files": [str(out_path)], "sidecar": str(sidecar),
             "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "sharded": False}
 

@@ -17,9 +17,21 @@ BEST_CHECKPOINT = "best.pt"
 
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) payload: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file + rename: a kill never leaves a half-written checkpoint."""
-    with atomic_save(path) as tmp:
+    """torch.save to a temp file + rename: a kill never leaves a half-written checkpoint, and
+    a failed write (full disk, read-only folder) is a WriteFault naming `path`."""
+    with atomic_save(path, size_hint=_tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
 
 
