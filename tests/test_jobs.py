@@ -10,13 +10,13 @@ import signal
 
 import pytest
 import torch
-from test_engine import make_fer_like, tiny_cfg
 from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.model import checkpoints
 from fercli.train import jobs
+from tests.fixtures import make_fer_like, tiny_cfg
 
 
 def test_two_at_a_time_with_a_killed_and_a_failed_run_then_resume(tmp_path):
@@ -97,7 +97,7 @@ def test_bad_seeds_are_errors():
 
 
 def test_fold_all_with_jobs_writes_every_fold_and_the_kfold_index(tmp_path):
-    from test_engine import make_ck_like
+    from tests.fixtures import make_ck_like
 
     ds = make_ck_like(tmp_path / "ck")
     cfg = tiny_cfg(ds, tmp_path / "kfold", batch_size=4, epochs=1, fold=-1, threads=1)

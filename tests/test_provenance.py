@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_engine import make_fer_like
 
 from fercli import provenance
 from fercli.export.npz_format import export_model
@@ -17,6 +16,7 @@ from fercli.model.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_ch
 from fercli.model.networks import build_model
 from fercli.train.config import make_train_config
 from fercli.train.runs import train
+from tests.fixtures import make_fer_like
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = re.compile(r"[0-9a-f]{40}(\+dirty)?")
