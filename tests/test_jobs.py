@@ -44,7 +44,7 @@ def test_two_at_a_time_with_a_killed_and_a_failed_run_then_resume(tmp_path):
     assert rep["failed"] == 2 and rep["images"] == 8 and rep["img_per_s"] > 0
     a_weights = checkpoints.load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["model"]
 
-    # Again: the finished run is skipped (not retrained), the killed one runs now.
+    # Again: the finished run is skipped (not retrained), the killed one runs.
     rep2 = jobs.run_configs(cfgs[:2], jobs=2, devices=("cpu",))
     s2 = {r.name.split("/")[-1]: r for r in rep2["results"]}
     assert s2["a"].status == "skipped" and s2["a"].mode == "finished"

@@ -50,7 +50,7 @@ def test_own_checkout_records_its_commit() -> None:
 @needs_checkout
 @pytest.mark.parametrize("subdir", [".", "vendor"])
 def test_copy_inside_another_repository_is_unknown(tmp_path: Path, subdir: str) -> None:
-    # The GPU run's bug: the code sat in another repository and recorded that repo's commit.
+    # A copy of the code inside another repository must not record that repository's commit.
     dest = _repo_with_copy(tmp_path / "other", subdir)
     other_head = _git(tmp_path / "other", "rev-parse", "HEAD")
     v = provenance.code_version(dest)

@@ -1,5 +1,5 @@
 """Recipe options for the from-scratch FER2013 search: warm-up, no decay on BN/bias, label
-smoothing, and the `fer2013-scratch` preset. Their defaults must keep today's behaviour."""
+smoothing, and the `fer2013-scratch` preset. Off by default, they leave training as it is without them."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
 def test_recipe_search_sizes_epochs_to_the_share() -> None:
     from bench.gpu_check import recipe_search as rs
 
-    # 21,500 img/s (the previous H200 call, 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
+    # 21,500 img/s (the H200's graphed rate at 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
     per_epoch = 28709 / 21500 + 3589 / (3 * 21500) + 0.25
     assert rs.epochs_for(135.0, 21500.0, 200, 28709) == int((135 - rs.START_S) / per_epoch) == 60
     assert rs.epochs_for(135.0, 21500.0, 40, 28709) == 40  # the recipe's cap
