@@ -1,4 +1,5 @@
-"""Builders for small dataset trees in every layout `fer prepare` accepts (for any test).
+"""Builders for tests: small dataset trees in every layout `fer prepare` accepts, prepared
+datasets, train configs and run directories.
 
 All builders are deterministic, write only under the directory they are given, and return
 the path to pass to `fer prepare`. Images are built from the real face photos in
@@ -18,12 +19,23 @@ sample_images/ (public domain), so face detection works and the classes are lear
     save_variant(path, img, kind) write an image as rgb/rgba/palette/16bit/cmyk/big/grey
     write_huge_png(path)         a valid-header 20000x20000 PNG of a few hundred bytes
     tree_digest(path)            sha256 over a file or every file under a folder
+    untrained_run(run, classes)  a run directory whose best.pt is an untrained resnet34
+
+Prepared datasets (random pixels, written with fercli's own format), configs and runs:
+
+    make_fer_like(path)          FER2013-shaped prepared dataset, 24/12/12 per split
+    make_ck_like(path)           CK+-shaped prepared dataset with subject-disjoint folds
+    tiny_cfg(dataset, out, **kw) a 2-epoch, batch-8 resnet34 TrainConfig on the CPU
+    make_run(run_dir, ...)       a run holding an untrained model with non-trivial BN statistics
+    fake_run(run_dir, ds_path)   a run whose best.pt holds random weights recorded for ds_path
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
+import json
 import shutil
 import struct
 import tempfile
@@ -31,9 +43,13 @@ import zipfile
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "sample_images"
@@ -357,3 +373,106 @@ def untrained_run(run: Path, classes: list[str]) -> Path:
                                       "classes": classes, "model": model.state_dict(),
                                       "best": {"epoch": 1, "val_acc": 0.2}, "dataset_name": "fer2013"})
     return run
+
+
+# ----------------------------------------------------------------------------- prepared datasets, configs, runs
+# Random-pixel prepared datasets and untrained runs for engine, CLI and evaluation tests (no
+# decoding, no training). fercli and torch are imported inside, so the folder builders above
+# stay light.
+
+
+def make_fer_like(path, n_per_split=(24, 12, 12), seed=0):
+    """A tiny FER2013-shaped prepared dataset (random pixels, random labels)."""
+    from fercli.data.prepared import FER2013_CLASSES, write_prepared
+
+    rng = np.random.default_rng(seed)
+    n = sum(n_per_split)
+    split = np.array(["train"] * n_per_split[0] + ["public_test"] * n_per_split[1]
+                     + ["private_test"] * n_per_split[2])
+    write_prepared(path, name="fer2013", classes=FER2013_CLASSES,
+                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
+                   labels=rng.integers(0, 7, n), split=split,
+                   source=np.array([f"fer2013.csv:{i + 2}" for i in range(n)]))
+    return path
+
+
+def make_ck_like(path, subjects=9, per_subject=4, folds=3, seed=0):
+    """A tiny CK+-shaped prepared dataset with subject-disjoint folds."""
+    from fercli.data.prepared import CKPLUS_CLASSES, write_prepared
+
+    rng = np.random.default_rng(seed)
+    n = subjects * per_subject
+    subject = np.repeat([f"S{i:03d}" for i in range(subjects)], per_subject)
+    fold = np.repeat(np.arange(subjects) % folds, per_subject)
+    write_prepared(path, name="ck+", classes=CKPLUS_CLASSES,
+                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
+                   labels=rng.integers(0, 7, n), split=np.full(n, "all"),
+                   source=np.array([f"{s}_001_{i:08d}.png" for i, s in enumerate(subject)]),
+                   subject=subject, sequence=np.array([f"{s}_001" for s in subject]), fold=fold)
+    return path
+
+
+def tiny_cfg(dataset, out, **kw):
+    """A TrainConfig for a 2-epoch, batch-8 resnet34 run on the CPU (options in kw override)."""
+    from fercli.train import config
+
+    base = dict(dataset=str(dataset), model="resnet34", pretrained=False, epochs=2, batch_size=8,
+                lr=1e-3, device="cpu", out=str(out), seed=0, eval_batch_size=16)
+    base.update(kw)
+    return config.make_train_config(**base)
+
+
+#: The classes of make_run's models (FER2013's, as a list: what checkpoints and exports record).
+CLASSES = list(FER_CLASSES)
+
+
+def make_run(run_dir: Path, name: str = "resnet34", shared: bool = False, seed: int = 0,
+             metrics: dict | None = None) -> torch.nn.Module:
+    """A run directory holding an untrained model in the engine's checkpoint format."""
+    import torch
+
+    from fercli.model.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
+    from fercli.model.networks import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(name, len(CLASSES), shared_backbone=shared).eval()
+    # Non-trivial BatchNorm statistics, so the round trip checks buffers too.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(123)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"dataset": "fer2013", "model": name, "shared_backbone": shared, "epochs": 1, "seed": seed}
+    save_checkpoint(run_dir / "best.pt", {
+        "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": CLASSES,
+        "model": model.state_dict(), "config": cfg, "best": {"epoch": 1, "val_acc": 0.25},
+        "dataset_sha256": "ab" * 32, "dataset_name": "fer2013", "fercli_version": "0.1.0",
+    })
+    (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return model
+
+
+def fake_run(run_dir: Path, ds_path: Path, fold: int | None = None, seed: int = 0) -> Path:
+    """A run directory with a best.pt (random weights, no training: evaluation is what is tested)."""
+    import torch
+
+    from fercli.data.prepared import load_prepared
+    from fercli.model.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, save_checkpoint
+    from fercli.model.networks import build_model
+    from fercli.train.config import TrainConfig
+
+    ds = load_prepared(ds_path)
+    torch.manual_seed(seed)
+    model = build_model("resnet34", len(ds.classes))
+    cfg = dataclasses.asdict(TrainConfig(dataset=str(ds_path), model="resnet34", pretrained=False, fold=fold))
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / BEST_CHECKPOINT, {
+        "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
+        "model": model.state_dict(), "epoch": 0, "history": [], "best": {"epoch": 1, "val_acc": 0.5},
+        "config": cfg, "dataset_sha256": ds.sha256, "dataset_name": ds.name, "code_version": "abc123"})
+    (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
+    return run_dir

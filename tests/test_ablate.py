@@ -28,7 +28,7 @@ def test_paper_tables_print_without_running(tmp_path: Path, monkeypatch: pytest.
     for text in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "77.65", "98.82", "70.55", "74.29",
                  "97.81", "GARAN [35]", "ResNet34 (baseline)", "ResNet34_Pretrain_BCN_GC", "81.8", paper.URL):
         assert text in out, text
-    assert "not transcribed" not in out  # every cell of Tables 1-5 is filled now
+    assert "not transcribed" not in out  # every cell of Tables 1-5 is filled
     assert not (tmp_path / "runs").exists()  # nothing ran
     data = json.loads(runner.invoke(app, ["ablate", "--paper", "--json"]).stdout)
     t5 = next(t for t in data["tables"] if t["number"] == 5)
@@ -152,7 +152,7 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
         run_dir = Path(runs[name][0]["run_dir"])
         key = str(run_dir.relative_to(out) / "train_summary.json")
         assert _mtimes(out)[key] != before.get(key)  # really retrained
-    assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained now: never "cached"
+    assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained: never "cached"
 
 
 def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
 from fercli.cli import app
@@ -29,9 +28,11 @@ from tests.fixtures import (
     face_image,
     fer_csv_row,
     fer_image,
+    make_ck_like,
     make_ckplus48_tree,
     make_fer_csv,
     make_fer_folders,
+    make_fer_like,
     make_raw_ckplus_tree,
     save_variant,
     tree_digest,

@@ -7,11 +7,11 @@ import csv
 
 import pytest
 import torch
-from test_engine import make_fer_like, tiny_cfg
 
 from fercli.errors import FerError
 from fercli.model import checkpoints
 from fercli.train import config, runs
+from tests.fixtures import make_fer_like, tiny_cfg
 
 
 @pytest.fixture()

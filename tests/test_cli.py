@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
 from fercli import __version__
 from fercli.cli import app
+from tests.fixtures import make_ck_like, make_fer_like
 
 runner = CliRunner()
 TINY = ["--model", "resnet34", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]

@@ -13,48 +13,14 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from fercli.data import resident as data
-from fercli.data.prepared import CKPLUS_CLASSES, FER2013_CLASSES, load_prepared, write_prepared
+from fercli.data.prepared import FER2013_CLASSES, load_prepared
 from fercli.errors import FerError
 from fercli.evaluation import evaluate as evaluation
 from fercli.model import checkpoints
 from fercli.model.networks import build_model
 from fercli.provenance import code_version
 from fercli.train import config, engine, runs
-
-
-def make_fer_like(path, n_per_split=(24, 12, 12), seed=0):
-    """A tiny FER2013-shaped prepared dataset (random pixels, random labels)."""
-    rng = np.random.default_rng(seed)
-    n = sum(n_per_split)
-    split = np.array(["train"] * n_per_split[0] + ["public_test"] * n_per_split[1]
-                     + ["private_test"] * n_per_split[2])
-    write_prepared(path, name="fer2013", classes=FER2013_CLASSES,
-                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
-                   labels=rng.integers(0, 7, n), split=split,
-                   source=np.array([f"fer2013.csv:{i + 2}" for i in range(n)]))
-    return path
-
-
-def make_ck_like(path, subjects=9, per_subject=4, folds=3, seed=0):
-    """A tiny CK+-shaped prepared dataset with subject-disjoint folds."""
-    rng = np.random.default_rng(seed)
-    n = subjects * per_subject
-    subject = np.repeat([f"S{i:03d}" for i in range(subjects)], per_subject)
-    fold = np.repeat(np.arange(subjects) % folds, per_subject)
-    write_prepared(path, name="ck+", classes=CKPLUS_CLASSES,
-                   images=rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
-                   labels=rng.integers(0, 7, n), split=np.full(n, "all"),
-                   source=np.array([f"{s}_001_{i:08d}.png" for i, s in enumerate(subject)]),
-                   subject=subject, sequence=np.array([f"{s}_001" for s in subject]), fold=fold)
-    return path
-
-
-def tiny_cfg(dataset, out, **kw):
-    base = dict(dataset=str(dataset), model="resnet34", pretrained=False, epochs=2, batch_size=8,
-                lr=1e-3, device="cpu", out=str(out), seed=0, eval_batch_size=16)
-    base.update(kw)
-    return config.make_train_config(**base)
-
+from tests.fixtures import make_ck_like, make_fer_like, tiny_cfg
 
 # ----------------------------------------------------------------------------- augmentation
 

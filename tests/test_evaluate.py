@@ -3,42 +3,22 @@ beside our per-class numbers, and the shipped model re-measured on the real FER2
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from fercli import paper
 from fercli.cli import app
-from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
 from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target, paper_per_class
 from fercli.export.npz_format import INDEX_SUFFIX, export_model
-from fercli.model.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, save_checkpoint
-from fercli.model.networks import build_model
-from fercli.train.config import TrainConfig
-from tests.test_engine import make_ck_like, make_fer_like
+from fercli.model.checkpoints import BEST_CHECKPOINT
+from tests.fixtures import fake_run, make_ck_like, make_fer_like
 
 runner = CliRunner()
-
-
-def fake_run(run_dir: Path, ds_path: Path, fold: int | None = None, seed: int = 0) -> Path:
-    """A run directory with a best.pt (random weights, no training: evaluation is what is tested)."""
-    ds = load_prepared(ds_path)
-    torch.manual_seed(seed)
-    model = build_model("resnet34", len(ds.classes))
-    cfg = dataclasses.asdict(TrainConfig(dataset=str(ds_path), model="resnet34", pretrained=False, fold=fold))
-    run_dir.mkdir(parents=True)
-    save_checkpoint(run_dir / BEST_CHECKPOINT, {
-        "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
-        "model": model.state_dict(), "epoch": 0, "history": [], "best": {"epoch": 1, "val_acc": 0.5},
-        "config": cfg, "dataset_sha256": ds.sha256, "dataset_name": ds.name, "code_version": "abc123"})
-    (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
-    return run_dir
 
 
 @pytest.fixture(scope="module")

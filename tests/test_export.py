@@ -14,39 +14,9 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.export.npz_format import INDEX_SUFFIX, META_KEY, export_model, load_exported
-from fercli.model.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
-from fercli.model.networks import build_model
-from tests.fixtures import face_image
+from tests.fixtures import CLASSES, face_image, make_run
 
 runner = CliRunner()
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-def make_run(run_dir: Path, name: str = "resnet34", shared: bool = False, seed: int = 0,
-             metrics: dict | None = None) -> torch.nn.Module:
-    """A run directory holding an untrained model in the engine's checkpoint format."""
-    torch.manual_seed(seed)
-    model = build_model(name, len(CLASSES), shared_backbone=shared).eval()
-    # Non-trivial BatchNorm statistics, so the round trip checks buffers too.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.num_batches_tracked.fill_(123)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {"dataset": "fer2013", "model": name, "shared_backbone": shared, "epochs": 1, "seed": seed}
-    save_checkpoint(run_dir / "best.pt", {
-        "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": CLASSES,
-        "model": model.state_dict(), "config": cfg, "best": {"epoch": 1, "val_acc": 0.25},
-        "dataset_sha256": "ab" * 32, "dataset_name": "fer2013", "fercli_version": "0.1.0",
-    })
-    (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
-    if metrics is not None:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    return model
-
-
 def faces_batch(n: int = 4) -> torch.Tensor:
     base = torch.from_numpy(np.array(face_image(48))).float().div(255)
     return torch.stack([base.roll(i, dims=1) for i in range(n)]).unsqueeze(1)
@@ -152,7 +122,7 @@ def test_bilinear_shared_round_trip(tmp_path: Path) -> None:
 
 def test_amend_metadata_corrects_provenance_and_keeps_the_weights(run_dir: tuple[Path, torch.nn.Module],
                                                                    tmp_path: Path) -> None:
-    """What bench/ship_model.py does to a device call's export: same weights, corrected
+    """What bench/release/ship_model.py does to a device call's export: same weights, corrected
     code_version, a provenance_corrections entry; the original untouched."""
     from fercli.export.npz_format import amend_metadata
 

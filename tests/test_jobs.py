@@ -10,13 +10,13 @@ import signal
 
 import pytest
 import torch
-from test_engine import make_fer_like, tiny_cfg
 from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.model import checkpoints
 from fercli.train import jobs
+from tests.fixtures import make_fer_like, tiny_cfg
 
 
 def test_two_at_a_time_with_a_killed_and_a_failed_run_then_resume(tmp_path):
@@ -44,7 +44,7 @@ def test_two_at_a_time_with_a_killed_and_a_failed_run_then_resume(tmp_path):
     assert rep["failed"] == 2 and rep["images"] == 8 and rep["img_per_s"] > 0
     a_weights = checkpoints.load_checkpoint(tmp_path / "runs" / "a" / "last.pt")["model"]
 
-    # Again: the finished run is skipped (not retrained), the killed one runs now.
+    # Again: the finished run is skipped (not retrained), the killed one runs.
     rep2 = jobs.run_configs(cfgs[:2], jobs=2, devices=("cpu",))
     s2 = {r.name.split("/")[-1]: r for r in rep2["results"]}
     assert s2["a"].status == "skipped" and s2["a"].mode == "finished"
@@ -97,7 +97,7 @@ def test_bad_seeds_are_errors():
 
 
 def test_fold_all_with_jobs_writes_every_fold_and_the_kfold_index(tmp_path):
-    from test_engine import make_ck_like
+    from tests.fixtures import make_ck_like
 
     ds = make_ck_like(tmp_path / "ck")
     cfg = tiny_cfg(ds, tmp_path / "kfold", batch_size=4, epochs=1, fold=-1, threads=1)

@@ -35,8 +35,7 @@ from fercli.infer.predict import (
 from fercli.model.networks import build_model
 from fercli.vision.faces import FACE_SIZE, crop_face
 from fercli.vision.images import load_grey
-from tests.fixtures import SAMPLE_DIR
-from tests.test_export import CLASSES, make_run
+from tests.fixtures import CLASSES, SAMPLE_DIR, make_run
 
 runner = CliRunner()
 

@@ -262,7 +262,7 @@ def test_gc_optimizer_equals_base_optimizer_on_centralized_gradients(name, base,
             p.grad = gc_reference(g)
         calls.clear()
         opt.step()
-        assert calls == [impl]  # the requested implementation really ran (fused no longer wins)
+        assert calls == [impl]  # the requested implementation really ran (fused does not override it)
         ref_opt.step()
         plain_opt.step()
         for p, g in zip(ours.parameters(), raw, strict=True):  # the GC step leaves p.grad alone

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_engine import make_fer_like
 
 from fercli import provenance
 from fercli.export.npz_format import export_model
@@ -17,6 +16,7 @@ from fercli.model.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_ch
 from fercli.model.networks import build_model
 from fercli.train.config import make_train_config
 from fercli.train.runs import train
+from tests.fixtures import make_fer_like
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = re.compile(r"[0-9a-f]{40}(\+dirty)?")
@@ -50,7 +50,7 @@ def test_own_checkout_records_its_commit() -> None:
 @needs_checkout
 @pytest.mark.parametrize("subdir", [".", "vendor"])
 def test_copy_inside_another_repository_is_unknown(tmp_path: Path, subdir: str) -> None:
-    # The GPU run's bug: the code sat in another repository and recorded that repo's commit.
+    # A copy of the code inside another repository must not record that repository's commit.
     dest = _repo_with_copy(tmp_path / "other", subdir)
     other_head = _git(tmp_path / "other", "rev-parse", "HEAD")
     v = provenance.code_version(dest)

@@ -1,5 +1,5 @@
 """Recipe options for the from-scratch FER2013 search: warm-up, no decay on BN/bias, label
-smoothing, and the `fer2013-scratch` preset. Their defaults must keep today's behaviour."""
+smoothing, and the `fer2013-scratch` preset. Off by default, they leave training as it is without them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from torch import nn
 from fercli.errors import FerError
 from fercli.train import config, runs
 from fercli.train.optim import build_optimizer
-from tests.test_engine import make_fer_like, tiny_cfg
+from tests.fixtures import make_fer_like, tiny_cfg
+
+RECIPES_FILE = Path(__file__).resolve().parents[1] / "bench" / "gpu_check" / "recipes_fer2013.json"
 
 
 def test_defaults_keep_the_old_schedule_and_warmup_ramps() -> None:
@@ -123,7 +125,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
 
     from fercli.cli import app
 
-    recipes = json.loads((Path(__file__).parents[1] / "bench" / "recipes_fer2013.json").read_text())["recipes"]
+    recipes = json.loads(RECIPES_FILE.read_text())["recipes"]
     train_cmd = get_command(app).commands["train"]  # type: ignore[attr-defined]
     seen = set()
     for r in recipes:
@@ -136,7 +138,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
         seen.add(tuple(argv))
     assert len(seen) == len(recipes)
     # The CK+ transfer step: the same check, with the options recipe_search adds itself.
-    ck = json.loads((Path(__file__).parents[1] / "bench" / "recipes_fer2013.json").read_text())["ck_transfer"]
+    ck = json.loads(RECIPES_FILE.read_text())["ck_transfer"]
     ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
     cfg = config.make_train_config(ctx.params["preset"], **{k: v for k, v in ctx.params.items()
                                                             if k in config.TrainConfig.__dataclass_fields__})
@@ -145,12 +147,9 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
 
 
 def test_recipe_search_sizes_epochs_to_the_share() -> None:
-    import importlib.util
+    from bench.gpu_check import recipe_search as rs
 
-    spec = importlib.util.spec_from_file_location("recipe_search", Path(__file__).parents[1] / "bench" / "recipe_search.py")
-    rs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rs)  # type: ignore[union-attr]
-    # 21,500 img/s (the previous H200 call, 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
+    # 21,500 img/s (the H200's graphed rate at 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
     per_epoch = 28709 / 21500 + 3589 / (3 * 21500) + 0.25
     assert rs.epochs_for(135.0, 21500.0, 200, 28709) == int((135 - rs.START_S) / per_epoch) == 60
     assert rs.epochs_for(135.0, 21500.0, 40, 28709) == 40  # the recipe's cap

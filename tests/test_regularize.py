@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_engine import make_fer_like
 from typer.testing import CliRunner
 
 from fercli.cli import app
@@ -26,6 +25,7 @@ from fercli.train.regularize import (
     mixed_cross_entropy,
     mixup_lambdas,
 )
+from tests.fixtures import make_fer_like
 
 # ------------------------------------------------------------------------------ random erasing
 

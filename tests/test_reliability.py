@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import make_ck_like, make_fer_like
 from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.data.prepared import load_prepared
 from fercli.model import checkpoints
+from tests.fixtures import make_ck_like, make_fer_like
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,7 @@ from fercli.errors import FerError
 from fercli.model.networks import build_model
 from fercli.model.sources import default_model_path, load_model_source
 from fercli.train import config, runs
-from tests.test_engine import make_ck_like
-from tests.test_evaluate import fake_run
+from tests.fixtures import fake_run, make_ck_like
 
 runner = CliRunner()
 

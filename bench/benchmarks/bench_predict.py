@@ -1,19 +1,19 @@
 """Per-face and per-photo latency of `fer predict` on this CPU (prints JSON).
 
-    .venv/bin/python bench/bench_predict.py [--repeats 30] [--threads 2] [--no-compile] [--sequential]
+    .venv/bin/python bench/benchmarks/bench_predict.py [--repeats 30] [--threads 2] [--no-compile] [--sequential]
 
 Per face: the paper's model (bcnn-resnet34, two trunks) and its shared-trunk variant at
 batch 1 on a 48x48 face, after warm-up, median of --repeats runs, for each way of running
 it: eager fp32, channels_last, inference_mode+channels_last, bf16 autocast, TorchScript
-trace+freeze (+ optimize_for_inference), and torch.compile (skipped if it fails).
+trace+freeze (+ optimize_for_inference), torch.compile (skipped if it fails),
 and onnxruntime (the graph `fer export --format onnx` writes, fp32 weights, CPU provider,
 --threads intra-op threads; what `fer predict --backend auto` runs on the CPU).
 Per photo: decode + Haar detection + crop + classification of each sample image with the
 runner fercli.infer.predict actually uses. Untrained weights: latency does not depend on them.
 --folder N: end-to-end throughput of `fer predict` (fercli.infer.predict.run_predict) over a folder
 of N photos (FER2013 PrivateTest faces upscaled to 192 px in a 384 px frame, JPEG), for
-today's runner (torch eager + Haar) and the new defaults (onnxruntime + auto detector),
-with the shipped default model.
+torch eager + Haar and the defaults (onnxruntime + auto detector), with the shipped
+default model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
@@ -274,7 +274,7 @@ def main() -> None:
 
 
 def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = None) -> dict:
-    """Seconds for run_predict over n photos: today's runner vs the new auto defaults."""
+    """Seconds for run_predict over n photos: torch eager + Haar vs the auto defaults."""
     import tempfile
 
     import cv2
@@ -290,9 +290,9 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
             g = cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (192, 192), interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(str(Path(tmp) / (f.stem + ".jpg")), cv2.copyMakeBorder(g, 96, 96, 96, 96, cv2.BORDER_REPLICATE),
                         [cv2.IMWRITE_JPEG_QUALITY, 90])
-        configs = [("today: torch eager + haar", "torch", "haar", None),
+        configs = [("torch eager + haar", "torch", "haar", None),
                    ("torch eager + yunet", "torch", "yunet", None),
-                   ("new default: onnxruntime + auto (yunet)", "auto", "auto", None)]
+                   ("default: onnxruntime + auto (yunet)", "auto", "auto", None)]
         if int8_calibration:
             from fercli.export.onnx_format import export_onnx
 

@@ -1,43 +1,39 @@
 #!/usr/bin/env bash
-# ONE device call (≤ 9 min, offline, installs nothing) that measures every row of issue 9's
-# targets table, with the eager (--no-cuda-graphs) numbers rerun in the same call as the
-# baseline, compares graphed vs eager loss curves, then trains the accuracy run and brings
-# back the exported model.
+# ONE offline device call (≤ 9 min, installs nothing). Every step runs under `timeout` within
+# BUDGET_S and is reported; the script goes on after a failed step.
 #
-#   1. unpack gpu_payload/fer2013.jpegpack, `fer prepare fer2013` on the image folders (no Haar
-#      cascade is loaded for FER2013 folders: OpenCV 5 on the device has none)
-#   2. bench/gpu_rows.py (one process): shared-trunk b128, paper b16, paper 96 px b256 (% of
-#      the bf16 matmul rate), engine vs reference b64 (each graphed AND eager), predict batch 1
-#   3. concurrent runs: `fer train --seeds 0..N-1 --jobs N`, paper bcnn batch 16 → aggregate img/s
-#   4. loss curves: the same short run graphed and eager (--no-cuda-graphs), epoch by epoch
-#   5. the accuracy run: FER2013 from scratch, `--preset fer2013-scratch` (the recipe chosen on
-#      PublicTest only; RECIPE_ARGS adds TrainConfig options) for the epochs the budget left
-#      allows; `fer evaluate` (PrivateTest, once, on the PublicTest-selected checkpoint);
-#      `fer export --max-shard-mb 15`
-#   6. $OUT: gpu_check.json (every number, history, metrics), gpu_check.log, model/* (≤ 6
-#      files of ≤ 15 MiB): at most 8 files
+#   1. data: unpack gpu_payload/fer2013.jpegpack and `fer prepare fer2013` on the image folders
+#      (no Haar cascade is loaded for FER2013 folders: OpenCV 5 on the device has none);
+#      `fer prepare ck+` when gpu_payload/CK+48 travelled.
+#   2. by MODE:
+#      MODE=recipes (the default): bench/gpu_check/recipe_search.py over $RECIPES
+#        (bench/gpu_check/recipes_fer2013.json): a throughput probe at each image size, each
+#        recipe (on top of `--preset fer2013-scratch`) for an equal share of the budget, the
+#        recipe chosen on PublicTest only, PrivateTest read once for the chosen run (single
+#        model, then flip TTA), which is exported; with CK+48 in the payload it ends with the
+#        file's CK+ transfer from the chosen run (all 10 subject folds, mean ± std, pooled).
+#      MODE=ablate: `fer ablate` (Table 5) with --jobs $JOBS on ABLATE_DATASETS ("ck+" by
+#        default, or "fer2013", or both; ABLATE_CK_EPOCHS 30, ABLATE_FER_EPOCHS 12,
+#        ABLATE_SEEDS 0,1,2); $OUT gets ablation-<dataset>.json.
+#      MODE=engine: the engine's throughput rows graphed AND eager (bench/gpu_check/gpu_rows.py),
+#        concurrent runs (`fer train --seeds 0..N-1 --jobs N`), graphed vs eager loss curves,
+#        then one accuracy run of `--preset fer2013-scratch` (RECIPE_ARGS adds options) for the
+#        epochs the budget left allows, `fer evaluate` (PrivateTest once), `fer export`.
+#   3. $OUT: gpu_check.json (every number; bench/gpu_check/gpu_summary.py), gpu_check.log,
+#      model/* (the `fer export --max-shard-mb 15` output, ≤ 6 files of ≤ 15 MiB): ≤ 8 files.
 #
-# On the device (repo root, gpu_payload/ carried; bench/make_gpu_payload.sh builds it):
-#   PYTHON=python3 bash bench/gpu_check.sh
+# On the device (repo root, gpu_payload/ carried; bench/gpu_check/make_gpu_payload.sh builds it):
+#   PYTHON=python3 bash bench/gpu_check/gpu_check.sh
 # Dry run on a CPU (tiny sizes, a synthetic FER2013-shaped dataset for the training steps;
 # checks the flow end to end, numbers mean nothing):
-#   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash bench/gpu_check.sh
+#   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash bench/gpu_check/gpu_check.sh
 #
-# MODE=recipes (the default since issue 9 closed; with CK+48 in the payload it ends with the
-# CK+ transfer from the chosen run, recipe_search.py step 4) replaces steps 2-5 with
-# bench/recipe_search.py over $RECIPES (bench/recipes_fer2013.json): a throughput probe, each
-# recipe for an equal share of the budget, the recipe chosen on PublicTest only, PrivateTest
-# read once for the chosen run, which is exported. MODE=ablate runs `fer ablate` instead
-# (ABLATE_DATASETS "ck+" by default, or "fer2013", or both; ABLATE_CK_EPOCHS 30,
-# ABLATE_FER_EPOCHS 12, ABLATE_SEEDS 0,1,2) and returns ablation-<dataset>.json.
-# MODE=engine runs steps 2-5 as described.
-#
-# Knobs (environment): MODE (recipes), RECIPES, OUT, DEVICE (cuda), BUDGET_S (whole script, 530), JOBS (8), step caps
-# ROWS_S (200), CONC_S (100), CURVE_S (60, each of the two),
-# RECIPE_ARGS (extra `fer train` options for the accuracy run), PAYLOAD (gpu_payload), WORK,
-# PYTHON (python3), PREPARED_DATA_DIR (a data root that already holds fer2013/: no prepare).
+# Knobs (environment): MODE (recipes), RECIPES, OUT, DEVICE (cuda), BUDGET_S (whole script, 530),
+# JOBS (8), MODE=engine step caps ROWS_S (200), CONC_S (100), CURVE_S (60, each of the two),
+# RECIPE_ARGS (extra `fer train` options for MODE=engine's accuracy run), PAYLOAD (gpu_payload),
+# WORK, PYTHON (python3), PREPARED_DATA_DIR (a data root that already holds fer2013/: no prepare).
 set -uo pipefail  # no -e: every step is guarded by `timeout` and reported, the script goes on
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 T_START=$(date +%s)
 DRY=${GPU_CHECK_DRY:-0}
@@ -50,8 +46,8 @@ WORK=${WORK:-/tmp/fer_gpu_check}
 OUT=${OUT:-/tmp/fer_gpu_check_out}
 JOBS=${JOBS:-8}
 RECIPE_ARGS=${RECIPE_ARGS:-}
-MODE=${MODE:-recipes}  # recipes (issue 10's accuracy search) | ablate (Table 5) | engine (issue 9's rows + one accuracy run)
-RECIPES=${RECIPES:-bench/recipes_fer2013.json}
+MODE=${MODE:-recipes}  # recipes (FER2013 recipe search + CK+ transfer) | ablate (Table 5) | engine (throughput rows + one accuracy run)
+RECIPES=${RECIPES:-bench/gpu_check/recipes_fer2013.json}
 LIMIT_SCALE=1
 if [ "$DRY" = 1 ]; then
   LIMIT_SCALE=${LIMIT_SCALE_DRY:-8}  # a CPU is far slower; limits only guard against hangs
@@ -147,7 +143,7 @@ if [ -d "$PAYLOAD/CK+48" ]; then  # CK+48 crops: no face detection, so no Haar c
 fi
 
 if [ "$MODE" = ablate ]; then
-  # ------------------------------------------------------------ issue 10, item 6: Table 5 on the GPU
+  # ------------------------------------------------------------ Table 5 on the GPU
   # The from-scratch ladder (ResNet34 → +BCN → +GC) beside the paper's numbers, mean ± std:
   # CK+ on every subject-independent fold plus the FER2013-pretrained rung (the shipped model,
   # which travels in fercli/assets: make the payload with PAYLOAD_DATA=ck+); FER2013 over
@@ -169,37 +165,37 @@ if [ "$MODE" = ablate ]; then
   done
   EPOCHS=0
 elif [ "$MODE" = recipes ]; then
-  # ------------------------------------------------------------ issue 10: the recipe search
-  # Steps 2-5 give way to bench/recipe_search.py: a throughput probe, then each recipe of
+  # ------------------------------------------------------------ the recipe search
+  # bench/gpu_check/recipe_search.py: a throughput probe, then each recipe of
   # $RECIPES for an equal share of the budget left, chosen on PublicTest; only the chosen
   # run is evaluated on PrivateTest and exported.
   RS_ARGS=""
   [ "$DRY" = 1 ] && RS_ARGS="--dry"
   LEFT=$((T_END - $(date +%s) - 25))  # 25 s: the summary and copying back
-  run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" bench/recipe_search.py --recipes "$RECIPES" \
+  run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" bench/gpu_check/recipe_search.py --recipes "$RECIPES" \
     --budget-s $((LEFT - 20)) --device "$DEVICE" --work "$WORK/recipes" --json "$WORK/recipes.json" \
     --export "$WORK/export" $RS_ARGS
   EPOCHS=0
 else
-# ---------------------------------------------------------------- 2. the table's rows (graphed + eager)
-run_step rows "${ROWS_S:-200}" "$PY" bench/gpu_rows.py --device "$DEVICE" --json "$WORK/rows.json" $ROWS_ARGS
+# ---------------------------------------------------------------- MODE=engine: throughput rows (graphed + eager)
+run_step rows "${ROWS_S:-200}" "$PY" bench/gpu_check/gpu_rows.py --device "$DEVICE" --json "$WORK/rows.json" $ROWS_ARGS
 
-# ---------------------------------------------------------------- 3. concurrent runs, paper bcnn b16
+# ---------------------------------------------------------------- MODE=engine: concurrent runs, paper bcnn b16
 SEEDS=$(seq -s, 0 $((JOBS - 1)))
 run_step concurrent "${CONC_S:-100}" "${FER[@]}" train --dataset fer2013 --model bcnn-resnet34 --no-pretrained \
   --optimizer adamw-gc --lr 1e-4 $CONC --seeds "$SEEDS" --jobs "$JOBS" --device "$DEVICE" \
   --checkpoint-every 1000s --out "$WORK/runs/concurrent" --json
 
-# ---------------------------------------------------------------- 4. loss curves: graphed vs eager
+# ---------------------------------------------------------------- MODE=engine: loss curves, graphed vs eager
 for mode in cuda-graphs no-cuda-graphs; do
   run_step "curve_$mode" "${CURVE_S:-60}" "${FER[@]}" train --dataset fer2013 --model bcnn-resnet34 --shared-backbone \
     --no-pretrained --optimizer adamw-gc --lr 1e-3 --weight-decay 1e-2 $CURVE --seed 0 --device "$DEVICE" \
     "--$mode" --checkpoint-every 1000s --out "$WORK/runs/curve-$mode" --json
 done
 
-# ---------------------------------------------------------------- 5. the accuracy run
+# ---------------------------------------------------------------- MODE=engine: the accuracy run
 # Epochs: what fits the budget left minus 75 s (evaluate, export, summary), at the graphed
-# shared-trunk b128 rate measured in step 2 (the preset's configuration).
+# shared-trunk b128 rate measured by the rows step (the preset's configuration).
 LEFT=$((T_END - $(date +%s) - 75))
 EPOCHS=$("$PY" - "$WORK/rows.json" "$LEFT" "$DRY" <<'EOF'
 import json, sys
@@ -219,7 +215,7 @@ else:
     print(max(1, min(200, int((budget - 25) / per_epoch))))
 EOF
 )
-# If the graphed step did not run in step 2, train eagerly rather than lose the model.
+# If the rows step measured no graphed step, train eagerly rather than lose the model.
 if [ "$DRY" != 1 ] && ! "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["rows"]["shared_b128"]; sys.exit(0 if r.get("engine_img_per_s") else 1)' "$WORK/rows.json" 2>/dev/null; then
   log "== the graphed shared-trunk row has no number: the accuracy run goes eager (--no-cuda-graphs)"
   RECIPE_ARGS="${RECIPE_ARGS:-} --no-cuda-graphs"
@@ -235,7 +231,7 @@ if [ -f "$RUN/best.pt" ]; then
 fi
 fi  # MODE
 
-# ---------------------------------------------------------------- 6. what comes back (≤ 8 files)
+# ---------------------------------------------------------------- 3. what comes back (≤ 8 files)
 if [ -d "$WORK/export" ]; then
   n=$(find "$WORK/export" -type f | wc -l)
   big=$(find "$WORK/export" -type f -size +15M | wc -l)
@@ -246,6 +242,6 @@ if [ -d "$WORK/export" ]; then
     log "export: $n files ($big over 15 MiB) do not fit what \$OUT can return; not copied"
   fi
 fi
-"$PY" bench/gpu_summary.py "$WORK" "$OUT/gpu_check.json" "$T_START" "$EPOCHS" | tee -a "$LOG"
+"$PY" bench/gpu_check/gpu_summary.py "$WORK" "$OUT/gpu_check.json" "$T_START" "$EPOCHS" | tee -a "$LOG"
 log "gpu_check done in $(($(date +%s) - T_START))s"
 find "$OUT" -type f | sort >&2

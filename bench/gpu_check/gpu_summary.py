@@ -1,7 +1,7 @@
-"""Summarise a bench/gpu_check.sh run: every target row of issue 9, measured or missing, plus
+"""Summarise a bench/gpu_check/gpu_check.sh run: every GPU target row, measured or missing, plus
 the loss-curve comparison, the accuracy run and the step log → one JSON (gpu_check.json).
 
-    python3 bench/gpu_summary.py WORK OUT_JSON T_START EPOCHS
+    python3 bench/gpu_check/gpu_summary.py WORK OUT_JSON T_START EPOCHS
 """
 
 from __future__ import annotations
@@ -59,23 +59,23 @@ def main() -> None:
     train = train[0] if isinstance(train, list) and train else None
     ev = load(work / "evaluate.out")
     config = load(work / "runs" / "accuracy" / "config.json")
-    targets = [
-        {"measure": "shared-trunk bcnn, 48 px, batch 128, train img/s", "today_h200": 5787, "target": ">= 25000",
+    targets = [  # h200_eager_fe97b33: the first H200 call, eager engine at fercli fe97b33 (the baseline)
+        {"measure": "shared-trunk bcnn, 48 px, batch 128, train img/s", "h200_eager_fe97b33": 5787, "target": ">= 25000",
          "graphed": row("shared_b128", "engine_img_per_s"), "eager": row("shared_b128", "engine_eager_img_per_s")},
-        {"measure": "paper bcnn (two trunks), 48 px, batch 16, one run, img/s", "today_h200": 502, "target": ">= 2500",
+        {"measure": "paper bcnn (two trunks), 48 px, batch 16, one run, img/s", "h200_eager_fe97b33": 502, "target": ">= 2500",
          "graphed": row("paper_b16", "engine_img_per_s"), "eager": row("paper_b16", "engine_eager_img_per_s")},
-        {"measure": "paper bcnn, 48 px, batch 16, aggregate over concurrent runs, img/s", "today_h200": None,
+        {"measure": "paper bcnn, 48 px, batch 16, aggregate over concurrent runs, img/s", "h200_eager_fe97b33": None,
          "target": ">= 8000", "steady_sum_of_runs": steady, "wall_aggregate": conc and conc.get("img_per_s"),
          "runs": conc and len(conc["results"]), "failed": conc and conc.get("failed")},
-        {"measure": "paper bcnn, 96 px, batch 256, % of measured bf16 matmul rate", "today_h200": "2.0% (batch 64)",
+        {"measure": "paper bcnn, 96 px, batch 256, % of measured bf16 matmul rate", "h200_eager_fe97b33": "2.0% (batch 64)",
          "target": ">= 10%", "graphed": row("paper_96_b256", "fraction_of_peak"),
          "peak_tflops": row("paper_96_b256", "peak_matmul_tflops"),
          "eager_img_per_s": row("paper_96_b256", "engine_eager_img_per_s")},
-        {"measure": "fer bench engine vs reference, bcnn 48 px batch 64", "today_h200": 1.44, "target": ">= 5x",
+        {"measure": "fer bench engine vs reference, bcnn 48 px batch 64", "h200_eager_fe97b33": 1.44, "target": ">= 5x",
          "graphed": row("vs_reference", "speedup"), "engine_img_per_s": row("vs_reference", "engine_img_per_s"),
          "eager_img_per_s": row("vs_reference", "engine_eager_img_per_s"),
          "reference_img_per_s": row("vs_reference", "reference_img_per_s")},
-        {"measure": "fer predict --device cuda, batch 1, ms per face", "today_h200": 9.0, "target": "<= 2",
+        {"measure": "fer predict --device cuda, batch 1, ms per face", "h200_eager_fe97b33": 9.0, "target": "<= 2",
          "graphed": row("predict_b1", "ms_per_face_median"),
          "bench_eager_model_ms": row("vs_reference", "inference_ms_per_face_batch1")},
     ]
@@ -93,7 +93,7 @@ def main() -> None:
             "public_test_acc_selected": train.get("best_val_acc"), "private_test_acc": acc,
             "private_test_macro_f1": ev.get("macro_f1") if ev else None, "paper_private_test": 0.7055,
             "history": train.get("history"), "metrics": ev}
-    result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (bench/recipe_search.py)
+    result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (bench/gpu_check/recipe_search.py)
     result["ablation"] = {p.parent.name: load(p) for p in sorted(work.glob("ablate-*/ablation.json"))}  # MODE=ablate
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n==== gpu_check summary ====")

@@ -1,4 +1,4 @@
-"""Every throughput row of issue 9's targets table, in ONE process (one CUDA init, one import):
+"""Every throughput row of the GPU targets table (docs/benchmarks.md), in ONE process (one CUDA init, one import):
 
   shared_b128     shared-trunk bcnn, 48 px, batch 128: train img/s            (target ≥ 25,000)
   paper_b16       paper bcnn (two trunks), 48 px, batch 16, one run           (target ≥ 2,500)
@@ -7,10 +7,10 @@
   predict_b1      FaceClassifier (fer predict's path), batch 1, ms per face   (target ≤ 2 ms)
 
 Each fer bench row times the graphed step (fer train's CUDA default) AND the eager step
-(--no-cuda-graphs) in the same run: today's eager numbers are the baseline, rerun here.
+(--no-cuda-graphs) in the same run: the eager numbers are the baseline, rerun here.
 The aggregate over concurrent runs is measured by gpu_check.sh with `fer train --jobs`.
 
-    PYTHONPATH=. python3 bench/gpu_rows.py --device cuda --json OUT.json [--dry]
+    PYTHONPATH=. python3 bench/gpu_check/gpu_rows.py --device cuda --json OUT.json [--dry]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,6 +1,6 @@
-"""The from-scratch FER2013 recipe search of issue 10, sized to one device call.
+"""The from-scratch FER2013 recipe search, sized to one device call.
 
-    PYTHONPATH=. python3 bench/recipe_search.py --recipes bench/recipes_fer2013.json \
+    PYTHONPATH=. python3 bench/gpu_check/recipe_search.py --recipes bench/gpu_check/recipes_fer2013.json \
         --budget-s 440 --device cuda --work /tmp/rs --json rs.json [--export DIR] [--dry]
 
 1. Throughput probe: `fer bench`'s engine (fercli.bench.engine_bench.run_bench, graphed step) for each
@@ -34,12 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 TRAIN_IMAGES, VAL_IMAGES = 28709, 3589  # FER2013 Training, PublicTest
-START_S = 35.0  # one `fer train` process: imports, data to the device, cuDNN autotuning, graph capture (~25 s at 48 px on the H200; 96 px is new)
-FALLBACK_IMG_PER_S = 6000.0  # 48 px, if the probe fails: the previous H200 call's eager rate
+START_S = 35.0  # one `fer train` process: imports, data to the device, cuDNN autotuning, graph capture (~25 s at 48 px on the H200; 96 px unmeasured)
+FALLBACK_IMG_PER_S = 6000.0  # 48 px, if the probe fails: the eager rate measured on the H200
 
 
 def probe(sizes: list[int], device: str, dry: bool) -> dict[int, tuple[float, float]]:
@@ -64,7 +64,7 @@ def probe(sizes: list[int], device: str, dry: bool) -> dict[int, tuple[float, fl
 
 def epochs_for(seconds: float, rate: float, max_epochs: int, train_images: int) -> int:
     """Epochs that fit `seconds` at `rate` img/s: training + PublicTest (forward only, about a
-    third of a training image's cost) + ~0.25 s of per-epoch host work (the previous H200 call:
+    third of a training image's cost) + ~0.25 s of per-epoch host work (measured on the H200:
     1.5 s per epoch at 21,500 img/s), after START_S."""
     per_epoch = train_images / rate + VAL_IMAGES / (3 * rate) + 0.25
     return max(1, min(max_epochs, int((seconds - START_S) / per_epoch)))

@@ -2,8 +2,8 @@
 code version the device could not know (its copy of the tree has no fercli checkout, so the
 export rightly recorded "unknown").
 
-    python3 bench/ship_model.py RETURNED/model/model.npz --commit SHA \
-        --why "the device call ran main at SHA (bench/gpu_check.sh MODE=recipes)" \
+    python3 bench/release/ship_model.py RETURNED/model/model.npz --commit SHA \
+        --why "the device call ran main at SHA (bench/gpu_check/gpu_check.sh MODE=recipes)" \
         [--out fercli/assets/default_model.npz]
 
 The weight arrays are copied unchanged; `provenance_corrections` in the metadata records the
@@ -11,10 +11,10 @@ recorded value, the correction, why, how and the original archive's sha256
 (fercli.export.npz_format.amend_metadata). Then update the README's shipped-model table and
 docs/results.md, and run tests/test_evaluate.py (it checks the shipped model's PrivateTest).
 
-A 96 px model (the recipe call's candidates) does ~4× the trunk work of today's 48 px default
-per face, in `fer predict` too: rerun `bench/bench_predict.py --sequential` on the new default
-before shipping it and weigh its accuracy against issue 11's latency targets (default model
-≤ 6 ms per face at batch 1 on a laptop-class CPU, measured 4.2 ms at 48 px with int8).
+A 96 px model (the recipe search's candidates) does ~4× the trunk work of the 48 px default
+per face, in `fer predict` too: rerun `bench/benchmarks/bench_predict.py --sequential` on the
+candidate before shipping it and weigh its accuracy against the latency target (default model
+≤ 6 ms per face at batch 1 on a laptop-class CPU; docs/benchmarks.md gives the figure at 48 px).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     try:
         info = amend_metadata(args.src, args.out, {"code_version": full}, why=args.why,
                               how="re-packed from the call's exported shards: weight arrays copied unchanged, "
-                                  "only __meta__ rewritten (bench/ship_model.py)",
+                                  "only __meta__ rewritten (bench/release/ship_model.py)",
                               max_shard_mb=args.max_shard_mb)
     except FerError as exc:
         sys.exit(f"ship_model: {exc}")

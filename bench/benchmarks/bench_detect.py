@@ -1,9 +1,9 @@
 """Face-detector recall: Haar vs YuNet on faces we can label (prints JSON).
 
-    .venv/bin/python bench/bench_detect.py [--fer-root DIR] [--limit N]
+    .venv/bin/python bench/benchmarks/bench_detect.py [--fer-root DIR] [--limit N]
 
 FER2013 PrivateTest: every image is one face (48x48 crops), upscaled to 192 px (INTER_CUBIC)
-as the issue specifies, in three variants:
+in three variants:
   plain      the 192 px image alone (the face fills the frame)
   context    the 192 px face in the middle of a 384 px frame (edges replicated), so the
              detector sees a face with surroundings, as in a photo
@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 SAMPLE_FACES = {"astronaut.jpg": [(177, 66, 95, 95)], "grace_hopper.jpg": [(156, 104, 222, 222)],

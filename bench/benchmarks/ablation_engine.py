@@ -9,7 +9,7 @@ device randperm batches, augment_batch on the device); only the step differs:
   +bf16                ... bf16 autocast (the bilinear head stays fp32, as in the model)
   +foreach_gc          fercli's AdamWGC (GC as one foreach op; torch's default AdamW impl)
   -item = engine       no .item() per step (the engine's default step)
-  +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (now the engine's default)
+  +fused_adamw         AdamWGC(fused=True): one fused AdamW kernel (the engine's default)
   +fused_head          + the B-CNN head's signed sqrt + L2 normalisation as one autograd
                        Function (fercli.model.networks's default; earlier variants patch in the
                        unfused F.normalize(signed_sqrt(x)) to measure what it buys)
@@ -23,8 +23,8 @@ median CPU time per image (this process, all threads), which a shared CPU distur
 less than wall time (use --threads 1 there: with 2 threads an OpenMP barrier waits for a
 descheduled thread, so even CPU time inflates).
 
-    PYTHONPATH=. python3 bench/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
-    python3 bench/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
+    PYTHONPATH=. python3 bench/benchmarks/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
+    python3 bench/benchmarks/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 

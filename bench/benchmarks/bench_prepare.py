@@ -1,6 +1,6 @@
 """Time `fer prepare fer2013` on the real FER2013 image folders, a zip of them and the CSV.
 
-    .venv/bin/python bench/bench_prepare.py [--folders DIR] [--repeat 3] [--only folder,zip,csv]
+    .venv/bin/python bench/benchmarks/bench_prepare.py [--folders DIR] [--repeat 3] [--only folder,zip,csv]
 
 The zip and CSV are built once from the folders into the test cache (~/.cache/fercli-tests or
 $FER_TEST_CACHE; the same files the realdata tests use). Prints one JSON object: the machine,
@@ -23,7 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 CACHE = Path(os.environ.get("FER_TEST_CACHE", Path.home() / ".cache" / "fercli-tests"))

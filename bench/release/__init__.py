@@ -1,0 +1,1 @@
+"""Release tools: scripts that rewrite files shipped in fercli/assets (see README.md)."""
