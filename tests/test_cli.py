@@ -14,7 +14,7 @@ from fercli import __version__
 from fercli.cli import app
 
 runner = CliRunner()
-TINY = ["--model", "resnet34", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+TINY = ["--arch", "resnet34", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 
 
 def test_version_and_module_entry_point():
@@ -34,8 +34,8 @@ def test_train_help_explains_the_protocol():
 
 
 @pytest.mark.parametrize("cmd,default", [("train", "[default: 30; paper preset: 200]"),
-                                         ("ablate", "[default: fast preset 10; paper preset 200]"),
-                                         ("predict", "[default: the bundled model")])
+                                         ("ablate", "[default: the preset's (short: 10)]"),
+                                         ("predict", "[default: the shipped model")])
 def test_help_shows_the_defaults_it_documents(cmd, default):
     """Rich reads "[default: …]" in a help text as a markup tag and drops it; each must be
     escaped, or --help silently hides the defaults."""
@@ -92,7 +92,7 @@ def test_pretrained_without_weights_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("FER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     ds = make_fer_like(tmp_path / "fer")
-    r = runner.invoke(app, ["train", "--dataset", str(ds), "--model", "resnet34", "--epochs", "1",
+    r = runner.invoke(app, ["train", "--dataset", str(ds), "--arch", "resnet34", "--epochs", "1",
                             "--device", "cpu", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()

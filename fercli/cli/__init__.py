@@ -8,6 +8,8 @@ with no traceback and (thanks to the atomic writers) no partial output.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from fercli import __version__
@@ -18,17 +20,11 @@ from fercli.errors import FerError
 COMMAND_ORDER = ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench")
 
 
-_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN",
-                "Path": "PATH", "UUID": "UUID"}
+_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "UUID": "UUID"}
 
 
-def _click_type_name(param, ctx):  # type: ignore[no-untyped-def]
-    """Option types as Click and most CLIs print them (TEXT, INTEGER, PATH, [a|b]), and
-    nothing for on/off flags. Typer 0.2x prints Python-ish `<str>`/`<bool>` instead."""
-    if getattr(param, "is_flag", False) or getattr(param, "count", False):
-        return None
-    if getattr(param, "metavar", None):
-        return param.metavar
+def _click_type_name(param: typer.core.TyperOption) -> str:
+    """An option's value type as Click and most CLIs print it: TEXT, INTEGER, PATH, [a|b]."""
     desc = param.type_descriptor
     if desc.is_choice:
         return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
@@ -38,19 +34,36 @@ def _click_type_name(param, ctx):  # type: ignore[no-untyped-def]
     return _PY_TO_CLICK.get(bare, bare.upper())
 
 
-def _click_usage_name(param):  # type: ignore[no-untyped-def]
-    """`fer export [OPTIONS] SOURCE`, not Typer 0.2x's `{source}`."""
-    name = (param.metavar or param.name or "").upper()
-    name = name if param.required else f"[{name}]"
-    return name + ("..." if param.nargs != 1 else "")
+class FerCommand(typer.core.TyperCommand):
+    """A command whose help reads like Click's: value types as TEXT, INTEGER, PATH (Typer
+    writes <str>, <int>, <path>), none for on/off flags (Typer writes <bool>), and arguments
+    in capitals on the usage line (`fer export [OPTIONS] SOURCE`, not `{source}`).
+
+    Both go through public hooks: an option's `metavar` (what help prints as its type) and
+    `collect_usage_pieces` (what the usage line lists)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperOption) and param.metavar is None:
+                param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
-# Typer 0.2x renders types itself; these two hooks are its only rendering entry points.
-for _cls in (typer.core.TyperOption, typer.core.TyperArgument):
-    if hasattr(_cls, "display_type_rich"):
-        _cls.display_type_rich = _click_type_name  # type: ignore[method-assign]
-if hasattr(typer.core.TyperArgument, "_usage_display_name"):
-    typer.core.TyperArgument._usage_display_name = _click_usage_name  # type: ignore[method-assign]
+class FerTyper(typer.Typer):
+    """typer.Typer whose commands are FerCommands unless a command asks for another class."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().command(*args, cls=cls or FerCommand, **kwargs)
 
 
 class _FerGroup(typer.core.TyperGroup):
@@ -68,7 +81,7 @@ class _FerGroup(typer.core.TyperGroup):
             raise typer.Exit(exc.exit_code) from None
 
 
-app = typer.Typer(
+app = FerTyper(
     cls=_FerGroup,
     name="fer",
     help=(

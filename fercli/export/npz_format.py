@@ -159,8 +159,8 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
         "format": EXPORT_FORMAT,
         "model_spec": dict(ckpt["model_spec"]),
         "classes": list(ckpt["classes"]),
-        "image_size": int(ckpt["model_spec"].get("image_size", 48)),
-        "input": _input_text(int(ckpt["model_spec"].get("image_size", 48))),
+        "image_size": int(ckpt["model_spec"]["image_size"]),  # model_from_checkpoint checked the spec
+        "input": _input_text(int(ckpt["model_spec"]["image_size"])),
         "dtype": dtype,
         "kept_float32": [],
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
@@ -280,10 +280,12 @@ def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any
 
 
 def _input_text(image_size: int) -> str:
-    """What the model expects, from its own spec: 48×48 face crops (the FER2013 format, the
+    """What the model expects, from its own spec: FACE_SIZE face crops (the FER2013 format, the
     same crop as in training), which the model itself resizes to its input size."""
-    resize = "" if image_size == 48 else f"; the model resizes it to {image_size}x{image_size} itself"
-    return f"greyscale face crop, uint8, 48x48 (INTER_AREA) as in training{resize}"
+    from fercli.vision.faces import FACE_SIZE
+
+    resize = "" if image_size == FACE_SIZE else f"; the model resizes it to {image_size}x{image_size} itself"
+    return f"greyscale face crop, uint8, {FACE_SIZE}x{FACE_SIZE} (INTER_AREA) as in training{resize}"
 
 
 # --------------------------------------------------------------------------- load

@@ -177,15 +177,17 @@ def run_configs(cfgs: list[TrainConfig], *, jobs: int = 1, devices: tuple[str, .
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    """--seeds "0,1,2" → (0, 1, 2); None when not given."""
-    if not text:
+    """--seeds "0,1,2" -> (0, 1, 2) (`fer train`, `fer ablate`); None when the option is not given."""
+    if text is None:
         return None
     try:
         seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
     except ValueError:
         raise FerError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise FerError(f"--seeds {text!r} must list distinct integers")
+    if not seeds:
+        raise FerError("--seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise FerError(f"--seeds {text!r} repeats a seed")
     return seeds
 
 
