@@ -34,19 +34,31 @@ def _click_type_name(param: typer.core.TyperOption) -> str:
     return _PY_TO_CLICK.get(bare, bare.upper())
 
 
-class FerCommand(typer.core.TyperCommand):
-    """A command whose help reads like Click's: value types as TEXT, INTEGER, PATH (Typer
-    writes <str>, <int>, <path>), none for on/off flags (Typer writes <bool>), and arguments
-    in capitals on the usage line (`fer export [OPTIONS] SOURCE`, not `{source}`).
-
-    Both go through public hooks: an option's `metavar` (what help prints as its type) and
-    `collect_usage_pieces` (what the usage line lists)."""
+class _ClickStyleHelp:
+    """Help that reads like Click's: value types as TEXT, INTEGER, PATH, [a|b] (Typer writes
+    <str>, <int>, <path>) and none for on/off flags (Typer writes <bool>), through the public
+    `metavar` of each option, which help prints in the type column."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for param in self.params:
-            if isinstance(param, typer.core.TyperOption) and param.metavar is None:
-                param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
+        for param in self.params:  # type: ignore[attr-defined]
+            _set_metavar(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            _set_metavar(option)
+        return option
+
+
+def _set_metavar(param: Any) -> None:
+    if isinstance(param, typer.core.TyperOption) and param.metavar is None:
+        param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
+
+
+class FerCommand(_ClickStyleHelp, typer.core.TyperCommand):
+    """A `fer` command: Click-style help types, and arguments in capitals on the usage line
+    (`fer export [OPTIONS] SOURCE`, where Typer writes `{source}`) via `collect_usage_pieces`."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -59,15 +71,9 @@ class FerCommand(typer.core.TyperCommand):
         return pieces
 
 
-class FerTyper(typer.Typer):
-    """typer.Typer whose commands are FerCommands unless a command asks for another class."""
-
-    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return super().command(*args, cls=cls or FerCommand, **kwargs)
-
-
-class _FerGroup(typer.core.TyperGroup):
-    """Turns a FerError from any command into `error: <one line>` and its exit code."""
+class FerGroup(_ClickStyleHelp, typer.core.TyperGroup):
+    """A group of `fer` commands: lists them in workflow order, and turns a FerError from any
+    of them into `error: <one line>` and its exit code."""
 
     def list_commands(self, ctx):  # type: ignore[no-untyped-def]
         names = super().list_commands(ctx)
@@ -81,8 +87,18 @@ class _FerGroup(typer.core.TyperGroup):
             raise typer.Exit(exc.exit_code) from None
 
 
+class FerTyper(typer.Typer):
+    """typer.Typer whose groups are FerGroups and commands FerCommands (unless one asks for
+    another class): every `fer` command and sub-app gets the same help and error handling."""
+
+    def __init__(self, *args: Any, cls: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, cls=cls or FerGroup, **kwargs)
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().command(*args, cls=cls or FerCommand, **kwargs)
+
+
 app = FerTyper(
-    cls=_FerGroup,
     name="fer",
     help=(
         "Facial expression recognition with the OBSR-Net bilinear ResNet34 "

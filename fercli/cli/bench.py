@@ -38,8 +38,9 @@ def bench(
     """Steady-state training img/s of the project's engine (device-resident data, on-device
     augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader +
     torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image,
-    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency. The reference
-    pipeline stays eager under --compile."""
+    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency.
+
+    --compile compiles the engine's step only; the reference pipeline stays eager."""
     params = dict(locals())
     from fercli.bench.engine_bench import BenchConfig, run_bench
     from fercli.cli import report

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 from fercli import paper
 from fercli.errors import FerError
-from fercli.files import atomic_write_json, atomic_write_text
+from fercli.files import atomic_write_json, atomic_write_text, read_json
 
 # What each row of the ladder sets itself; a --preset (fercli.train.config) gives the rest.
 LADDER_KEYS = ("dataset", "model", "shared_backbone", "pretrained", "init_from", "optimizer")
@@ -116,10 +115,7 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
     out = []
     for r in refs:
         path = resolve_dataset(r)
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise FerError(f"{path}: not a prepared dataset ({MANIFEST_FILE}: {exc})") from None
+        manifest = read_json(path / MANIFEST_FILE, "prepared-dataset manifest")
         name = str(manifest.get("name", ""))
         splits = set(manifest.get("counts", {}).keys())
         kfold = "train" not in splits
@@ -160,11 +156,12 @@ def _recipe(cfg: AblateConfig) -> dict[str, Any]:
     return recipe
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _cached_record(path: Path) -> dict[str, Any] | None:
+    """A cached run's JSON record, or None when it is missing or unreadable: the cache then
+    misses and the run is retrained or re-evaluated."""
     try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
+        return read_json(path)
+    except FerError:
         return None
 
 
@@ -173,7 +170,7 @@ def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     or None when its config, dataset sha256 and code version all agree."""
     from fercli.provenance import code_version
 
-    info = _read_json(run_dir / "config.json")
+    info = _cached_record(run_dir / "config.json")
     if not info or not isinstance(info.get("config"), dict):
         return "it has no readable config.json"
     saved = info["config"]
@@ -222,7 +219,7 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = _read_json(run_dir / "metrics.json") if status == "cached" else None
+    metrics = _cached_record(run_dir / "metrics.json") if status == "cached" else None
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
