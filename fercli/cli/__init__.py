@@ -52,7 +52,9 @@ class _ClickStyleHelp:
 
 
 def _set_metavar(param: Any) -> None:
-    if isinstance(param, typer.core.TyperOption) and param.metavar is None:
+    # Only Typer versions that render types themselves (those with a type_descriptor) need it;
+    # older ones print Click's names already.
+    if isinstance(param, typer.core.TyperOption) and param.metavar is None and hasattr(param, "type_descriptor"):
         param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
 
 
