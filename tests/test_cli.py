@@ -178,12 +178,20 @@ def test_old_model_spelling_still_works_with_one_warning_line(tmp_path):
 
 
 def test_one_preset_vocabulary_for_train_and_ablate(tmp_path):
+    import re
+
     from fercli.cli.train import train_config
     from fercli.evaluation import ablate
     from fercli.train import config
 
     help_text = next(p.help for p in _all_commands()["train"].params if "--preset" in p.opts)
-    assert all(name in help_text for name in config.PRESETS)
+    for i, name in enumerate(config.PRESETS):  # the help states each preset's own settings
+        start = help_text.index(f"{name}: ")
+        end = min([help_text.index(f"{n}: ") for n in config.PRESETS[i + 1:]] + [len(help_text)])
+        values = config.PRESET_VALUES[name]
+        segment = help_text[start:end]
+        assert f"batch {values['batch_size']}" in segment and f"{values['epochs']} epochs" in segment, name
+        assert float(re.search(r"lr (\d[\d.e-]*)", segment).group(1)) == values["lr"], name
     for name in config.PRESETS:  # every name is a recipe for both commands
         recipe = ablate._recipe(ablate.AblateConfig(preset=name))
         assert recipe and not set(recipe) & set(ablate.LADDER_KEYS)  # each row keeps what it varies

@@ -96,7 +96,7 @@ Preset = Annotated[Optional[str], typer.Option(
     help="A named training recipe; options given explicitly override it. "
          "paper: the paper's §3.2 settings (batch 16, lr 1e-4, 200 epochs, constant lr, ImageNet-pretrained, "
          "AdamW-GC on FER2013 / Adam-GC on CK+). "
-         "short: batch 64, lr 3e-4, cosine, 10 epochs (a ladder that finishes on a CPU). "
+         "short: batch 64, lr 3e-4, cosine, 10 epochs (short enough to train every row of the ablation ladder). "
          "fer2013-scratch: the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 "
          "wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). "
          "ckplus-transfer: the best measured CK+ recipe, from the shipped FER2013 model's trunk (--dataset ck+ "
