@@ -399,3 +399,22 @@ def torch_load_weights_only(path: Path) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_json(path: Path | str, what: str = "JSON record") -> dict[str, Any]:
+    """The JSON object stored in `path`, the one way fercli reads a JSON record (run configs,
+    metrics, manifests, shard indexes). A missing or unreadable file, text that is not JSON, or
+    JSON that is not an object is a FerError that names the file and `what` it should hold.
+    Callers for which a record is optional check `path.is_file()` first."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FerError(f"{path}: no such file (expected a {what})") from None
+    except OSError as exc:
+        raise FerError(f"{path}: cannot read this {what} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FerError(f"{path}: not a valid {what} ({exc})") from None
+    if not isinstance(obj, dict):
+        raise FerError(f"{path}: not a valid {what} (a JSON object was expected, not {type(obj).__name__})")
+    return obj

@@ -28,7 +28,7 @@ def no_data(tmp_path, monkeypatch):
 
 
 def test_bench_json_on_synthetic_data(no_data):
-    res = runner.invoke(app, ["bench", "--device", "cpu", "--model", "resnet34", "--steps", "2",
+    res = runner.invoke(app, ["bench", "--device", "cpu", "--arch", "resnet34", "--steps", "2",
                               "--warmup", "1", "--batch-size", "4", "--inference-batch", "4",
                               "--threads", "1", "--json"])  # 1 thread: robust on a shared CPU
     assert res.exit_code == 0, res.output
@@ -51,7 +51,7 @@ def test_bench_json_on_synthetic_data(no_data):
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--model", "vgg16"], "vgg16"),
+    (["--arch", "vgg16"], "vgg16"),
     (["--batch-size", "0"], "--batch-size"),
     (["--dataset", "/nonexistent/prepared"], "/nonexistent/prepared"),
     (["--compile", "--compile-mode", "fastest"], "fastest"),

@@ -102,7 +102,7 @@ def _env() -> dict[str, str]:
 
 
 def _train_args(ds: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
-    return ["train", "--dataset", str(ds), "--model", "resnet34", "--no-pretrained", "--epochs", str(epochs),
+    return ["train", "--dataset", str(ds), "--arch", "resnet34", "--no-pretrained", "--epochs", str(epochs),
             "--batch-size", "16", "--lr", "1e-3", "--device", "cpu", "--precision", "fp32",
             "--checkpoint-every", "1", "--out", str(out), "-q", *extra]
 

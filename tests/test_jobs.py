@@ -72,7 +72,7 @@ def test_plan_resumes_from_last_checkpoint(tmp_path):
 
 def test_cli_seeds_run_concurrently_with_distinct_seeds(tmp_path):
     ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
-    res = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--model", "resnet34", "--no-pretrained",
+    res = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--arch", "resnet34", "--no-pretrained",
                                    "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1",
                                    "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "multi"), "--json"])
     assert res.exit_code == 0, res.output

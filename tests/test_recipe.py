@@ -124,15 +124,14 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
     from typer.main import get_command
 
     from fercli.cli import app
+    from fercli.cli.train import train_config
 
     recipes = json.loads(RECIPES_FILE.read_text())["recipes"]
     train_cmd = get_command(app).commands["train"]  # type: ignore[attr-defined]
     seen = set()
     for r in recipes:
         argv = ["--preset", "fer2013-scratch", "--image-size", str(r["image_size"]), *r["args"]]
-        ctx = train_cmd.make_context("train", list(argv))
-        explicit = {k: v for k, v in ctx.params.items() if k in config.TrainConfig.__dataclass_fields__}
-        cfg = config.make_train_config(ctx.params["preset"], **explicit)
+        cfg = train_config(train_cmd.make_context("train", list(argv)).params)
         config.validate_config(cfg)
         assert cfg.image_size == r["image_size"] and not cfg.pretrained
         seen.add(tuple(argv))
@@ -140,8 +139,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
     # The CK+ transfer step: the same check, with the options recipe_search adds itself.
     ck = json.loads(RECIPES_FILE.read_text())["ck_transfer"]
     ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
-    cfg = config.make_train_config(ctx.params["preset"], **{k: v for k, v in ctx.params.items()
-                                                            if k in config.TrainConfig.__dataclass_fields__})
+    cfg = train_config(ctx.params)
     config.validate_config(cfg)
     assert cfg.init_from == "default" and cfg.dataset == "ck+" and cfg.epochs >= 1 and ck["reserve_s"] >= 60
 

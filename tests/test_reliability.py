@@ -43,7 +43,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     then repeats the uninterrupted run bit for bit. Only the killed run needs its own
     process; the resume and the reference run in this one (same kernels, same threads)."""
     ds = make_fer_like(tmp_path / "fer", n_per_split=(24, 4, 4))
-    args = ["train", "--dataset", str(ds), "--model", "resnet34", "--no-pretrained", "--epochs", "2",
+    args = ["train", "--dataset", str(ds), "--arch", "resnet34", "--no-pretrained", "--epochs", "2",
             "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--checkpoint-every", "1", "--quiet"]
     killed_run = tmp_path / "killed"
     proc = subprocess.Popen(fer_cmd(*args, "--out", str(killed_run)), env=sub_env(),
@@ -134,7 +134,7 @@ def test_train_refuses_tampered_dataset_via_cli(tmp_path):
     raw = bytearray(data.read_bytes())
     raw[200] ^= 0x01
     data.write_bytes(bytes(raw))
-    r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--model", "resnet34", "--no-pretrained",
+    r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--arch", "resnet34", "--no-pretrained",
                                  "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
     assert r.exit_code != 0
     assert "sha256" in r.output and "data.npz" in r.output

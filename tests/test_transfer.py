@@ -54,7 +54,7 @@ def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:
 def test_architecture_mismatch_and_imagenet_mix_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FerError, match="pass --shared-backbone"):
         runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("bcnn-resnet34", 7))
-    with pytest.raises(FerError, match="use --model bcnn-resnet34"):
+    with pytest.raises(FerError, match="use --arch bcnn-resnet34"):
         runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("resnet34", 7))
     with pytest.raises(FerError, match="cannot be combined"):
         config.validate_config(config.make_train_config(None, init_from="default", pretrained=True))

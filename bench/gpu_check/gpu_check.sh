@@ -182,13 +182,13 @@ run_step rows "${ROWS_S:-200}" "$PY" bench/gpu_check/gpu_rows.py --device "$DEVI
 
 # ---------------------------------------------------------------- MODE=engine: concurrent runs, paper bcnn b16
 SEEDS=$(seq -s, 0 $((JOBS - 1)))
-run_step concurrent "${CONC_S:-100}" "${FER[@]}" train --dataset fer2013 --model bcnn-resnet34 --no-pretrained \
+run_step concurrent "${CONC_S:-100}" "${FER[@]}" train --dataset fer2013 --arch bcnn-resnet34 --no-pretrained \
   --optimizer adamw-gc --lr 1e-4 $CONC --seeds "$SEEDS" --jobs "$JOBS" --device "$DEVICE" \
   --checkpoint-every 1000s --out "$WORK/runs/concurrent" --json
 
 # ---------------------------------------------------------------- MODE=engine: loss curves, graphed vs eager
 for mode in cuda-graphs no-cuda-graphs; do
-  run_step "curve_$mode" "${CURVE_S:-60}" "${FER[@]}" train --dataset fer2013 --model bcnn-resnet34 --shared-backbone \
+  run_step "curve_$mode" "${CURVE_S:-60}" "${FER[@]}" train --dataset fer2013 --arch bcnn-resnet34 --shared-backbone \
     --no-pretrained --optimizer adamw-gc --lr 1e-3 --weight-decay 1e-2 $CURVE --seed 0 --device "$DEVICE" \
     "--$mode" --checkpoint-every 1000s --out "$WORK/runs/curve-$mode" --json
 done

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercli.errors import FerError
+from fercli.vision.faces import FACE_SIZE
 
 # ("phase", {"name": ...}) before each measurement; ("result", {...}) after.
 ProgressCallback = Callable[[str, dict[str, Any]], None]
@@ -68,7 +69,7 @@ class BenchConfig:
     device: str = "auto"  # auto | cpu | cuda
     model: str = "bcnn-resnet34"
     shared_backbone: bool = False
-    image_size: int = 48
+    image_size: int = FACE_SIZE  # the network input; the default needs no resize
     batch_size: int = 64
     steps: int | None = None  # timed steps per pipeline; None: 10 on CPU, 50 on CUDA
     warmup: int | None = None  # None: 1 on CPU, 10 on CUDA, 15 with --compile
@@ -88,16 +89,15 @@ class BenchConfig:
 
 
 def validate(cfg: BenchConfig) -> None:
-    from fercli.model.networks import MODEL_NAMES
+    from fercli.model.networks import MODEL_NAMES, check_image_size
 
     if cfg.model not in MODEL_NAMES:
-        raise FerError(f"--model {cfg.model!r} is not one of: {', '.join(MODEL_NAMES)}")
+        raise FerError(f"--arch {cfg.model!r} is not one of: {', '.join(MODEL_NAMES)}")
     if cfg.shared_backbone and cfg.model != "bcnn-resnet34":
-        raise FerError("--shared-backbone only applies to model bcnn-resnet34")
+        raise FerError("--shared-backbone only applies to --arch bcnn-resnet34")
     if cfg.compile_mode not in COMPILE_MODES:
         raise FerError(f"--compile-mode {cfg.compile_mode!r} is not one of: {', '.join(COMPILE_MODES)}")
-    if cfg.image_size < 32:
-        raise FerError(f"--image-size must be ≥ 32 (ResNet34 downsamples 32×), got {cfg.image_size}")
+    check_image_size(cfg.image_size)
     for name in ("batch_size", "steps", "max_images", "inference_batch", "threads"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
@@ -121,7 +121,7 @@ class BenchData:
     note: str | None
 
 
-def synthetic_data(n: int = 1024, size: int = 48, num_classes: int = 7, seed: int = 0) -> BenchData:
+def synthetic_data(n: int = 1024, size: int = FACE_SIZE, num_classes: int = 7, seed: int = 0) -> BenchData:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
     labels = rng.integers(0, num_classes, size=n).astype(np.int64)

@@ -8,6 +8,8 @@ with no traceback and (thanks to the atomic writers) no partial output.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from fercli import __version__
@@ -18,17 +20,11 @@ from fercli.errors import FerError
 COMMAND_ORDER = ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench")
 
 
-_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN",
-                "Path": "PATH", "UUID": "UUID"}
+_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "UUID": "UUID"}
 
 
-def _click_type_name(param, ctx):  # type: ignore[no-untyped-def]
-    """Option types as Click and most CLIs print them (TEXT, INTEGER, PATH, [a|b]), and
-    nothing for on/off flags. Typer 0.2x prints Python-ish `<str>`/`<bool>` instead."""
-    if getattr(param, "is_flag", False) or getattr(param, "count", False):
-        return None
-    if getattr(param, "metavar", None):
-        return param.metavar
+def _click_type_name(param: typer.core.TyperOption) -> str:
+    """An option's value type as Click and most CLIs print it: TEXT, INTEGER, PATH, [a|b]."""
     desc = param.type_descriptor
     if desc.is_choice:
         return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
@@ -38,24 +34,49 @@ def _click_type_name(param, ctx):  # type: ignore[no-untyped-def]
     return _PY_TO_CLICK.get(bare, bare.upper())
 
 
-def _click_usage_name(param):  # type: ignore[no-untyped-def]
-    """`fer export [OPTIONS] SOURCE`, not Typer 0.2x's `{source}`."""
-    name = (param.metavar or param.name or "").upper()
-    name = name if param.required else f"[{name}]"
-    return name + ("..." if param.nargs != 1 else "")
+class _ClickStyleHelp:
+    """Help that reads like Click's: value types as TEXT, INTEGER, PATH, [a|b] (Typer writes
+    <str>, <int>, <path>) and none for on/off flags (Typer writes <bool>), through the public
+    `metavar` of each option, which help prints in the type column."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:  # type: ignore[attr-defined]
+            _set_metavar(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            _set_metavar(option)
+        return option
 
 
-# Typer 0.2x renders types itself; these two hooks are its only rendering entry points.
-for _cls in (typer.core.TyperOption, typer.core.TyperArgument):
-    if hasattr(_cls, "display_type_rich"):
-        _cls.display_type_rich = _click_type_name  # type: ignore[method-assign]
-if hasattr(typer.core.TyperArgument, "_usage_display_name"):
-    typer.core.TyperArgument._usage_display_name = _click_usage_name  # type: ignore[method-assign]
+def _set_metavar(param: Any) -> None:
+    # Only Typer versions that render types themselves (those with a type_descriptor) need it;
+    # older ones print Click's names already.
+    if isinstance(param, typer.core.TyperOption) and param.metavar is None and hasattr(param, "type_descriptor"):
+        param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
 
 
-class _FerGroup(typer.core.TyperGroup):
-    """Turns a FerError from any command into `error: <one line>` and its exit code, and so
-    does an OSError that is a fault of the machine (full disk, read-only, vanished folder)."""
+class FerCommand(_ClickStyleHelp, typer.core.TyperCommand):
+    """A `fer` command: Click-style help types, and arguments in capitals on the usage line
+    (`fer export [OPTIONS] SOURCE`, where Typer writes `{source}`) via `collect_usage_pieces`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class FerGroup(_ClickStyleHelp, typer.core.TyperGroup):
+    """A group of `fer` commands: lists them in workflow order, and turns a FerError from any
+    of them into `error: <one line>` and its exit code, and so does an OSError that is a fault
+    of the machine (full disk, read-only, vanished folder)."""
 
     def list_commands(self, ctx):  # type: ignore[no-untyped-def]
         names = super().list_commands(ctx)
@@ -79,8 +100,18 @@ class _FerGroup(typer.core.TyperGroup):
             raise typer.Exit(fault.exit_code) from None
 
 
-app = typer.Typer(
-    cls=_FerGroup,
+class FerTyper(typer.Typer):
+    """typer.Typer whose groups are FerGroups and commands FerCommands (unless one asks for
+    another class): every `fer` command and sub-app gets the same help and error handling."""
+
+    def __init__(self, *args: Any, cls: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, cls=cls or FerGroup, **kwargs)
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().command(*args, cls=cls or FerCommand, **kwargs)
+
+
+app = FerTyper(
     name="fer",
     help=(
         "Facial expression recognition with the OBSR-Net bilinear ResNet34 "

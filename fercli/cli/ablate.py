@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 def _pct(x: Optional[float]) -> str:
@@ -104,23 +104,23 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
 @app.command()
 def ablate(
     dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+, all, or a prepared dataset directory."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per run. \\[default: fast preset 10; paper preset 200]"),
-    seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2 (mean ± std over them)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    preset: str = typer.Option("fast", help="fast: batch 64, lr 3e-4, cosine, 10 epochs; paper: batch 16, lr 1e-4, constant, 200 epochs (§3.2)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per run. \\[default: the preset's (short: 10)]"),
+    seeds: options.Seeds = "0",
+    device: options.Device = "auto",
+    preset: options.Preset = "short",
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. \\[default: runs/ablate-<dataset>]"),
     folds_limit: Optional[int] = typer.Option(None, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
-    train_subset: Optional[int] = typer.Option(None, help="Use only N training images per run (quick checks)."),
-    batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
-    lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
-    weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights (torchvision resnet34 state dict) for the pretrained rows."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads per run (see `fer train --threads`)."),
-    jobs: int = typer.Option(1, help="Train up to N runs at once, each its own process (see `fer train --jobs`)."),
-    devices: Optional[str] = typer.Option(None, help="Spread concurrent runs over these devices, e.g. 'cuda:0,cuda:1'."),
-    init_from: str = typer.Option("default", "--init-from", help="CK+: the FER2013 model whose trunk starts fercli's extra 'FER2013-pretrained' rung (RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped shared-trunk model); 'none' skips that rung."),
+    train_subset: options.TrainSubset = None,
+    batch_size: Optional[int] = typer.Option(None, help="Batch size of every run. \\[default: the preset's]"),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every run. \\[default: the preset's]"),
+    weights: options.Weights = None,
+    threads: options.Threads = None,
+    jobs: options.Jobs = 1,
+    devices: options.Devices = None,
+    init_from: str = typer.Option("default", "--init-from", help=f"CK+: the FER2013 model whose trunk starts fercli's extra 'FER2013-pretrained' rung ({options.MODEL_REFERENCE}, or 'default': the shipped one); 'none' skips that rung."),
     force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    json_out: options.JsonOut = False,
+    quiet: options.Quiet = False,
     paper_only: bool = typer.Option(False, "--paper", help="Print all of the paper's Tables 1–5 and its §3.2 settings, and exit (runs nothing)."),
 ) -> None:
     """Reproduce the paper's ablation (Table 5): ResNet34 → +ImageNet pretraining → +bilinear
@@ -130,6 +130,7 @@ def ablate(
     where it stopped. Without ImageNet weights the pretrained rows say "weights unavailable"
     and the from-scratch ladder (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) runs instead.
     """
+    params = dict(locals())
     from fercli import paper
     from fercli.cli import report
     from fercli.evaluation import ablate as core
@@ -141,14 +142,11 @@ def ablate(
         for t in _paper_tables():
             report.console.print(t, highlight=False)
         return
-    from fercli.train.jobs import parse_devices
+    from fercli.train.jobs import parse_devices, parse_seeds
 
-    cfg = core.AblateConfig(
-        dataset=dataset, epochs=epochs, seeds=core.parse_seeds(seeds), device=device, preset=preset,
-        out=str(out) if out else None, folds_limit=folds_limit, train_subset=train_subset,
-        weights=str(weights) if weights else None, batch_size=batch_size, lr=lr, force=force,
-        threads=threads, jobs=jobs, devices=parse_devices(devices), init_from=None if init_from.lower() == "none" else init_from,
-    )
+    cfg = core.AblateConfig(**options.config_values(
+        core.AblateConfig, params, seeds=parse_seeds(seeds) or (), devices=parse_devices(devices),
+        init_from=None if init_from.lower() == "none" else init_from))
     err = report.err_console
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         def on_event(kind: str, info: dict[str, Any]) -> None:

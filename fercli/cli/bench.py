@@ -2,52 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 @app.command()
 def bench(
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    model: str = typer.Option("bcnn-resnet34", help="bcnn-resnet34 or resnet34."),
-    shared_backbone: bool = typer.Option(False, "--shared-backbone", help="Symmetric B-CNN: one trunk for f_A and f_B."),
-    image_size: int = typer.Option(48, help="Network input size (faces are resized on the device)."),
+    device: options.Device = "auto",
+    model: options.Arch = None,
+    shared_backbone: options.SharedBackbone = None,
+    image_size: options.ImageSize = None,
     batch_size: int = typer.Option(64, help="Training batch size of both pipelines."),
     steps: Optional[int] = typer.Option(None, help="Timed steps per pipeline. \\[default: 10 on CPU, 50 on CUDA]"),
     warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps first. \\[default: 1 on CPU, 10 on CUDA, 15 with --compile]"),
     dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+ or a prepared directory; an unprepared name falls back to synthetic data (reported as data: synthetic)."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Use random synthetic faces even if the dataset is prepared."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the engine's forward/backward (the reference stays eager)."),
+    compile: options.Compile = None,
     compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default (= fer train --compile), reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also measure the reference DataLoader pipeline."),
     inference: bool = typer.Option(True, "--inference/--no-inference", help="Also time inference (batch 1 and batched)."),
     workers: Optional[int] = typer.Option(None, help="Reference DataLoader workers. \\[default: 2 on CPU, 8 on CUDA]"),
     inference_batch: Optional[int] = typer.Option(None, help="Batch of the batched inference timing. \\[default: 64 on CPU, 256 on CUDA]"),
-    threads: Optional[int] = typer.Option(None, help="torch threads (CPU). \\[default: torch's, one per core]"),
+    threads: options.Threads = None,
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA: time the engine's graph-captured step (fer train's default) and, in the same run, the eager step; --no-cuda-graphs times eager only."),
     time_cap: Optional[float] = typer.Option(None, help="Seconds the timed steps may take in all; fewer timed steps when slow. \\[default: 80 on CPU, none on CUDA]"),
-    nproc: Optional[int] = typer.Option(None, help="Instead: data-parallel scaling of `fer train` (synthetic faces): N processes via torchrun against 1 process, in one run; reports scaling efficiency = N-process img/s / (N x 1-process img/s)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    nproc: Optional[int] = typer.Option(None, help="Instead: data-parallel scaling of `fer train` (synthetic faces): N processes via torchrun against 1 process, in one run; reports scaling efficiency = N-process img/s / (N x 1-process img/s). Each process uses --threads threads (default 1 here)."),
+    old_model: Annotated[Optional[str], typer.Option(
+        "--model", hidden=True, callback=options.deprecated_alias(
+            "--model", "--arch", "in `fer bench` it names an architecture; --model names a trained model"))] = None,
+    json_out: options.JsonOut = False,
 ) -> None:
     """Steady-state training img/s of the project's engine (device-resident data, on-device
     augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader +
     torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image,
-    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency."""
+    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency.
+
+    --compile compiles the engine's step only; the reference pipeline stays eager."""
+    params = dict(locals())
     from fercli.bench.engine_bench import BenchConfig, run_bench
     from fercli.cli import report
 
+    model = options.pick("--arch", model, "--model", old_model) or BenchConfig.model
     if nproc is not None:
         _scaling(nproc, device, model, batch_size, threads, json_out)
         return
 
-    cfg = BenchConfig(device=device, model=model, shared_backbone=shared_backbone, image_size=image_size,
-                      batch_size=batch_size, steps=steps, warmup=warmup, dataset=dataset, synthetic=synthetic,
-                      compile=compile, compile_mode=compile_mode, reference=reference, inference=inference,
-                      workers=workers, inference_batch=inference_batch, threads=threads,
-                      cuda_graphs=cuda_graphs, time_cap_s=time_cap)
+    cfg = BenchConfig(**options.config_values(BenchConfig, params, model=model, time_cap_s=time_cap))
     status = report.err_console.status("benchmarking…")
     status.start()
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 def _pct(x: Optional[float]) -> str:
@@ -44,12 +44,12 @@ def _per_class_table(m: dict[str, Any]) -> Any:
 @app.command()
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
-    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
     split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
     fold: Optional[int] = typer.Option(None, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
+    device: options.Device = "auto",
+    json_out: options.JsonOut = False,
 ) -> None:
     """Evaluate a model on its report split: accuracy, per-class P/R/F1 beside the paper's
     Table 1 (FER2013) / Table 2 (CK+), macro-F1 and the confusion matrix (Fig. 9).
@@ -57,11 +57,12 @@ def evaluate(
     FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
     metrics.json and confusion.png; an exported model's folder is never written to.
     """
+    params = dict(locals())
     from fercli.cli import report
     from fercli.evaluation import evaluate as evaluation
 
-    cfg = evaluation.EvaluateConfig(target=str(Path(target)) if target != "default" else target,
-                                    split=split, fold=fold, tta=tta, device=device, dataset=dataset)
+    cfg = evaluation.EvaluateConfig(**options.config_values(
+        evaluation.EvaluateConfig, params, target=str(Path(target)) if target != "default" else target))
     m = evaluation.evaluate_target(cfg)
     if json_out:
         report.print_json(m)

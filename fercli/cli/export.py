@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 @app.command("export")
@@ -17,8 +17,8 @@ def export_cmd(
     fmt: str = typer.Option("npz", "--format", help="npz: pickle-free weights for fercli; onnx: the whole classifier (preprocessing + softmax, opset 17, dynamic batch) for onnxruntime or any ONNX runtime."),
     max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
     dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),
-    int8_calibration: Optional[Path] = typer.Option(None, "--int8-calibration", help="--format onnx: quantise to int8 (static, per-channel), calibrating activation ranges on 256 face images from this folder (e.g. the FER2013 Training images). About 4x smaller and faster at batch 1 on the CPU."),
-    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    int8_calibration: Optional[Path] = typer.Option(None, "--int8-calibration", help="--format onnx: quantise to int8 (static, per-channel), calibrating activation ranges on 256 face images from this folder (e.g. the FER2013 Training images): one byte per weight instead of four, and faster on the CPU."),
+    json_out: options.JsonOut = False,
 ) -> None:
     """Export a trained model to a compact, pickle-free .npz or an ONNX graph; `fer predict --model` loads both."""
     from fercli.cli import report

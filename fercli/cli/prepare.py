@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fercli.cli import app
+from fercli.cli import FerTyper, app, options
 
-prepare_app = typer.Typer(
+prepare_app = FerTyper(
     name="prepare",
     help="Prepare FER2013 or CK+ (CSV, image folders, raw CK+ release, CK+48, or a .zip) "
     "into a checked, fast-loading dataset directory.",
@@ -36,7 +36,6 @@ _FORCE = typer.Option(False, "--force", help="Replace an existing output directo
 _SKIP = typer.Option(
     False, "--skip-bad", help="Skip (and count) corrupt images, bad rows and bad label files."
 )
-_JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout (nothing else).")
 
 
 @contextlib.contextmanager
@@ -68,7 +67,7 @@ def fer2013(
     out: Path | None = _OUT,
     force: bool = _FORCE,
     skip_bad: bool = _SKIP,
-    as_json: bool = _JSON,
+    as_json: options.JsonOut = False,
 ) -> None:
     """Prepare FER2013 (48x48 faces, 7 classes; splits train, public_test, private_test)."""
     from fercli.data.ingest import prepare_fer2013
@@ -95,7 +94,7 @@ def ckplus(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the fold assignment."),
     skip_bad: bool = _SKIP,
-    as_json: bool = _JSON,
+    as_json: options.JsonOut = False,
 ) -> None:
     """Prepare CK+ (7 classes; subject ids and subject-independent folds kept)."""
     from fercli.data.ingest import prepare_ckplus

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 from fercli.errors import FerError
 
 
@@ -26,17 +26,17 @@ def _parse_fold(fold: Optional[str]) -> Optional[int]:
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
                                           help="fer2013, ck+, or the path of a `fer prepare` output directory. \\[default: fer2013; ckplus-transfer preset: ck+]"),
-    model: Optional[str] = typer.Option(None, help="Model name: bcnn-resnet34 (the paper's OBSR-Net) or resnet34 (baseline). \\[default: bcnn-resnet34]"),
+    model: options.Arch = None,
     optimizer: Optional[str] = typer.Option(None, help="sgd, adam, adamw, sgd-gc, adam-gc, adamw-gc, or auto (the paper's: adamw-gc on FER2013, adam-gc on CK+). \\[default: auto]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs. \\[default: 30; paper preset: 200]"),
     batch_size: Optional[int] = typer.Option(None, help="Batch size. \\[default: 64; paper preset: 16]"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate. \\[default: 1e-4]"),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw*, added to the gradient before GC for sgd*/adam*). \\[default: 1e-4]"),
     schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: cosine, constant, or onecycle (a half-cosine rise from lr/25 to lr over the first 30% of the epochs, then a half-cosine fall). \\[default: cosine; paper preset: constant]"),
-    image_size: Optional[int] = typer.Option(None, help="Resize faces on the device to this size before the network (48 → 2×2 final map, 96 → 3×3). \\[default: 48]"),
+    image_size: options.ImageSize = None,
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet ResNet34 weights (paper §2.2). \\[default: pretrained]"),
-    weights: Optional[Path] = typer.Option(None, help="Offline ImageNet weights: a torchvision resnet34 state dict (resnet34-b627a593.pth)."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="FER2013-pretrained trunks: start from a from-scratch FER2013 model (RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped one) with a fresh classifier head; same --model/--shared-backbone as that model. Implies --no-pretrained."),
+    weights: options.Weights = None,
+    init_from: Optional[str] = typer.Option(None, "--init-from", help=f"FER2013-pretrained trunks: start from a from-scratch FER2013 model ({options.MODEL_REFERENCE}, or 'default': the shipped one) with a fresh classifier head; same --arch/--shared-backbone as that model. Implies --no-pretrained."),
     label_smoothing: Optional[float] = typer.Option(None, help="Cross-entropy label smoothing in [0, 1). \\[default: 0]"),
     warmup_epochs: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up over the first N epochs, then --schedule. \\[default: 0]"),
     random_erasing: Optional[float] = typer.Option(None, help="Random erasing: with this probability each training image gets a grey rectangle of 2-33% of its area (on the device, inside the train step). \\[default: 0]"),
@@ -45,34 +45,37 @@ def train(
     cutmix: Optional[float] = typer.Option(None, help="CutMix: paste a box of the reversed batch into each image, box area (1-λ), λ ~ Beta(α, α) per step; the loss weighs both labels by area. This is α (e.g. 1.0); excludes --mixup. \\[default: 0 = off]"),
     ema: Optional[float] = typer.Option(None, help="Keep an exponential moving average of the weights with this decay (e.g. 0.999); the average is what is validated, selected and saved to best.pt. \\[default: 0 = off]"),
     no_decay_bn_bias: Optional[bool] = typer.Option(None, "--no-decay-bn-bias", help="No weight decay on BatchNorm parameters and biases (1-d tensors)."),
-    shared_backbone: Optional[bool] = typer.Option(None, "--shared-backbone", help="Symmetric B-CNN: one trunk for f_A and f_B (half the parameters)."),
+    shared_backbone: options.SharedBackbone = None,
     freeze_backbone: Optional[bool] = typer.Option(None, "--freeze-backbone", help="Train only the classifier (the paper's literal §2.2 transfer learning)."),
     gc_conv_only: Optional[bool] = typer.Option(None, "--gc-conv-only", help="Gradient centralization on conv weights only (not FC)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda. \\[default: auto]"),
-    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on CUDA and bf16-capable CPUs), bf16 or fp32. \\[default: auto]"),
-    compile: Optional[bool] = typer.Option(None, "--compile", help="torch.compile the forward/backward (CUDA; first epoch pays the compile)."),
+    device: options.Device = "auto",
+    precision: Optional[str] = typer.Option(None, help="Training arithmetic: auto (bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), bf16 or fp32. \\[default: auto]"),
+    compile: options.Compile = None,
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="On-device random translate ±10%, horizontal flip, rotation ±10°. \\[default: on]"),
     seed: Optional[int] = typer.Option(None, help="Seed for init, shuffling and augmentation. \\[default: 0]"),
     fold: Optional[str] = typer.Option(None, help="CK+: the subject-independent test fold (default 0), or 'all' to train every fold."),
-    train_subset: Optional[int] = typer.Option(None, help="Use only N training images (quick smoke runs)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads). On a busy machine 1 can be several times faster than the default."),
+    train_subset: options.TrainSubset = None,
+    threads: options.Threads = None,
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="CUDA: capture the whole train step (augment, forward, backward, GC, AdamW) as one CUDA graph; adam*/adamw* only, sgd* and CPU run eagerly. \\[default: on]"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic kernels; turns off cudnn.benchmark and TF32. With it, --resume on CUDA reproduces the uninterrupted run bit for bit (same GPU model and torch); without it a resumed CUDA run matches only to float noise (autotuned kernels may differ). CPU runs resume exactly either way."),
     checkpoint_every: Optional[str] = typer.Option(None, help="Write last.pt (with optimizer state, for --resume) every N epochs ('5') or once N seconds have passed ('60s'), and after the last epoch; a kill loses at most that much. best.pt (weights only) is written whenever validation improves. \\[default: 60s]"),
-    seeds: Optional[str] = typer.Option(None, help="Several runs, one per seed ('0,1,2'), under --out/seed-S; with --jobs they run at once."),
-    jobs: int = typer.Option(1, help="Run up to N whole runs at once (--seeds, --fold all), each its own process (own CUDA context); a failed or killed run does not stop the others, and running again skips finished runs and resumes the rest."),
-    devices: Optional[str] = typer.Option(None, help="Spread concurrent runs over these devices, e.g. 'cuda:0,cuda:1' (or 'cpu'). \\[default: --device]"),
+    seeds: options.Seeds = None,
+    jobs: options.Jobs = 1,
+    devices: options.Devices = None,
     nproc: Optional[int] = typer.Option(None, help="Data parallel: launch N processes on this machine with torchrun (one GPU each; gloo on CPU). --batch-size stays the global batch and --lr means the same as on one device. Same as `torchrun --nproc_per_node N -m fercli train ...`."),
     nnodes: int = typer.Option(1, help="With --nproc: machines taking part (run the same command on each, with --rdzv-endpoint and its --node-rank)."),
     rdzv_endpoint: Optional[str] = typer.Option(None, help="With --nnodes > 1: HOST:PORT of the rendezvous (c10d), the same on every machine."),
     node_rank: Optional[int] = typer.Option(None, help="With --nnodes > 1: this machine's rank, 0..nnodes-1."),
     shard_data: Optional[bool] = typer.Option(None, "--shard-data", help="Data parallel: each process holds only its 1/N of the training images (less device memory; each shuffles its own shard, so the data order differs from one process)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory. \\[default: runs/<dataset>-<model>-<optimizer>-<time>]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (several seeds or folds: one directory per run below it). \\[default: runs/<dataset>-<arch>-<optimizer>-<time>]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
-    preset: Optional[str] = typer.Option(None, help="'paper': batch 16, lr 1e-4, 200 epochs, pretrained, AdamW-GC/Adam-GC (§3.2). 'fer2013-scratch': the best measured from-scratch FER2013 recipe (shared-trunk B-CNN, AdamW-GC lr 1e-3 wd 1e-2, batch 128, cosine, 64 epochs; docs/results.md). 'ckplus-transfer': the best measured CK+ recipe, from the shipped FER2013 model's trunk (--dataset ck+ --init-from default, shared trunk, Adam-GC lr 3e-4, batch 32, 16 epochs, label smoothing 0.1, EMA 0.99); add --fold all for all 10 subject folds. Explicit flags override it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    preset: options.Preset = None,
+    old_model: Annotated[Optional[str], typer.Option(
+        "--model", hidden=True, callback=options.deprecated_alias(
+            "--model", "--arch", "in `fer train` it names an architecture; --model names a trained model"))] = None,
+    quiet: options.Quiet = False,
+    json_out: options.JsonOut = False,
 ) -> None:
     """Train a model on a prepared dataset; the best checkpoint is selected on validation data only.
 
@@ -81,23 +84,14 @@ def train(
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
     history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
     """
+    params = dict(locals())
     if nproc is not None:  # before importing torch: this process only launches torchrun
         _launch_torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
         return
     from fercli.cli import report
-    from fercli.train import config, distributed, runs
+    from fercli.train import distributed, runs
 
-    cfg = config.make_train_config(
-        preset, dataset=dataset, model=model, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, schedule=schedule, image_size=image_size, pretrained=pretrained,
-        weights=str(weights) if weights else None, init_from=init_from, label_smoothing=label_smoothing, warmup_epochs=warmup_epochs,
-        random_erasing=random_erasing, mixup=mixup, cutmix=cutmix, ema=ema, scale_aug=scale_aug,
-        no_decay_bn_bias=no_decay_bn_bias, shared_backbone=shared_backbone,
-        freeze_backbone=freeze_backbone, gc_conv_only=gc_conv_only, device=device, precision=precision,
-        compile=compile, augment=augment, seed=seed, fold=_parse_fold(fold), train_subset=train_subset, threads=threads,
-        cuda_graphs=cuda_graphs, deterministic=deterministic, checkpoint_every=checkpoint_every,
-        shard_data=shard_data, out=str(out) if out else None, resume=resume, force=force,
-    )
+    cfg = train_config(params)
     if seeds or jobs > 1 or devices:
         _train_jobs(cfg, seeds, jobs, devices, quiet or json_out, json_out)
         return
@@ -115,6 +109,16 @@ def train(
     report.console.print(report.train_summary_table(results))
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
     report.console.print(f"Next: [bold]fer evaluate {root}[/]")
+
+
+def train_config(params: dict[str, Any]) -> Any:
+    """The TrainConfig of `fer train` from its parsed parameters (the command's locals(), or a
+    Click context's `params`): the preset, then every option given, named as the config's fields."""
+    from fercli.train import config
+
+    model = options.pick("--arch", params.get("model"), "--model", params.get("old_model"))
+    return config.make_train_config(params.get("preset"), **options.config_values(
+        config.TrainConfig, params, model=model, fold=_parse_fold(params.get("fold"))))
 
 
 def _launch_torchrun(nproc: int, nnodes: int, rdzv_endpoint: Optional[str], node_rank: Optional[int]) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from fercli import __version__
 from fercli.errors import FerError
-from fercli.files import atomic_directory, sha256_file
+from fercli.files import atomic_directory, read_json, sha256_file
 
 DATA_FILE = "data.npz"
 MANIFEST_FILE = "manifest.json"
@@ -188,12 +188,9 @@ def load_prepared(ref: str | Path, verify: bool = True) -> PreparedDataset:
         raise FerError(f"{path} is not a prepared dataset: {MANIFEST_FILE} is missing")
     if not dpath.is_file():
         raise FerError(f"{path} is not a prepared dataset: {DATA_FILE} is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-        if not isinstance(manifest, dict) or "classes" not in manifest:
-            raise ValueError("no classes")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FerError(f"{mpath}: not a valid manifest ({exc})") from None
+    manifest = read_json(mpath, "prepared-dataset manifest")
+    if "classes" not in manifest:
+        raise FerError(f"{mpath}: not a valid prepared-dataset manifest (no classes)")
     raw = dpath.read_bytes()
     if verify:
         import hashlib

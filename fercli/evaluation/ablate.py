@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +33,17 @@ from typing import Any
 
 from fercli import paper
 from fercli.errors import FerError
-from fercli.files import atomic_write_many, json_bytes
+from fercli.files import atomic_write_many, json_bytes, read_json
 
-PRESETS = ("fast", "paper")
-# The fast preset trades the paper's 200 epochs at batch 16 for a ladder that finishes: batch
-# 64, lr 3e-4 (Adam's usual 1e-3 scaled down so the pretrained and bilinear rows fine-tune
-# stably; the same for every row, so rows differ only in what the ladder varies), cosine
-# decay over 10 epochs.
-FAST_PRESET = {"batch_size": 64, "lr": 3e-4, "epochs": 10, "schedule": "cosine"}
+# What each row of the ladder sets itself; a --preset (fercli.train.config) gives the rest.
+LADDER_KEYS = ("dataset", "model", "shared_backbone", "pretrained", "init_from", "optimizer")
 SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
 WEIGHTS_UNAVAILABLE = "weights unavailable"
 # Settings a cached run must share with this ablation to be reused.
 _MATCH_KEYS = ("model", "optimizer", "epochs", "batch_size", "lr", "weight_decay", "schedule", "pretrained",
                "shared_backbone", "image_size", "augment", "seed", "fold", "train_subset", "gc_conv_only",
-               "init_from")
+               "init_from", "label_smoothing", "ema", "warmup_epochs", "random_erasing", "mixup", "cutmix",
+               "scale_aug", "no_decay_bn_bias")
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ class AblateConfig:
     epochs: int | None = None
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
-    preset: str = "fast"
+    preset: str = "short"  # a name of fercli.train.config.PRESETS
     out: str | None = None
     folds_limit: int | None = None
     train_subset: int | None = None
@@ -100,18 +96,6 @@ class AblateConfig:
     jobs: int = 1  # runs trained at once, each its own process (fercli.train.jobs); not identity
     devices: tuple[str, ...] | None = None  # spread concurrent runs: ("cuda:0", "cuda:1")
     init_from: str | None = "default"  # CK+: source of the FER2013-pretrained rung; None skips it
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
-    except ValueError:
-        raise FerError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise FerError("--seeds needs at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise FerError(f"--seeds {text!r} repeats a seed")
-    return seeds
 
 
 @dataclass(frozen=True)
@@ -131,10 +115,7 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
     out = []
     for r in refs:
         path = resolve_dataset(r)
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise FerError(f"{path}: not a prepared dataset ({MANIFEST_FILE}: {exc})") from None
+        manifest = read_json(path / MANIFEST_FILE, "prepared-dataset manifest")
         name = str(manifest.get("name", ""))
         splits = set(manifest.get("counts", {}).keys())
         kfold = "train" not in splits
@@ -148,30 +129,39 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
 
 
 def _optimizer(ds: _Dataset, gc: bool) -> str:
-    base = "adam" if ds.kfold else "adamw"  # the paper: Adam on CK+, AdamW on FER2013
-    return base + ("-gc" if gc else "")
+    from fercli.train.optim import paper_optimizer
+
+    return paper_optimizer(ds.key).removesuffix("-gc") + ("-gc" if gc else "")
 
 
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
-    from fercli.train.config import PAPER_PRESET, make_train_config
+    from fercli.train.config import make_train_config
 
-    base = dict(PAPER_PRESET) if cfg.preset == "paper" else dict(FAST_PRESET)
+    base = _recipe(cfg)
     base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
     base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
                 train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
                 threads=cfg.threads)
-    for k in ("epochs", "batch_size", "lr"):
-        if getattr(cfg, k) is not None:
-            base[k] = getattr(cfg, k)
     return make_train_config(None, **base)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _recipe(cfg: AblateConfig) -> dict[str, Any]:
+    """The training settings every run shares: the preset's, less what each row sets itself,
+    with --epochs/--batch-size/--lr over them."""
+    from fercli.train.config import preset_values
+
+    recipe = {k: v for k, v in preset_values(cfg.preset).items() if k not in LADDER_KEYS}
+    recipe.update((k, getattr(cfg, k)) for k in ("epochs", "batch_size", "lr") if getattr(cfg, k) is not None)
+    return recipe
+
+
+def _cached_record(path: Path) -> dict[str, Any] | None:
+    """A cached run's JSON record, or None when it is missing or unreadable: the cache then
+    misses and the run is retrained or re-evaluated."""
     try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
+        return read_json(path)
+    except FerError:
         return None
 
 
@@ -180,7 +170,7 @@ def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     or None when its config, dataset sha256 and code version all agree."""
     from fercli.provenance import code_version
 
-    info = _read_json(run_dir / "config.json")
+    info = _cached_record(run_dir / "config.json")
     if not info or not isinstance(info.get("config"), dict):
         return "it has no readable config.json"
     saved = info["config"]
@@ -229,7 +219,7 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = _read_json(run_dir / "metrics.json") if status == "cached" else None
+    metrics = _cached_record(run_dir / "metrics.json") if status == "cached" else None
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
@@ -286,8 +276,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     from fercli.model.networks import resolve_pretrained_weights
 
     emit = on_event or (lambda kind, info: None)
-    if cfg.preset not in PRESETS:
-        raise FerError(f"--preset {cfg.preset!r} is not one of: {', '.join(PRESETS)}")
+    _recipe(cfg)  # an unknown --preset fails here, before any run
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
         raise FerError(f"--folds-limit must be ≥ 1, got {cfg.folds_limit}")
     if not cfg.seeds:
@@ -377,12 +366,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
                                  else f"all {ds.num_folds} folds")} if ds.kfold else None),
             "rows": rows,
         })
-    from fercli.train.config import PAPER_PRESET
-
-    preset = dict(FAST_PRESET if cfg.preset == "fast" else PAPER_PRESET)
-    for k in ("epochs", "batch_size", "lr"):
-        if getattr(cfg, k) is not None:
-            preset[k] = getattr(cfg, k)
+    preset = _recipe(cfg)
     result = {
         "out": str(root),
         "preset": cfg.preset,

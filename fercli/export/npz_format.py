@@ -39,7 +39,7 @@ from torch import nn
 
 from fercli import __version__
 from fercli.errors import FerError
-from fercli.files import atomic_write_many, json_bytes
+from fercli.files import atomic_write_many, json_bytes, read_json
 from fercli.provenance import code_version
 
 EXPORT_FORMAT = "fercli-export-v1"
@@ -70,14 +70,6 @@ def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
         raise FerError(f"{src} does not exist (give a run directory or a checkpoint .pt file)")
     run_dir = src.parent if (src.parent / "config.json").is_file() else None
     return src, run_dir
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
 
 
 def train_command(config: dict[str, Any]) -> str:
@@ -148,8 +140,8 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = load_checkpoint(ck_path)
     model = model_from_checkpoint(ckpt, ck_path)  # proves the weights fit the spec before export
     config = ckpt.get("config") or {}
-    run_info = _read_json(run_dir / "config.json") if run_dir else None
-    metrics = _read_json(run_dir / "metrics.json") if run_dir else None
+    run_info = _run_record(run_dir, "config.json", "run config")
+    metrics = _run_record(run_dir, "metrics.json", "metrics record")
     test_acc = None
     if metrics and isinstance(metrics.get("accuracy"), (int, float)):
         test_acc = {"split": metrics.get("split"), "accuracy": float(metrics["accuracy"]),
@@ -159,8 +151,8 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
         "format": EXPORT_FORMAT,
         "model_spec": dict(ckpt["model_spec"]),
         "classes": list(ckpt["classes"]),
-        "image_size": int(ckpt["model_spec"].get("image_size", 48)),
-        "input": _input_text(int(ckpt["model_spec"].get("image_size", 48))),
+        "image_size": int(ckpt["model_spec"]["image_size"]),  # model_from_checkpoint checked the spec
+        "input": _input_text(int(ckpt["model_spec"]["image_size"])),
         "dtype": dtype,
         "kept_float32": [],
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
@@ -278,11 +270,21 @@ def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any
     return write_archive(arrays, meta, out_path, max_shard_mb)
 
 
+def _run_record(run_dir: Path | None, name: str, what: str) -> dict[str, Any] | None:
+    """A run directory's JSON record, or None when there is no run directory or no such file
+    (a checkpoint without `fer evaluate` metrics); an unreadable one is an error naming it."""
+    if run_dir is None or not (run_dir / name).is_file():
+        return None
+    return read_json(run_dir / name, what)
+
+
 def _input_text(image_size: int) -> str:
-    """What the model expects, from its own spec: 48×48 face crops (the FER2013 format, the
+    """What the model expects, from its own spec: FACE_SIZE face crops (the FER2013 format, the
     same crop as in training), which the model itself resizes to its input size."""
-    resize = "" if image_size == 48 else f"; the model resizes it to {image_size}x{image_size} itself"
-    return f"greyscale face crop, uint8, 48x48 (INTER_AREA) as in training{resize}"
+    from fercli.vision.faces import FACE_SIZE
+
+    resize = "" if image_size == FACE_SIZE else f"; the model resizes it to {image_size}x{image_size} itself"
+    return f"greyscale face crop, uint8, {FACE_SIZE}x{FACE_SIZE} (INTER_AREA) as in training{resize}"
 
 
 # --------------------------------------------------------------------------- load
@@ -295,7 +297,7 @@ def exported_exists(path: Path | str) -> bool:
 
 
 def _read_shards(index_path: Path) -> bytes:
-    index = _read_json(index_path)
+    index = read_json(index_path, "fercli shard index")
     if not index or not isinstance(index.get("parts"), list) or "sha256" not in index:
         raise FerError(f"{index_path}: not a fercli shard index (expected parts and sha256)")
     chunks = []

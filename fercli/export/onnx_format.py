@@ -133,7 +133,7 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any], dtype: str = "float16") -
     props = {
         "fercli_format": ONNX_FORMAT,
         "classes": json.dumps(classes),
-        "image_size": str(int(meta.get("image_size") or (meta.get("model_spec") or {}).get("image_size", 48))),
+        "image_size": str(int(meta.get("image_size") or (meta.get("model_spec") or {}).get("image_size", FACE_SIZE))),
         "input_size": str(FACE_SIZE),
         "input": f"{INPUT_NAME}: uint8 (N, 1, {FACE_SIZE}, {FACE_SIZE}) greyscale face crops "
                  "(INTER_AREA, as in training); preprocessing is inside the graph",

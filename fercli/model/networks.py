@@ -43,7 +43,9 @@ RESNET34_WEIGHTS_FILE = "resnet34-b627a593.pth"
 RESNET34_WEIGHTS_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
 
 TRUNK_CHANNELS = 512  # channels of ResNet34's last stage (layer4)
-MIN_IMAGE_SIZE = 16
+# ResNet34 downsamples 32x (stride-2 stem, max-pool, three stride-2 stages): from 32 px the last
+# feature map is at least 1x1 pixel of real input; below it the deeper stages only see padding.
+MIN_IMAGE_SIZE = 32
 
 SPEC_KEYS = ("name", "num_classes", "image_size", "shared_backbone")
 
@@ -301,12 +303,20 @@ def _check_int(what: str, value: Any, minimum: int) -> int:
     return value
 
 
+def check_image_size(image_size: int) -> int:
+    """The network input size (--image-size, a model spec's image_size): an integer >= MIN_IMAGE_SIZE."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise FerError(f"--image-size must be an integer ≥ {MIN_IMAGE_SIZE} (ResNet34 downsamples 32×), "
+                       f"got {image_size!r}")
+    return image_size
+
+
 def _architecture(name: str, num_classes: int, image_size: int, shared_backbone: bool) -> nn.Module:
     """Build the bare architecture (random init) and attach its spec."""
     if name not in MODELS:
         raise FerError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     _check_int("num_classes", num_classes, 1)
-    _check_int("image size", image_size, MIN_IMAGE_SIZE)
+    check_image_size(image_size)
     if not isinstance(shared_backbone, bool):
         raise FerError(f"shared_backbone must be true or false, got {shared_backbone!r}")
     model = MODELS[name](num_classes, image_size, shared_backbone)
@@ -475,7 +485,7 @@ def init_trunks_from(model: nn.Module, source: nn.Module, what: str = "--init-fr
 
     if dst_spec.get("name") != src_spec.get("name"):
         raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: "
-                       f"use --model {src_spec.get('name')}")
+                       f"use --arch {src_spec.get('name')}")
     if bool(dst_spec.get("shared_backbone")) != bool(src_spec.get("shared_backbone")):
         fix = "pass --shared-backbone" if src_spec.get("shared_backbone") else "drop --shared-backbone"
         raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: {fix}")

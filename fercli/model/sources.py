@@ -13,8 +13,6 @@ allow_pickle=False. Every failure is a one-line FerError naming the file.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from fercli.errors import FerError
+from fercli.files import read_json, sha256_file
 
 DEFAULT_REF = "default"
 
@@ -84,31 +83,15 @@ def resolve_ref(ref: str | Path) -> Path:
     return Path(ref).expanduser()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-
-
 def load_exported_source(path: Path) -> ModelSource:
     from fercli.export.npz_format import INDEX_SUFFIX, load_exported
 
     model, info = load_exported(path)
     npz = Path(str(path)[: -len(INDEX_SUFFIX)]) if path.name.endswith(INDEX_SUFFIX) else path
     if npz.is_file():
-        sha = _sha256_file(npz)
+        sha = sha256_file(npz)
     else:  # shards: load_exported has checked the reassembled bytes against the index's sha256
-        sha = str(_read_json(Path(f"{npz}{INDEX_SUFFIX}")).get("sha256"))
+        sha = str(read_json(Path(f"{npz}{INDEX_SUFFIX}"), "shard index").get("sha256"))
     meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
     return ModelSource(model=model, classes=list(info["classes"]), kind="exported", path=npz, sha256=sha,
                        train_config=dict(meta.get("train_config") or {}),
@@ -122,10 +105,11 @@ def load_checkpoint_source(path: Path) -> ModelSource:
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval()
-    run_info = _read_json(path.parent / "config.json")
+    config_json = path.parent / "config.json"  # beside a run's checkpoints; a bare .pt has none
+    run_info = read_json(config_json, "run config") if config_json.is_file() else {}
     best = ckpt.get("best") or {}
     return ModelSource(model=model, classes=list(ckpt["classes"]), kind="checkpoint", path=path,
-                       sha256=_sha256_file(path), train_config=dict(ckpt.get("config") or {}),
+                       sha256=sha256_file(path), train_config=dict(ckpt.get("config") or {}),
                        dataset_name=ckpt.get("dataset_name"), dataset_sha256=ckpt.get("dataset_sha256"),
                        code_version=ckpt.get("code_version") or run_info.get("code_version"),
                        device=run_info.get("device"), best_epoch=best.get("epoch"),

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fercli import paper
 from fercli.device import DEVICES
 from fercli.errors import FerError
 
@@ -65,16 +66,19 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "constant", "onecycle")
-PRESETS = ("paper", "fer2013-scratch", "ckplus-transfer")
 
 # §3.2 of the paper: batch 16, lr 1e-4, 200 epochs, ImageNet-pretrained, AdamW-GC on
 # FER2013 / Adam-GC on CK+ (the optimizer is resolved per dataset by "auto"). The paper
 # names no schedule, so the preset keeps the learning rate constant.
-PAPER_PRESET = {"batch_size": 16, "lr": 1e-4, "epochs": 200, "pretrained": True,
-                "optimizer": "auto", "schedule": "constant"}
-# The best from-scratch FER2013 recipe measured so far (docs/results.md), chosen on PublicTest:
-# H200, 2026-11-27. 25 epochs (127 s, eager): PublicTest 62.72%; 64 epochs (96 s, graphed
-# step): PublicTest 64.50% → 64 epochs (PrivateTest, read once afterwards: 66.23%). A starting
+PAPER_PRESET = {"batch_size": paper.HYPERPARAMETERS["batch_size"], "lr": paper.HYPERPARAMETERS["learning_rate"],
+                "epochs": paper.HYPERPARAMETERS["epochs"], "pretrained": True, "optimizer": "auto",
+                "schedule": "constant"}
+# A short schedule for a ladder that finishes (`fer ablate`'s default): batch 64, lr 3e-4
+# (Adam's usual 1e-3 scaled down so the pretrained and bilinear rows fine-tune stably; the same
+# for every row, so rows differ only in what the ladder varies), cosine decay over 10 epochs.
+SHORT_PRESET = {"batch_size": 64, "lr": 3e-4, "epochs": 10, "schedule": "cosine"}
+# The best from-scratch FER2013 recipe measured (docs/results.md), chosen on PublicTest only
+# (PublicTest 64.50 % at 64 epochs; PrivateTest, read once afterwards: 66.23 %). A starting
 # point for the PublicTest-only recipe search, not a tuned optimum.
 FER2013_SCRATCH_PRESET = {"model": "bcnn-resnet34", "shared_backbone": True, "pretrained": False,
                           "optimizer": "adamw-gc", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 128,
@@ -87,17 +91,28 @@ CKPLUS_TRANSFER_PRESET = {"dataset": "ck+", "model": "bcnn-resnet34", "shared_ba
                           "pretrained": False, "init_from": "default", "optimizer": "adam-gc", "lr": 3e-4,
                           "weight_decay": 1e-4, "batch_size": 32, "epochs": 16, "schedule": "cosine",
                           "image_size": 48, "label_smoothing": 0.1, "ema": 0.99}
-PRESET_VALUES = {"paper": PAPER_PRESET, "fer2013-scratch": FER2013_SCRATCH_PRESET,
-                 "ckplus-transfer": CKPLUS_TRANSFER_PRESET}
+# `--preset NAME` in `fer train` and `fer ablate` (which keeps each row's own architecture,
+# optimizer and starting weights: fercli.evaluation.ablate).
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "paper": PAPER_PRESET, "short": SHORT_PRESET,
+    "fer2013-scratch": FER2013_SCRATCH_PRESET, "ckplus-transfer": CKPLUS_TRANSFER_PRESET,
+}
+PRESETS = tuple(PRESET_VALUES)
+DEPRECATED_PRESETS = {"fast": "short"}  # old name -> name; the CLI warns when one is used
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The TrainConfig fields that preset `name` sets (a copy)."""
+    if name not in PRESET_VALUES:
+        raise FerError(f"--preset {name!r} is not one of: {', '.join(PRESETS)}")
+    return dict(PRESET_VALUES[name])
 
 
 def make_train_config(preset: str | None = None, **explicit: Any) -> TrainConfig:
     """TrainConfig from a preset plus explicitly given options (explicit ones win)."""
     values: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise FerError(f"--preset {preset!r} is not one of: {', '.join(PRESETS)}")
-        values.update(PRESET_VALUES[preset])
+        values.update(preset_values(preset))
     values.update({k: v for k, v in explicit.items() if v is not None})
     if values.get("init_from") and explicit.get("pretrained") is None and not explicit.get("weights"):
         values["pretrained"] = False  # --init-from replaces ImageNet weights unless both are asked for
@@ -114,22 +129,26 @@ def training_label(config: dict[str, Any]) -> str:
 
 
 def resolve_optimizer(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
+    """optimizer "auto" -> the paper's optimizer for this dataset (fercli.train.optim)."""
     if cfg.optimizer != "auto":
         return cfg
-    is_ck = dataset_name.lower().startswith("ck")
-    return dataclasses.replace(cfg, optimizer="adam-gc" if is_ck else "adamw-gc")
+    from fercli.train.optim import paper_optimizer
+
+    return dataclasses.replace(cfg, optimizer=paper_optimizer(dataset_name))
+
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    from fercli.model.networks import MODEL_NAMES
+    from fercli.model.networks import MODEL_NAMES, check_image_size
     from fercli.train.optim import OPTIMIZER_NAMES
 
     def allowed(field: str, value: Any, names: tuple[str, ...]) -> None:
         if value not in names:
             raise FerError(f"--{field} {value!r} is not one of: {', '.join(names)}")
 
-    allowed("model", cfg.model, tuple(MODEL_NAMES))
+    allowed("arch", cfg.model, tuple(MODEL_NAMES))
     allowed("optimizer", cfg.optimizer, ("auto", *OPTIMIZER_NAMES))
     allowed("schedule", cfg.schedule, SCHEDULES)
     allowed("precision", cfg.precision, PRECISIONS)
@@ -164,8 +183,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError("--init-from starts the trunks from a FER2013 model; it cannot be combined with "
                        "ImageNet weights (--pretrained/--weights)")
     checkpoint_cadence(cfg.checkpoint_every)
-    if cfg.image_size < 32:
-        raise FerError(f"--image-size must be ≥ 32 (ResNet34 downsamples 32×), got {cfg.image_size}")
+    check_image_size(cfg.image_size)
 
 
 def checkpoint_cadence(spec: str) -> tuple[int | None, float | None]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fercli.errors import FerError
+from fercli.files import read_json
 from fercli.train.config import TrainConfig
 
 # ("job_start", {"name", "pid", "device", "mode"}), ("job_end", JobResult as dict)
@@ -149,10 +150,10 @@ def run_configs(cfgs: list[TrainConfig], *, jobs: int = 1, devices: tuple[str, .
                 images = 0
                 if rc == 0:
                     try:
-                        s = json.loads((out / SUMMARY).read_text())
+                        s = read_json(out / SUMMARY, "run summary")
                         images = int(round(s["images_per_second"] * s["seconds"]))
-                    except (OSError, ValueError, KeyError):
-                        pass
+                    except (FerError, KeyError, TypeError):
+                        pass  # the run finished; only its image count (for img/s) is unknown
                 status = "done" if rc == 0 else ("killed" if rc < 0 else "failed")
                 err = None if rc == 0 else (_last_line(log) or (f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"))
                 results[i] = JobResult(name, str(out), status, mode, device, rc,
@@ -177,15 +178,17 @@ def run_configs(cfgs: list[TrainConfig], *, jobs: int = 1, devices: tuple[str, .
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    """--seeds "0,1,2" → (0, 1, 2); None when not given."""
-    if not text:
+    """--seeds "0,1,2" -> (0, 1, 2) (`fer train`, `fer ablate`); None when the option is not given."""
+    if text is None:
         return None
     try:
         seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
     except ValueError:
         raise FerError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise FerError(f"--seeds {text!r} must list distinct integers")
+    if not seeds:
+        raise FerError("--seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise FerError(f"--seeds {text!r} repeats a seed")
     return seeds
 
 
@@ -231,7 +234,7 @@ def _child(spec_path: str) -> int:
     from fercli.train.runs import train
 
     try:
-        cfg = TrainConfig(**json.loads(Path(spec_path).read_text()))
+        cfg = TrainConfig(**read_json(spec_path, "job config"))
         train(cfg)
     except FerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import time
@@ -28,7 +27,7 @@ from fercli.data.prepared import PreparedDataset, load_prepared
 from fercli.data.resident import epoch_generator, plan_splits, to_device
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.files import atomic_write_json, atomic_write_text
+from fercli.files import atomic_write_json, atomic_write_text, read_json
 from fercli.model.checkpoints import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -272,7 +271,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     if cfg.resume and (run_dir / "config.json").is_file():
         # Keep the first config.json (its start time, device and commit are the run's
         # origin); each resume appends an event instead of overwriting them.
-        first = read_json(run_dir / "config.json")
+        first = read_json(run_dir / "config.json", "run config")
         first.setdefault("resumes", []).append(
             {"time": run_info["started"], "from_epoch": start_epoch,
              "code_version": run_info["code_version"], "device": run_info["device"]})
@@ -458,8 +457,3 @@ def _finish(cfg: TrainConfig, run_dir: Path, history: list[dict[str, Any]], best
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
     atomic_write_json(run_dir / "train_summary.json", summary)
     return result
-
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
