@@ -19,10 +19,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _lazy_exports(tree: ast.Module) -> set[ast.AST]:
+    """The nodes inside a package __init__'s module-level `def __getattr__` (PEP 562): it
+    runs only when an attribute is first looked up, after the package has finished
+    initialising, so what it imports cannot form a circle with the package. (fercli's
+    __init__ serves the Python API this way, `fercli.Recognizer`, without importing torch.)"""
+    return {n for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+            for n in ast.walk(f)}
+
+
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The fercli modules `path` imports (a package's __init__ counts as the package)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    lazy = _lazy_exports(tree) if path.name == "__init__.py" else set()
+    for node in ast.walk(tree):
+        if node in lazy:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             base = node.module
             for alias in node.names:

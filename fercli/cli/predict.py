@@ -167,6 +167,8 @@ def _predict_video(cfg, json_out: bool) -> None:  # type: ignore[no-untyped-def]
         err.print(f"{result.source}: no face found in {result.frames_analysed} analysed frame(s)", highlight=False)
     if result.csv:
         err.print(f"wrote {result.csv}", highlight=False)
+    if result.plot:
+        err.print(f"wrote emotions-over-time chart {result.plot}", highlight=False)
     if result.annotated:
         err.print(f"wrote annotated video {result.annotated}", highlight=False)
 
@@ -191,7 +193,8 @@ def predict(
     smooth: Optional[float] = typer.Option(None, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none or flip (average with the mirrored face)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list on stdout (nothing else there)."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file (the table fercli's Python API returns: path, face, x, y, w, h, label, probability, p_<class>..., error; a video: one row per face per analysed frame, with frame, time_s and track)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Video/camera: write an emotions-over-time chart (PNG: each class's probability, averaged over the faces in each analysed frame) to this file."),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels drawn into this folder (inputs are never modified)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     margin: float = typer.Option(0.2, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side)."),
@@ -224,11 +227,15 @@ def predict(
             source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
             model=model, backend=backend, precision=precision, detector=detector, tta=tta, device=device,
             margin=margin, every=every, max_frames=max_frames, smooth=smooth,
-            annotate=str(annotate) if annotate else None, csv=str(csv_out) if csv_out else None)
+            annotate=str(annotate) if annotate else None, csv=str(csv_out) if csv_out else None,
+            plot=str(plot) if plot else None)
         _predict_video(vcfg, json_out)
         return
     if not inputs:
         raise FerError("give at least one image, folder or video, or --camera N")
+    if plot is not None:
+        raise FerError(f"--plot {plot}: the emotions-over-time chart is for a video or --camera; "
+                       "these inputs are images")
     cfg = core.PredictConfig(
         inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta, device=device,
         margin=margin, batch_size=batch_size, annotate=str(annotate) if annotate else None,

@@ -1,4 +1,5 @@
-"""PNG figures: the loss curve (paper Fig. 10) and the confusion matrix (Fig. 9).
+"""PNG figures: the loss curve (paper Fig. 10), the confusion matrix (Fig. 9), and the
+emotions-over-time chart of a video (`fer predict clip.mp4 --plot`, fercli.plot_emotions).
 
 matplotlib with the Agg backend, written atomically. Imported lazily by callers because
 matplotlib costs ~0.5 s to import.
@@ -64,3 +65,34 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     with atomic_save(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def plot_emotions(timeline: Any, path: str | Path, *, title: str | None = None) -> Path:
+    """Emotions over time: one line per class, the probability averaged over the faces
+    (tracks) seen at each analysed frame, against time_s. `timeline` is the DataFrame of
+    Recognizer.predict_video / `fer predict clip.mp4 --csv` (columns time_s and p_<class>).
+    A timeline without faces gives a chart that says so. Written atomically."""
+    from fercli.errors import FerError
+
+    cols = [c for c in getattr(timeline, "columns", []) if str(c).startswith("p_")]
+    if "time_s" not in getattr(timeline, "columns", []) or not cols:
+        raise FerError("plot_emotions needs a video timeline (columns time_s and p_<class>), "
+                       "as Recognizer.predict_video returns")
+    path = Path(path)
+    mean = timeline.groupby("time_s")[cols].mean().sort_index()  # (frames, classes)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for c in cols:
+        ax.plot(mean.index, mean[c], label=c[2:], marker="." if len(mean) < 30 else None)
+    if len(mean) == 0:
+        ax.text(0.5, 0.5, "no face found", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    ax.set_title(title or "emotions over time")
+    fig.tight_layout()
+    with atomic_save(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

@@ -1,10 +1,11 @@
 """`fer predict`: find every face in photos and classify its expression.
 
-Per image: decode with the decoder `fer prepare` uses (fercli.vision.images: size checked from the
-header, EXIF orientation, transparency on white, any mode → 8-bit grey), find faces with
-OpenCV's Haar cascade and crop each with a margin (fercli.vision.faces: square, border-replicated at
-the image edge, resized to 48×48) — the same code that made the training data — and classify
-all faces of all images in batches through engine.predict_logits.
+Built on fercli.infer.recognizer.Recognizer, the one inference path (also the Python API's
+and `fer serve`'s). Per image: decode with the decoder `fer prepare` uses (fercli.vision.images:
+size checked from the header, EXIF orientation, transparency on white, any mode → 8-bit grey),
+find faces (YuNet or Haar) and crop each with a margin (fercli.vision.faces: square,
+border-replicated at the image edge, resized to 48×48) — the same code that made the training
+data — then classify all faces of all images in batches of --batch-size.
 
 Nothing here imports Typer or Rich: `run_predict` returns frozen dataclasses, the CLI
 renders them. A file that cannot be read is reported in its ImageResult (error) and the
@@ -13,15 +14,12 @@ rest still run; the CLI exits 1 if any failed.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -44,52 +42,41 @@ from fercli.infer.classifier import (  # noqa: F401  (re-exported: fer predict's
     resolve_model,
 )
 from fercli.infer.config import PredictConfig
-from fercli.vision.faces import (
-    FACE_SIZE,
-    YUNET_MAX_SIDE,
-    Box,
-    crop_face,
-    resize_face,
-    resolve_detector,
-    yunet_faces,
+from fercli.infer.recognizer import (  # noqa: F401  (re-exported: the grey-level steps)
+    DETECT_MAX_SIDE,
+    DETECTORS,
+    MIN_FACE_FRACTION,
+    MIN_FACE_PX,
+    Face,
+    Recognizer,
+    detect_faces,
+    find_faces,
+    to_grey,
+    validate,
 )
-from fercli.vision.faces import detect_faces as haar_faces
-from fercli.vision.images import IMAGE_EXTENSIONS, BadImage, decode_bgr, load_grey, read_image_file
+from fercli.vision.faces import FACE_SIZE
+from fercli.vision.images import IMAGE_EXTENSIONS, BadImage, decode_bgr, read_image_file
 
-DETECTORS = ("auto", "haar", "yunet", "none")
-DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
-MIN_FACE_PX = 30
-MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
+if TYPE_CHECKING:
+    import pandas as pd
 
 ProgressFn = Callable[[str, int, int], None]
+FaceResult = Face  # one face of an ImageResult: the API's Face
 
 
 # --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
-class FaceResult:
-    box: tuple[int, int, int, int]  # x, y, w, h in the (EXIF-rotated) image
-    label: str
-    probs: dict[str, float]
-
-    @property
-    def confidence(self) -> float:
-        return self.probs[self.label]
-
-
-@dataclass(frozen=True)
 class ImageResult:
     path: str
-    faces: tuple[FaceResult, ...] = ()
+    faces: tuple[Face, ...] = ()
     error: str | None = None
     size: tuple[int, int] | None = None  # width, height
     annotated: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path,
-                "faces": [{"box": list(f.box), "label": f.label, "probs": dict(f.probs)} for f in self.faces],
-                "error": self.error}
+        return {"path": self.path, "faces": [f.to_dict() for f in self.faces], "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -109,29 +96,6 @@ class PredictResult:
     @property
     def num_faces(self) -> int:
         return sum(len(r.faces) for r in self.images)
-
-
-# --------------------------------------------------------------------------- faces
-
-
-def detect_faces(grey: np.ndarray, detector: str = "haar") -> list[Box]:
-    """Every face (x, y, w, h) in a greyscale photo, left to right (`detector` haar | yunet)."""
-    if detector == "yunet":
-        boxes = yunet_faces(grey, max_side=YUNET_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
-    else:
-        boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
-    return sorted(boxes, key=lambda b: (b[0], b[1]))
-
-
-def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:
-    """(boxes, 48×48 crops) of one photo: --detector haar|yunet crops every face found with
-    `margin`; --detector none takes the whole (already cropped) image as one face, resized
-    exactly as `fer prepare` resizes a dataset image. (`auto` is resolved before this.)"""
-    if detector == "none":
-        h, w = grey.shape[:2]
-        return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
-    boxes = detect_faces(grey, detector)
-    return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -225,7 +189,7 @@ def _same_file(a: Path, b: Path) -> bool:
 # --------------------------------------------------------------------------- annotate
 
 
-def _annotate(bgr: np.ndarray, faces: tuple[FaceResult, ...]) -> np.ndarray:
+def _annotate(bgr: np.ndarray, faces: tuple[Face, ...]) -> np.ndarray:
     img = bgr.copy()
     h, w = img.shape[:2]
     thick = max(1, round(min(h, w) / 250))
@@ -253,22 +217,42 @@ def _write_image(path: Path, bgr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-# --------------------------------------------------------------------------- CSV
+# --------------------------------------------------------------------------- tables
 
 
-def csv_text(images: tuple[ImageResult, ...] | list[ImageResult], classes: tuple[str, ...]) -> str:
-    """One row per face; an image without faces (or that failed) gets one row with its note."""
-    buf = io.StringIO()
-    wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["path", "face", "x", "y", "w", "h", "label", "probability", *[f"p_{c}" for c in classes], "error"])
+def results_frame(images: tuple[ImageResult, ...] | list[ImageResult], classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per face: path, face (index in its image), x, y, w, h, label, probability (of
+    the label), p_<class> for every class, error. An image without faces (or that failed)
+    gets one row with empty face columns and its note in `error`. What `fer predict --csv`
+    writes and `Recognizer.predict_folder` returns."""
+    import pandas as pd
+
+    prob_cols = [f"p_{c}" for c in classes]
+    rows: list[dict[str, Any]] = []
     for r in images:
         if r.error is not None or not r.faces:
-            wr.writerow([r.path, "", "", "", "", "", "", "", *[""] * len(classes), r.error or "no face detected"])
+            rows.append({"path": r.path, "error": r.error or "no face detected"})
             continue
         for i, f in enumerate(r.faces):
-            wr.writerow([r.path, i, *f.box, f.label, f"{f.confidence:.6f}",
-                         *[f"{f.probs[c]:.6f}" for c in classes], ""])
-    return buf.getvalue()
+            x, y, w, h = f.box
+            rows.append({"path": r.path, "face": i, "x": x, "y": y, "w": w, "h": h, "label": f.label,
+                         "probability": f.confidence, **{f"p_{c}": f.probs[c] for c in classes},
+                         "error": None})
+    cols = ["path", "face", "x", "y", "w", "h", "label", "probability", *prob_cols, "error"]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("face", "x", "y", "w", "h"):
+        df[c] = df[c].astype("Int64")
+    for c in ("probability", *prob_cols):
+        df[c] = df[c].astype("float64")
+    return df
+
+
+def frame_csv(df: pd.DataFrame) -> str:
+    """A results/timeline DataFrame as CSV text: probabilities to 6 decimals, time_s to
+    milliseconds, empty cells blank."""
+    if "time_s" in df.columns:
+        df = df.assign(time_s=df["time_s"].map("{:.3f}".format))
+    return str(df.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
 
 
 # --------------------------------------------------------------------------- main entry
@@ -279,37 +263,8 @@ def runner_info(classifier: Classifier) -> dict[str, Any]:
     return {"backend": d.pop("backend", "torch"), **d}
 
 
-def validate(cfg: PredictConfig) -> None:
-    from fercli.train.engine import TTA_MODES
-
-    if cfg.backend not in BACKENDS:
-        raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")
-    if cfg.precision not in PRECISIONS:
-        raise FerError(f"--precision {cfg.precision!r} is not one of: {', '.join(PRECISIONS)}")
-    if cfg.precision == "int8" and cfg.backend == "torch":
-        raise FerError("--precision int8 runs on onnxruntime: use --backend onnx or auto, not torch")
-    if cfg.detector not in DETECTORS:
-        raise FerError(f"--detector {cfg.detector!r} is not one of: {', '.join(DETECTORS)}")
-    if cfg.tta not in TTA_MODES:
-        raise FerError(f"--tta {cfg.tta!r} is not one of: {', '.join(TTA_MODES)}")
-    if not (math.isfinite(cfg.margin) and 0 <= cfg.margin <= 2):
-        raise FerError(f"--margin must be between 0 and 2, got {cfg.margin}")
-    if cfg.batch_size < 1:
-        raise FerError(f"--batch-size must be ≥ 1, got {cfg.batch_size}")
-
-
-def run_predict(
-    cfg: PredictConfig,
-    *,
-    classifier: FaceClassifier | None = None,
-    on_progress: ProgressFn | None = None,
-) -> PredictResult:
-    """Detect and classify every face in cfg.inputs; write --csv / --annotate if asked."""
-    from fercli.device import device_name
-
-    t0 = time.perf_counter()
-    validate(cfg)
-    progress = on_progress or (lambda stage, done, total: None)
+def _check_outputs(cfg: PredictConfig) -> tuple[list[_Input], Path | None, list[Path] | None]:
+    """The inputs, and --annotate / --csv targets that cannot overwrite any of them."""
     annotate_dir = Path(cfg.annotate).expanduser() if cfg.annotate else None
     if annotate_dir is not None and annotate_dir.exists() and not annotate_dir.is_dir():
         raise FerError(f"--annotate {annotate_dir} is a file; give a folder for the annotated copies")
@@ -319,66 +274,82 @@ def run_predict(
         csv_path = Path(cfg.csv).expanduser()
         if any(_same_file(csv_path, it.path) or csv_path.resolve() == it.path.resolve() for it in items):
             raise FerError(f"--csv {csv_path} is one of the input images; choose another file")
+    return items, annotate_dir, targets
 
-    detector = resolve_detector(cfg.detector)
-    if classifier is None:
-        classifier, info, why = make_classifier(cfg)
-    else:
-        info, why = ModelInfo(source="given", path="", description="in-memory model", classes=classifier.classes), "given"
-    classes = classifier.classes
 
-    # 1. decode, detect, crop (only crops and boxes are kept: memory stays small).
-    records: list[tuple[str, tuple[int, int] | None, list[tuple[int, int, int, int]], str | None]] = []
+def _detect_all(items: list[_Input], rec: Recognizer, progress: ProgressFn) -> tuple[list[ImageResult], list[list[Any]], list[np.ndarray]]:
+    """Decode, detect and crop every input (only boxes and crops are kept: memory stays
+    small). Returns an ImageResult without faces per input, its boxes, and all crops."""
+    records: list[ImageResult] = []
+    boxes_per: list[list[Any]] = []
     crops: list[np.ndarray] = []
     single_file = len(items) == 1 and items[0].root is None
     for n, it in enumerate(items):
         progress("detect", n, len(items))
         try:
-            grey = load_grey(it.path)
+            grey = to_grey(it.path)
         except BadImage as exc:
             if single_file:
                 raise FerError(f"{it.path}: {exc}", exit_code=1) from None
-            records.append((str(it.path), None, [], str(exc)))
+            records.append(ImageResult(path=str(it.path), error=str(exc)))
+            boxes_per.append([])
             continue
-        h, w = grey.shape
-        boxes, face_crops = find_faces(grey, detector, cfg.margin)
-        crops.extend(face_crops)
-        records.append((str(it.path), (w, h), boxes, None))
+        found = rec.find_faces(grey)
+        crops.extend(c for _, c in found)
+        boxes_per.append([b for b, _ in found])
+        records.append(ImageResult(path=str(it.path), size=(grey.shape[1], grey.shape[0])))
     progress("detect", len(items), len(items))
+    return records, boxes_per, crops
 
-    # 2. classify every face of every image, in batches.
+
+def _write_annotated(results: list[ImageResult], targets: list[Path], progress: ProgressFn) -> None:
+    """Annotated copies (each image re-decoded in colour, one at a time)."""
+    for n, (r, target) in enumerate(zip(results, targets, strict=True)):
+        progress("annotate", n, len(results))
+        if r.error is not None:
+            continue
+        try:
+            bgr = decode_bgr(read_image_file(r.path))
+        except BadImage:
+            continue
+        _write_image(target, _annotate(bgr, r.faces))
+        results[n] = ImageResult(path=r.path, faces=r.faces, error=r.error, size=r.size, annotated=str(target))
+
+
+def run_predict(
+    cfg: PredictConfig,
+    *,
+    classifier: FaceClassifier | None = None,
+    recognizer: Recognizer | None = None,
+    on_progress: ProgressFn | None = None,
+) -> PredictResult:
+    """Detect and classify every face in cfg.inputs; write --csv / --annotate if asked.
+
+    `recognizer` (its model and detection settings win over cfg's) or `classifier` (an
+    already-built model, cfg's detection settings) skip loading the model."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    progress = on_progress or (lambda stage, done, total: None)
+    items, annotate_dir, targets = _check_outputs(cfg)
+    rec = recognizer if recognizer is not None else Recognizer.from_config(cfg, classifier=classifier)
+
+    records, boxes_per, crops = _detect_all(items, rec, progress)
+    # Every face of every image, in batches of cfg.batch_size.
     progress("classify", 0, len(crops))
     faces_arr = np.stack(crops) if crops else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
-    probs = classifier.predict_proba(faces_arr, tta=cfg.tta, batch_size=cfg.batch_size)
+    probs = rec.classify(faces_arr, batch_size=cfg.batch_size)
     progress("classify", len(crops), len(crops))
 
     results: list[ImageResult] = []
     k = 0
-    for path, size, boxes, error in records:
-        faces = []
-        for b in boxes:
-            p = probs[k]
-            k += 1
-            faces.append(FaceResult(box=tuple(int(v) for v in b), label=classes[int(np.argmax(p))],
-                                    probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
-        results.append(ImageResult(path=path, faces=tuple(faces), error=error, size=size))
-
-    # 3. annotated copies (re-decoded one at a time), CSV.
+    for r, boxes in zip(records, boxes_per, strict=True):
+        faces = rec.faces(boxes, probs[k:k + len(boxes)])
+        k += len(boxes)
+        results.append(ImageResult(path=r.path, faces=tuple(faces), error=r.error, size=r.size))
     if targets is not None:
-        for n, (r, target) in enumerate(zip(results, targets, strict=True)):
-            progress("annotate", n, len(results))
-            if r.error is not None:
-                continue
-            try:
-                bgr = decode_bgr(read_image_file(r.path))
-            except BadImage:
-                continue
-            _write_image(target, _annotate(bgr, r.faces))
-            results[n] = ImageResult(path=r.path, faces=r.faces, error=r.error, size=r.size,
-                                     annotated=str(target))
+        _write_annotated(results, targets, progress)
     if cfg.csv is not None:
-        atomic_write_text(Path(cfg.csv).expanduser(), csv_text(results, classes))
-    return PredictResult(images=tuple(results), model=info, device=device_name(classifier.device),
-                         runner={**runner_info(classifier), "backend_reason": why, "detector": detector},
+        atomic_write_text(Path(cfg.csv).expanduser(), frame_csv(results_frame(results, rec.classes)))
+    return PredictResult(images=tuple(results), model=rec.model_info, device=rec.device, runner=rec.runner,
                          seconds=time.perf_counter() - t0,
                          csv=cfg.csv, annotate_dir=str(annotate_dir) if annotate_dir else None)

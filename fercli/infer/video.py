@@ -1,16 +1,16 @@
 """`fer predict clip.mp4` and `fer predict --camera 0`: faces and expressions over time.
 
-Per analysed frame (every `every`-th frame, up to `max_frames`): BGR -> grey (as
-fercli.vision.images does for photos), the same detector and crop as `fer predict` on photos
-(fercli.infer.predict.find_faces), one batch through the classifier (torch or onnxruntime,
-fercli.infer.predict.make_classifier). Faces are linked across frames by IoU (greedy, highest
-overlap first) into tracks; with `smooth` = alpha in (0, 1) each track's probabilities are an
+Per analysed frame (every `every`-th frame, up to `max_frames`): the BGR frame goes through
+the one inference path, fercli.infer.recognizer.Recognizer (the decoder's BGR -> grey, the
+same detector and crop as `fer predict` on photos, one batch through the classifier). Faces
+are linked across frames by IoU (greedy, highest overlap first) into tracks; with `smooth` = alpha in (0, 1) each track's probabilities are an
 exponential average p_t = alpha * p_frame + (1 - alpha) * p_{t-1}, so labels do not flicker.
 
 A file is read to its end and checked against the frame count in its header: a video that
 stops early (truncated) is an error, not a short result. The annotated video (every frame,
-drawn with the latest analysed boxes, same fps and size) and the CSV are written through
-temp files and renamed only when the whole clip succeeded. A camera runs until `stop` (Ctrl-C
+drawn with the latest analysed boxes, same fps and size), the CSV (timeline_frame, the
+DataFrame Recognizer.predict_video returns) and the --plot chart are written through temp
+files and renamed only when the whole clip succeeded. A camera runs until `stop` (Ctrl-C
 in the CLI) or its stream ends, and is always released.
 
 No Typer or Rich here: `run_video` returns a frozen VideoResult; callbacks report progress
@@ -19,8 +19,6 @@ and rows so the CLI can draw a bar or print rows live.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import time
@@ -28,13 +26,19 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from fercli.errors import FerError
 from fercli.files import atomic_save, atomic_write_text
+from fercli.infer.config import PredictConfig
+from fercli.infer.recognizer import Recognizer
+from fercli.infer.recognizer import validate as validate_predict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 DEFAULT_FPS = 25.0  # when the container does not say (some webcams, some AVIs)
@@ -87,6 +91,7 @@ class VideoConfig:
     smooth: float | None = None  # EMA alpha in (0, 1]; None = raw per-frame probabilities
     annotate: str | None = None  # folder for the annotated video
     csv: str | None = None
+    plot: str | None = None  # emotions-over-time PNG
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class VideoResult:
     seconds: float
     annotated: str | None = None
     csv: str | None = None
+    plot: str | None = None
     tracks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -256,22 +262,31 @@ def _annotate_target(cfg: VideoConfig) -> Path | None:
     return target
 
 
-def csv_text(result: VideoResult, classes: tuple[str, ...]) -> str:
-    """One row per face per analysed frame (header only when no face was found)."""
-    buf = io.StringIO()
-    wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["path", "frame", "time_s", "track", "x", "y", "w", "h", "label", "probability",
-                 *[f"p_{c}" for c in classes]])
-    for f in result.faces:
-        wr.writerow([result.source, f.frame, f"{f.time_s:.3f}", f.track, *f.box, f.label,
-                     f"{f.probs[f.label]:.6f}", *[f"{f.probs[c]:.6f}" for c in classes]])
-    return buf.getvalue()
+def timeline_frame(result: VideoResult, classes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One row per face per analysed frame: path, frame, time_s, track, x, y, w, h, label,
+    probability (of the label), p_<class> for every class. What `fer predict clip.mp4 --csv`
+    writes, `Recognizer.predict_video` returns and `plot_emotions` draws."""
+    import pandas as pd
+
+    classes = tuple(classes if classes is not None else getattr(result.model, "classes", ()))
+    prob_cols = [f"p_{c}" for c in classes]
+    rows = [{"path": result.source, "frame": f.frame, "time_s": f.time_s, "track": f.track,
+             "x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], "label": f.label,
+             "probability": f.probs[f.label], **{f"p_{c}": f.probs[c] for c in classes}} for f in result.faces]
+    cols = ["path", "frame", "time_s", "track", "x", "y", "w", "h", "label", "probability", *prob_cols]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("frame", "track", "x", "y", "w", "h"):
+        df[c] = df[c].astype("int64")
+    for c in ("time_s", "probability", *prob_cols):
+        df[c] = df[c].astype("float64")
+    return df
 
 
 def _draw(bgr: np.ndarray, rows: list[FrameFace]) -> np.ndarray:
-    from fercli.infer.predict import FaceResult, _annotate
+    from fercli.infer.predict import _annotate
+    from fercli.infer.recognizer import Face
 
-    return _annotate(bgr, tuple(FaceResult(box=r.box, label=f"#{r.track} {r.label}", probs={
+    return _annotate(bgr, tuple(Face(box=r.box, label=f"#{r.track} {r.label}", probs={
         f"#{r.track} {r.label}": r.probs[r.label]}) for r in rows)) if rows else bgr
 
 
@@ -291,125 +306,147 @@ def validate(cfg: VideoConfig) -> None:
         raise FerError(f"--smooth must be in (0, 1] (the weight of the newest frame), got {cfg.smooth}")
 
 
+@dataclass
+class _Stream:
+    """What the frame loop has seen so far."""
+
+    rows: list[FrameFace] = field(default_factory=list)
+    n_read: int = 0
+    n_done: int = 0
+    size: tuple[int, int] = (0, 0)
+    stopped: str = "end"
+
+
+def _analyse(rec: Recognizer, frame: np.ndarray, idx: int, ts: float, tracker: Tracker) -> list[FrameFace]:
+    """One analysed BGR frame through the shared path (find_faces → classify), tracked."""
+    found = rec.find_faces(frame, color="bgr")
+    if not found:
+        tracker.update([], np.zeros((0, len(rec.classes))))
+        return []
+    boxes = [b for b, _ in found]
+    probs = rec.classify(np.stack([c for _, c in found]))
+    tracked = tracker.update(boxes, probs)
+    faces = rec.faces(boxes, [p for _, p in tracked])
+    return [FrameFace(frame=idx, time_s=round(ts, 3), track=tid, box=f.box, label=f.label, probs=f.probs)
+            for (tid, _), f in zip(tracked, faces, strict=True)]
+
+
+def _stream(cfg: VideoConfig, rec: Recognizer, cap: Capture, tmp_video: Path | None, target: Path | None,
+            fps: float, t0: float, on_progress: ProgressFn, on_frame: FrameFn | None) -> _Stream:
+    """Read every frame, analyse every cfg.every-th, write the annotated copy if asked."""
+    st = _Stream()
+    tracker = Tracker(cfg.smooth)
+    total = None if cfg.camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    writer = None
+    last: list[FrameFace] = []
+    try:
+        while True:
+            if cfg.max_frames is not None and st.n_read >= cfg.max_frames:
+                st.stopped = "max-frames"
+                break
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            idx = st.n_read
+            st.n_read += 1
+            if st.n_read == 1:
+                st.size = (frame.shape[1], frame.shape[0])
+                if tmp_video is not None:
+                    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, st.size)
+                    if not writer.isOpened():
+                        raise FerError(f"--annotate {target}: OpenCV cannot write an mp4 video here")
+            if idx % cfg.every == 0:
+                ts = (time.perf_counter() - t0) if cfg.camera else idx / fps
+                last = _analyse(rec, frame, idx, ts, tracker)
+                st.rows.extend(last)
+                st.n_done += 1
+                if on_frame is not None:
+                    on_frame(idx, frame, last)
+            if writer is not None:
+                writer.write(_draw(frame, last))
+            on_progress(st.n_read, total, st.n_read / max(1e-9, time.perf_counter() - t0))
+    except KeyboardInterrupt:
+        if not cfg.camera:
+            raise
+        st.stopped = "interrupted"  # Ctrl-C ends a camera session normally
+    finally:
+        if writer is not None:
+            writer.release()
+    name = _name(cfg)
+    if st.n_read == 0:
+        raise FerError(f"{name}: no frames could be read (an empty or damaged video)")
+    if st.stopped == "end" and total is not None and st.n_read < total * (1 - TRUNCATED_TOLERANCE) - 1:
+        raise FerError(f"{name}: truncated or damaged video: read {st.n_read} of the {total} frames "
+                       "its header announces")
+    if tmp_video is not None and writer is None:
+        raise FerError(f"{name}: no frame to write to {target}")
+    return st
+
+
+def _name(cfg: VideoConfig) -> str:
+    return f"camera {cfg.source}" if cfg.camera else str(Path(cfg.source).expanduser())
+
+
+def _check_outputs(cfg: VideoConfig) -> Path | None:
+    """The annotated video's path; --csv / --plot must not be the input."""
+    target = _annotate_target(cfg)
+    for flag, out in (("--csv", cfg.csv), ("--plot", cfg.plot)):
+        if out is not None and not cfg.camera and Path(out).expanduser().resolve() == Path(cfg.source).resolve():
+            raise FerError(f"{flag} {out} is the input video; choose another file")
+    if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
+        raise FerError(f"--plot {cfg.plot}: the emotions-over-time chart is a PNG; give a .png file")
+    return target
+
+
 def run_video(
     cfg: VideoConfig,
     *,
     capture: Capture | None = None,
     classifier: Any = None,
+    recognizer: Recognizer | None = None,
     on_progress: ProgressFn | None = None,
     on_frame: FrameFn | None = None,
 ) -> VideoResult:
-    """Detect, classify and track faces through a video file or a camera stream."""
-    from fercli.device import device_name
-    from fercli.infer.predict import (
-        ModelInfo,
-        PredictConfig,
-        find_faces,
-        make_classifier,
-        runner_info,
-    )
-    from fercli.infer.predict import validate as validate_predict
+    """Detect, classify and track faces through a video file or a camera stream.
+    `recognizer` (its settings win over cfg's) or `classifier` skip loading the model."""
+    from fercli.infer.predict import frame_csv
 
     t0 = time.perf_counter()
     validate(cfg)
     pcfg = PredictConfig(inputs=(cfg.source,), model=cfg.model, detector=cfg.detector, tta=cfg.tta,
                          device=cfg.device, margin=cfg.margin, backend=cfg.backend, precision=cfg.precision)
     validate_predict(pcfg)
-    from fercli.vision.faces import resolve_detector
-
-    detector = resolve_detector(cfg.detector)
-    target = _annotate_target(cfg)
-    if cfg.csv is not None and not cfg.camera and Path(cfg.csv).expanduser().resolve() == Path(cfg.source).resolve():
-        raise FerError(f"--csv {cfg.csv} is the input video; choose another file")
-    name = f"camera {cfg.source}" if cfg.camera else str(Path(cfg.source).expanduser())
+    target = _check_outputs(cfg)
     cap = capture if capture is not None else open_capture(cfg)
     try:
-        if classifier is None:
-            classifier, info, why = make_classifier(pcfg)
-        else:
-            info, why = ModelInfo(source="given", path="", description="in-memory model",
-                                  classes=classifier.classes), "given"
-        classes = classifier.classes
+        rec = recognizer if recognizer is not None else Recognizer.from_config(pcfg, classifier=classifier)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
         fps = fps if math.isfinite(fps) and 0 < fps < 1000 else DEFAULT_FPS
-        total = None if cfg.camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
         progress = on_progress or (lambda done, tot, rate: None)
-        tracker = Tracker(cfg.smooth)
-        rows: list[FrameFace] = []
-        n_read = n_done = 0
-        size = (0, 0)
-        stopped = "end"
-        last: list[FrameFace] = []
         with ExitStack() as stack:
-            writer = None
-            tmp_video: Path | None = None
-            if target is not None:
-                tmp_video = stack.enter_context(atomic_save(target))
-            try:
-                while True:
-                    if cfg.max_frames is not None and n_read >= cfg.max_frames:
-                        stopped = "max-frames"
-                        break
-                    ok, frame = cap.read()
-                    if not ok or frame is None:
-                        break
-                    if frame.ndim == 2:
-                        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-                    idx = n_read
-                    n_read += 1
-                    if n_read == 1:
-                        size = (frame.shape[1], frame.shape[0])
-                        if tmp_video is not None:
-                            writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-                            if not writer.isOpened():
-                                raise FerError(f"--annotate {target}: OpenCV cannot write an mp4 video here")
-                    if idx % cfg.every == 0:
-                        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                        boxes, crops = find_faces(grey, detector, cfg.margin)
-                        probs = classifier.predict_proba(np.stack(crops), tta=cfg.tta) if crops else np.zeros((0, len(classes)))
-                        ts = (time.perf_counter() - t0) if cfg.camera else idx / fps
-                        last = []
-                        for b, (tid, p) in zip(boxes, tracker.update([tuple(int(v) for v in b) for b in boxes], probs),
-                                               strict=True):
-                            last.append(FrameFace(frame=idx, time_s=round(ts, 3), track=tid,
-                                                  box=tuple(int(v) for v in b), label=classes[int(np.argmax(p))],
-                                                  probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
-                        rows.extend(last)
-                        n_done += 1
-                        if on_frame is not None:
-                            on_frame(idx, frame, last)
-                    if writer is not None:
-                        writer.write(_draw(frame, last))
-                    progress(n_read, total, n_read / max(1e-9, time.perf_counter() - t0))
-            except KeyboardInterrupt:
-                if not cfg.camera:
-                    raise
-                stopped = "interrupted"  # Ctrl-C ends a camera session normally
-            finally:
-                if writer is not None:
-                    writer.release()
-            if n_read == 0:
-                raise FerError(f"{name}: no frames could be read (an empty or damaged video)")
-            if (stopped == "end" and total is not None
-                    and n_read < total * (1 - TRUNCATED_TOLERANCE) - 1):
-                raise FerError(f"{name}: truncated or damaged video: read {n_read} of the {total} frames "
-                               "its header announces")
-            if tmp_video is not None and writer is None:
-                raise FerError(f"{name}: no frame to write to {target}")
+            tmp_video = stack.enter_context(atomic_save(target)) if target is not None else None
+            st = _stream(cfg, rec, cap, tmp_video, target, fps, t0, progress, on_frame)
     finally:
         cap.release()
     counts: dict[str, int] = {}
-    for r in rows:
+    for r in st.rows:
         counts[r.label] = counts.get(r.label, 0) + 1
-    summary = {c: round(counts.get(c, 0) / len(rows), 4) for c in classes} if rows else {}
-    result = VideoResult(source=name, camera=cfg.camera, frames_read=n_read, frames_analysed=n_done, fps=fps,
-                         size=size, faces=tuple(rows), summary=summary, stopped=stopped, model=info,
-                         runner={**runner_info(classifier), "backend_reason": why, "detector": detector},
-                         device=device_name(classifier.device), seconds=time.perf_counter() - t0,
-                         annotated=str(target) if target is not None else None, csv=cfg.csv,
-                         tracks=tracker.next_id)
-    if cfg.csv is not None:
-        atomic_write_text(Path(cfg.csv).expanduser(), csv_text(result, classes))
+    summary = {c: round(counts.get(c, 0) / len(st.rows), 4) for c in rec.classes} if st.rows else {}
+    result = VideoResult(source=_name(cfg), camera=cfg.camera, frames_read=st.n_read, frames_analysed=st.n_done,
+                         fps=fps, size=st.size, faces=tuple(st.rows), summary=summary, stopped=st.stopped,
+                         model=rec.model_info, runner=rec.runner, device=rec.device,
+                         seconds=time.perf_counter() - t0, annotated=str(target) if target is not None else None,
+                         csv=cfg.csv, plot=cfg.plot, tracks=1 + max((f.track for f in st.rows), default=-1))
+    if cfg.csv is not None or cfg.plot is not None:
+        df = timeline_frame(result, rec.classes)
+        if cfg.csv is not None:
+            atomic_write_text(Path(cfg.csv).expanduser(), frame_csv(df))
+        if cfg.plot is not None:
+            from fercli.evaluation.plots import plot_emotions
+
+            plot_emotions(df, Path(cfg.plot).expanduser(), title=result.source)
     return result
 
 

@@ -190,26 +190,31 @@ def _on_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return ((colour.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
 
+def _pil_array(im: Image.Image) -> tuple[np.ndarray, list[str], int]:
+    """An open PIL image as (grey or BGR(A) array, reasons, EXIF orientation)."""
+    im.load()
+    orientation = _orientation(im)
+    reasons: list[str] = []
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode.startswith("I;16"):
+            a = a.astype(np.uint16)
+        return _to_uint8(a, reasons), reasons, orientation
+    if mode != "L":
+        reasons.append(_PIL_MODE_REASON.get(mode, mode.lower()))
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        return cv2.cvtColor(np.asarray(im.convert("RGBA")), cv2.COLOR_RGBA2BGRA), reasons, orientation
+    if mode in ("L", "1"):
+        return np.asarray(im.convert("L")), reasons, orientation
+    return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2BGR), reasons, orientation
+
+
 def _decode_pil(data: bytes) -> tuple[np.ndarray, list[str], int]:
     """PIL's decode for what OpenCV does not read: (grey or BGR(A) array, reasons, orientation)."""
-    reasons: list[str] = []
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            orientation = _orientation(im)
-            mode = im.mode
-            if mode.startswith("I;16") or mode in ("I", "F"):
-                a = np.asarray(im)
-                if mode.startswith("I;16"):
-                    a = a.astype(np.uint16)
-                return _to_uint8(a, reasons), reasons, orientation
-            if mode != "L":
-                reasons.append(_PIL_MODE_REASON.get(mode, mode.lower()))
-            if mode in _ALPHA_MODES or "transparency" in im.info:
-                return cv2.cvtColor(np.asarray(im.convert("RGBA")), cv2.COLOR_RGBA2BGRA), reasons, orientation
-            if mode in ("L", "1"):
-                return np.asarray(im.convert("L")), reasons, orientation
-            return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2BGR), reasons, orientation
+            return _pil_array(im)
     except BadImage:
         raise
     except Exception as exc:
@@ -247,6 +252,11 @@ def _decode(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
                 orientation = 1
         if arr.ndim == 3:
             reasons.append({3: "rgb", 4: "rgba", 2: "alpha"}.get(arr.shape[2], ""))
+    return _upright_on_white(arr, reasons, orientation)
+
+
+def _upright_on_white(arr: np.ndarray, reasons: list[str], orientation: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """uint8 grey/BGR(A) → (grey (H, W) or BGR (H, W, 3), alpha on white, EXIF-upright; reasons)."""
     if arr.ndim == 3:
         ch = arr.shape[2]
         if ch == 1:
@@ -283,3 +293,62 @@ def decode_bgr(data: bytes) -> np.ndarray:
 def load_grey(path: Path | str) -> np.ndarray:
     """decode_grey of a file: the image `fer predict` looks for faces in."""
     return decode_grey(read_image_file(path))[0]
+
+
+def _check_pixels(w: int, h: int) -> None:
+    if w <= 0 or h <= 0:
+        raise BadImage(f"empty image (size {w}x{h})")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise BadImage(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels "
+                       f"(limit {MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
+
+
+def pil_to_grey(im: Image.Image) -> np.ndarray:
+    """An in-memory PIL image → the grey array decode_grey gives for the same file (same
+    mode conversions, transparency on white, EXIF orientation, pixel limit); BadImage."""
+    _check_pixels(*im.size)
+    try:
+        arr, reasons, orientation = _pil_array(im)
+    except Exception as exc:
+        raise BadImage(f"unreadable PIL image ({type(exc).__name__}: {exc})") from None
+    grey, _ = _upright_on_white(arr, reasons, orientation)
+    return cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY) if grey.ndim == 3 else grey
+
+
+def _array_uint8(a: np.ndarray, reasons: list[str]) -> np.ndarray:
+    """In-memory pixels → uint8: floats in [0, 1] (skimage, torchvision) × 255, other floats
+    and integers up to 255 taken as they are, uint16 and larger integers as for files."""
+    if a.dtype == np.uint8 or a.dtype == np.uint16:
+        return _to_uint8(a, reasons)
+    top = float(a.max()) if a.size else 0.0
+    if a.dtype.kind == "f":
+        scale = 255.0 if top <= 1.0 else 1.0
+        return np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    return a.astype(np.uint8) if top <= 255 else _to_uint8(a, reasons)
+
+
+def array_to_grey(a: np.ndarray, color: str = "rgb") -> np.ndarray:
+    """A pixel array → 8-bit grey (H, W), by the decoder's rules: (H, W) grey, (H, W, 1),
+    (H, W, 3) or (H, W, 4) in `color` order ("rgb": RGB/RGBA as PIL and most libraries give;
+    "bgr": BGR/BGRA as OpenCV gives); 16-bit, 32-bit and float samples scaled as for files,
+    alpha on white, then BT.601 grey. BadImage for any other shape or non-finite values."""
+    if color not in ("rgb", "bgr"):
+        raise BadImage(f"color must be 'rgb' or 'bgr', got {color!r}")
+    if not isinstance(a, np.ndarray) or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        shape = getattr(a, "shape", None)
+        raise BadImage(f"array of shape {shape}: expected (H, W) grey or (H, W, 3|4) colour pixels")
+    _check_pixels(a.shape[1], a.shape[0])
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind not in "uif":
+        raise BadImage(f"array of dtype {a.dtype}: expected integer or float pixels")
+    elif a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise BadImage("array holds NaN or infinite values")
+    elif a.dtype.kind == "i" and a.size and int(a.min()) < 0:
+        raise BadImage("array holds negative values")
+    reasons: list[str] = []
+    arr = _array_uint8(a, reasons)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and color == "rgb":
+        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]  # to BGR(A), the decoder's order
+    grey, _ = _upright_on_white(np.ascontiguousarray(arr), reasons, 1)
+    return cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY) if grey.ndim == 3 else grey

@@ -1,0 +1,56 @@
+"""fercli's Python API: the stable surface `import fercli` gives (see fercli.__all__).
+
+    rec = fercli.Recognizer()                 # the shipped model, or a run dir / .pt / .npz / .onnx
+    faces = rec.predict("photo.jpg")          # path, bytes, PIL image or numpy array (color="rgb"|"bgr")
+    df = rec.predict_folder("photos/")        # pandas DataFrame, one row per face
+    tl = rec.predict_video("clip.mp4", every=5, smooth=0.3)
+    fercli.plot_emotions(tl, "emotions.png")
+
+Everything here is the path `fer predict` runs (fercli.infer.recognizer, fercli.infer.predict,
+fercli.infer.video): the same image gives the same faces, labels and probabilities as
+`fer predict --json`. Wrong input raises FerError with a one-line message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fercli.errors import FerError
+from fercli.evaluation.plots import plot_emotions
+from fercli.infer import recognizer as _core
+from fercli.infer.recognizer import Face
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Face", "FerError", "Recognizer", "plot_emotions"]
+
+
+class Recognizer(_core.Recognizer):
+    __doc__ = _core.Recognizer.__doc__
+
+    def predict_folder(self, folder: str | Path | list[str | Path], *, on_progress: Any = None) -> pd.DataFrame:
+        """Every image under `folder` (recursively; jpg jpeg png bmp webp tif tiff), or a list
+        of files and folders, as a DataFrame: one row per face with path, face, x, y, w, h,
+        label, probability, p_<class> for every class and error. An image without a face, or
+        that cannot be read, gets one row with its note in `error` (the others still run)."""
+        from fercli.infer.predict import PredictConfig, results_frame, run_predict
+
+        inputs = tuple(str(p) for p in folder) if isinstance(folder, (list, tuple)) else (str(folder),)
+        cfg = PredictConfig(inputs=inputs, batch_size=self.batch_size)  # model and settings: self's
+        result = run_predict(cfg, recognizer=self, on_progress=on_progress)
+        return results_frame(result.images, self.classes)
+
+    def predict_video(self, path: str | Path, *, every: int = 1, smooth: float | None = None,
+                      max_frames: int | None = None, on_frame: Any = None) -> pd.DataFrame:
+        """Faces through a video file, as a DataFrame: one row per face per analysed frame
+        (every `every`-th frame, up to `max_frames` read) with path, frame, time_s, track (IoU
+        tracks across frames), x, y, w, h, label, probability and p_<class>. `smooth` = alpha
+        in (0, 1] averages each track's probabilities exponentially (alpha = newest frame's
+        weight). fercli.plot_emotions draws it."""
+        from fercli.infer.video import VideoConfig, run_video, timeline_frame
+
+        cfg = VideoConfig(source=str(path), every=every, max_frames=max_frames, smooth=smooth)
+        result = run_video(cfg, recognizer=self, on_frame=on_frame)
+        return timeline_frame(result, self.classes)

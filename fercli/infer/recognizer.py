@@ -1,0 +1,278 @@
+"""The one inference path: image → faces (detector + the shared crop) → probabilities → Face.
+
+`Recognizer` holds a loaded model (fercli.infer.classifier.make_classifier) and the detection
+settings; `fer predict` on photos (fercli.infer.predict.run_predict), on videos
+(fercli.infer.video.run_video), the Python API (fercli.api) and `fer serve` all go through its
+three steps, so the same image gives the same result everywhere:
+
+    find_faces(image)  decode (fercli.vision.images: the decoder `fer prepare` uses), detect,
+                       crop each face to 48x48 grey (fercli.vision.faces.crop_face)
+    classify(crops)    (N, 48, 48) uint8 → (N, C) float32 probabilities, batched
+    faces(boxes, p)    → Face objects (label = argmax, probabilities rounded to 6 decimals)
+
+Threads: detection needs nothing shared (OpenCV's Haar cascade is loaded once per thread;
+YuNet keeps no state between calls once its weights are initialised, done here under a lock),
+so several threads detect at once; `classify` holds a lock, one forward pass at a time (the
+torch model builds TorchScript / CUDA graphs lazily, and a server batches requests anyway).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fercli.errors import FerError
+from fercli.infer.classifier import BACKENDS, PRECISIONS, Classifier, ModelInfo, make_classifier
+from fercli.infer.config import PredictConfig
+from fercli.vision.faces import (
+    FACE_SIZE,
+    YUNET_MAX_SIDE,
+    Box,
+    crop_face,
+    resize_face,
+    resolve_detector,
+    yunet_faces,
+)
+from fercli.vision.faces import detect_faces as haar_faces
+from fercli.vision.images import BadImage, array_to_grey, decode_grey, load_grey, pil_to_grey
+
+DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
+MIN_FACE_PX = 30
+MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
+COLORS = ("rgb", "bgr")
+DETECTORS = ("auto", "haar", "yunet", "none")
+
+_YUNET_LOCK = threading.Lock()
+_YUNET_READY: list[bool] = []
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face: its box (x, y, w, h) in the upright image, the top label, every class's
+    probability (class → probability, summing to 1, rounded to 6 decimals)."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    probs: dict[str, float]
+
+    @property
+    def confidence(self) -> float:
+        return self.probs[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `fer predict --json` prints for this face."""
+        return {"box": list(self.box), "label": self.label, "probs": dict(self.probs)}
+
+
+# --------------------------------------------------------------------------- grey-level steps
+
+
+def detect_faces(grey: np.ndarray, detector: str = "haar") -> list[Box]:
+    """Every face (x, y, w, h) in a greyscale photo, left to right (`detector` haar | yunet)."""
+    if detector == "yunet":
+        boxes = yunet_faces(grey, max_side=YUNET_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+    else:
+        boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+    return sorted(boxes, key=lambda b: (b[0], b[1]))
+
+
+def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:
+    """(boxes, 48×48 crops) of one photo: --detector haar|yunet crops every face found with
+    `margin`; --detector none takes the whole (already cropped) image as one face, resized
+    exactly as `fer prepare` resizes a dataset image. (`auto` is resolved before this.)"""
+    if detector == "none":
+        h, w = grey.shape[:2]
+        return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
+    boxes = [tuple(int(v) for v in b) for b in detect_faces(grey, detector)]
+    return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]  # type: ignore[arg-type]
+
+
+def _warm_yunet() -> None:
+    """One YuNet call under a lock: the library initialises its weights on the first call,
+    which is not safe to do from several threads at once."""
+    with _YUNET_LOCK:
+        if not _YUNET_READY:
+            yunet_faces(np.zeros((160, 160), np.uint8))
+            _YUNET_READY.append(True)
+
+
+def to_grey(image: Any, color: str = "rgb") -> np.ndarray:
+    """Any supported input → the decoder's 8-bit grey (H, W); BadImage if it cannot be.
+
+    A path (str / Path) or bytes go through the file decoder; a PIL image and a numpy array
+    through the same conversion rules (fercli.vision.images.pil_to_grey / array_to_grey);
+    `color` says the channel order of a colour array ("rgb" or "bgr")."""
+    if color not in COLORS:
+        raise BadImage(f"color must be 'rgb' or 'bgr', got {color!r}")
+    if isinstance(image, (str, Path)):
+        return load_grey(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_grey(bytes(image))[0]
+    if isinstance(image, np.ndarray):
+        return array_to_grey(image, color)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(image, Image.Image):
+        return pil_to_grey(image)
+    raise BadImage(f"cannot read a {type(image).__name__}: give a path, bytes, a PIL image or a numpy array")
+
+
+def _describe_input(image: Any) -> str:
+    if isinstance(image, (str, Path)):
+        return str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"image bytes ({len(image)} bytes)"
+    if isinstance(image, np.ndarray):
+        return f"array {image.shape} {image.dtype}"
+    return type(image).__name__
+
+
+# --------------------------------------------------------------------------- Recognizer
+
+
+def validate(cfg: PredictConfig) -> None:
+    """One-line FerError for any setting out of range (named as its `fer predict` option)."""
+    import math
+
+    from fercli.train.engine import TTA_MODES
+
+    if cfg.backend not in BACKENDS:
+        raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")
+    if cfg.precision not in PRECISIONS:
+        raise FerError(f"--precision {cfg.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if cfg.precision == "int8" and cfg.backend == "torch":
+        raise FerError("--precision int8 runs on onnxruntime: use --backend onnx or auto, not torch")
+    if cfg.detector not in DETECTORS:
+        raise FerError(f"--detector {cfg.detector!r} is not one of: {', '.join(DETECTORS)}")
+    if cfg.tta not in TTA_MODES:
+        raise FerError(f"--tta {cfg.tta!r} is not one of: {', '.join(TTA_MODES)}")
+    if not (isinstance(cfg.margin, (int, float)) and math.isfinite(cfg.margin) and 0 <= cfg.margin <= 2):
+        raise FerError(f"--margin must be between 0 and 2, got {cfg.margin}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise FerError(f"--batch-size must be ≥ 1, got {cfg.batch_size}")
+
+
+class Recognizer:
+    """A loaded model plus detection settings: images in, Face objects out.
+
+    model: None (the shipped model), a `fer train` run directory, a .pt checkpoint, an
+    exported .npz or .onnx. device auto|cpu|cuda; backend auto|torch|onnx; precision
+    auto|fp32|int8; detector auto|yunet|haar|none; tta none|flip; margin around each
+    detected box (0.2 = 10% per side); batch_size faces per forward pass for folders.
+    `classifier` injects an already-built classifier (tests, benchmarks).
+    """
+
+    def __init__(self, model: str | Path | None = None, *, device: str = "auto", backend: str = "auto",
+                 precision: str = "auto", detector: str = "auto", tta: str = "none", margin: float = 0.2,
+                 batch_size: int = 64, classifier: Classifier | None = None) -> None:
+        cfg = PredictConfig(inputs=(), model=None if model is None else str(model), detector=detector,
+                            tta=tta, device=device, margin=margin, batch_size=batch_size, backend=backend,
+                            precision=precision)
+        validate(cfg)
+        self.config = cfg
+        self.detector = resolve_detector(detector)
+        self.tta, self.margin, self.batch_size = tta, float(margin), int(batch_size)
+        if classifier is None:
+            classifier, info, why = make_classifier(cfg)
+        else:
+            info, why = ModelInfo(source="given", path="", description="in-memory model",
+                                  classes=tuple(classifier.classes)), "given"
+        self.classifier = classifier
+        self.model_info: ModelInfo = info
+        self.backend_reason = why
+        self._lock = threading.Lock()
+        if self.detector == "yunet":
+            _warm_yunet()
+
+    @classmethod
+    def from_config(cls, cfg: PredictConfig, *, classifier: Classifier | None = None) -> Recognizer:
+        return cls(cfg.model, device=cfg.device, backend=cfg.backend, precision=cfg.precision,
+                   detector=cfg.detector, tta=cfg.tta, margin=cfg.margin, batch_size=cfg.batch_size,
+                   classifier=classifier)
+
+    # ----------------------------------------------------------------- description
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.classifier.classes)
+
+    @property
+    def device(self) -> str:
+        from fercli.device import device_name
+
+        return str(device_name(self.classifier.device))
+
+    @property
+    def runner(self) -> dict[str, Any]:
+        """Backend, precision, threads, ... plus why this backend and which detector."""
+        d = dict(self.classifier.describe())
+        return {"backend": d.pop("backend", "torch"), **d, "backend_reason": self.backend_reason,
+                "detector": self.detector}
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The model: name, classes, where it came from, how it was trained, its measured
+        accuracy (FER2013 PrivateTest, when the export records it), and how it runs."""
+        m = self.model_info
+        spec = m.details.get("model_spec") or {}
+        acc = m.details.get("private_test_accuracy")
+        return {"name": spec.get("name") or (Path(m.path).name if m.path else "model"),
+                "description": m.description, "classes": list(self.classes), "source": m.source,
+                "path": m.path,
+                "provenance": {k: m.details.get(k) for k in ("dataset_name", "dataset_sha256",
+                                                            "training_command", "best_epoch")},
+                "accuracy": {"fer2013_private_test": acc} if isinstance(acc, (int, float)) else {},
+                "runner": self.runner, "device": self.device, "tta": self.tta, "margin": self.margin}
+
+    def __repr__(self) -> str:
+        return (f"Recognizer({self.model_info.description!r}, backend={self.runner['backend']!r}, "
+                f"detector={self.detector!r}, tta={self.tta!r})")
+
+    # ----------------------------------------------------------------- the three steps
+
+    def find_faces(self, image: Any, *, color: str = "rgb") -> list[tuple[Box, np.ndarray]]:
+        """[(box (x, y, w, h), 48x48 uint8 grey crop)] of every face in `image`, left to right.
+        FerError (one line, naming the input) when it cannot be decoded."""
+        try:
+            grey = to_grey(image, color)
+        except BadImage as exc:
+            raise FerError(f"{_describe_input(image)}: {exc}") from None
+        boxes, crops = find_faces(grey, self.detector, self.margin)
+        return list(zip(boxes, crops, strict=True))
+
+    def classify(self, crops: np.ndarray | list[np.ndarray], *, batch_size: int | None = None) -> np.ndarray:
+        """(N, 48, 48) uint8 face crops → (N, C) float32 probabilities (rows sum to 1), in one
+        forward pass (or in chunks of `batch_size`)."""
+        arr = np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8) if len(crops) == 0 else np.asarray(
+            np.stack(crops) if isinstance(crops, list) else crops)
+        if arr.ndim != 3 or arr.shape[1:] != (FACE_SIZE, FACE_SIZE) or arr.dtype != np.uint8:
+            raise FerError(f"classify: crops must be uint8 (N, {FACE_SIZE}, {FACE_SIZE}), got {arr.dtype} {arr.shape}")
+        if arr.shape[0] == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        with self._lock:
+            p = self.classifier.predict_proba(arr, tta=self.tta, batch_size=batch_size or arr.shape[0])
+        return np.asarray(p, dtype=np.float32)
+
+    def faces(self, boxes: Any, probs: Any) -> list[Face]:
+        """Face objects from boxes (K × x, y, w, h) and their probabilities (K, C)."""
+        classes = self.classes
+        out = []
+        for b, p in zip(boxes, probs, strict=True):
+            p = np.asarray(p, dtype=np.float64)
+            out.append(Face(box=tuple(int(v) for v in b), label=classes[int(np.argmax(p))],  # type: ignore[arg-type]
+                            probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
+        return out
+
+    def predict(self, image: Any, *, color: str = "rgb") -> list[Face]:
+        """Every face in one image (a path, bytes, a PIL image or a numpy array), left to right."""
+        found = self.find_faces(image, color=color)
+        if not found:
+            return []
+        boxes, crops = zip(*found, strict=True)
+        return self.faces(boxes, self.classify(np.stack(crops)))
