@@ -206,7 +206,7 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
 
     @app.get("/v1/model", summary="The model that answers: name, classes, provenance, accuracy")
     def model() -> dict[str, Any]:
-        return {**_jsonable(service.rec.info), "classes": list(service.rec.classes),
+        return {**service.rec.info, "classes": list(service.rec.classes),
                 "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                             "max_body_bytes": cfg.max_body_bytes, "max_pixels": cfg.max_pixels,
                             "timeout_s": cfg.timeout_s, "workers_detect": cfg.workers_detect,
@@ -248,16 +248,6 @@ async def _predict(service: Service, request: Request) -> JSONResponse:
     faces = service.rec.faces(boxes, probs) if probs is not None else []
     service.counts["200"] += 1
     return JSONResponse({"path": name, "faces": [f.to_dict() for f in faces], "error": None})
-
-
-def _jsonable(info: Any) -> dict[str, Any]:
-    if isinstance(info, dict):
-        return dict(info)
-    if hasattr(info, "to_dict"):
-        return dict(info.to_dict())
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(info) if is_dataclass(info) else {"info": str(info)}
 
 
 def serve(cfg: ServeConfig, announce: Any = print) -> None:

@@ -227,9 +227,9 @@ async function describeModel() {
     const res = await fetch("/v1/model");
     const m = await res.json();
     state.classes = m.classes || [];
-    const name = m.name || m.description || "model";
-    const acc = m.accuracy ? `, ${m.accuracy}` : "";
-    $("model").textContent = `${name}${acc}; classes: ${state.classes.join(", ")}`;
+    const name = m.description || m.name || "model";
+    const runner = m.runner ? ` (${m.runner.backend}${m.runner.precision ? " " + m.runner.precision : ""}, detector ${m.runner.detector})` : "";
+    $("model").textContent = `${name}${runner}; classes: ${state.classes.join(", ")}`;
   } catch (e) {
     $("model").textContent = "the model description is unavailable";
   }
