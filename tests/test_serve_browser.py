@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from serving import SAMPLES, LiveServer
+from serving import SAMPLES, LiveServer, write_y4m
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -27,24 +24,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-
-
-def write_y4m(photo: Path, out: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
-    """A short YUV 4:2:0 video of one still photo (letterboxed to `size`), the format
-    Chromium's --use-file-for-fake-video-capture plays in a loop."""
-    w, h = size
-    with Image.open(photo) as im:
-        im = im.convert("RGB")
-        im.thumbnail((w, h))
-        canvas = Image.new("RGB", (w, h), (0, 0, 0))
-        canvas.paste(im, ((w - im.width) // 2, (h - im.height) // 2))
-    ycc = np.asarray(canvas.convert("YCbCr"))  # (h, w, 3) uint8, BT.601 full range
-    y = ycc[:, :, 0]
-    # 4:2:0: chroma averaged over 2x2 blocks
-    u, v = (ycc[:, :, c].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).round().astype(np.uint8) for c in (1, 2))
-    frame = b"FRAME\n" + y.tobytes() + u.tobytes() + v.tobytes()
-    out.write_bytes(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode() + frame * frames)
-    return out
 
 
 @pytest.fixture(scope="module")
