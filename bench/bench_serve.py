@@ -12,8 +12,9 @@ each measured at every concurrency in the same run:
 Each client is a thread with a keep-alive HTTP/1.1 connection that posts the three sample
 photos in turn (two_faces.jpg has 2 faces, the portraits 1), for --seconds after a warm-up.
 Reported: images/s (answers per second), p50/p99 latency, errors (anything but a 200 with
-the expected number of faces), the server's mean faces per forward pass, and the machine's
-load average before and after (the machine may be shared).
+the expected number of faces), the server's mean faces per forward pass, the server's CPU
+time per image and cores used (from /proc), and the machine's load average before and after
+(the machine may be shared: then CPU time per image is the steadier figure).
 
 Profile: the same Recognizer, in this process, one image at a time: how long find_faces
 (decode + detect + crop) and classify take per photo, i.e. where a request's CPU time goes.
@@ -100,6 +101,12 @@ def run_clients(srv: LiveServer, clients: int, seconds: float) -> dict:
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "mean_ms": round(statistics.fmean(lat_ms), 1) if lat_ms else None}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_server(name: str, args: list[str], clients: list[int], seconds: float, log_dir: Path) -> list[dict]:
     srv = LiveServer(log_dir, "--timeout-s", "120", "--log-level", "error", *args)
     rows = []
@@ -108,8 +115,14 @@ def bench_server(name: str, args: list[str], clients: list[int], seconds: float,
         for c in clients:
             before = srv.get("/healthz")[1]["batches"]
             load0 = os.getloadavg()[0]
+            cpu0 = cpu_seconds(srv.proc.pid)
             row = run_clients(srv, c, seconds)
+            cpu1 = cpu_seconds(srv.proc.pid)
             after = srv.get("/healthz")[1]["batches"]
+            # CPU time the server spent per answer: less at the mercy of other load than
+            # wall time (the machine may be shared), and what batching can save.
+            row["server_cpu_ms_per_image"] = round(1000 * (cpu1 - cpu0) / max(1, row["answers"]), 1)
+            row["server_cpu_cores_used"] = round((cpu1 - cpu0) / row["seconds"], 2)
             if before is not None and after is not None and after["batches"] > before["batches"]:
                 row["faces_per_forward"] = round((after["faces"] - before["faces"]) / (after["batches"] - before["batches"]), 2)
             row.update(server=name, load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2))
