@@ -124,7 +124,7 @@ def test_batcher_gives_every_caller_of_a_failed_batch_the_error() -> None:
     ("max_batch", 0, "--max-batch"), ("max_wait_ms", -1.0, "--max-wait-ms"),
     ("max_body_mb", 0.0, "--max-body-mb"), ("max_pixels", 10**12, "--max-pixels"),
     ("timeout_s", 0.0, "--timeout-s"), ("workers_detect", -1, "--workers-detect"),
-    ("port", 70000, "--port"),
+    ("port", 70000, "--port"), ("port", 0, "--port"), ("log_level", "loud", "--log-level"),
 ])
 def test_config_refuses_bad_values_naming_the_flag(field: str, value: object, flag: str) -> None:
     with pytest.raises(FerError, match=flag):

@@ -12,7 +12,7 @@ from fercli.cli import app
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind. The default answers this machine only; 0.0.0.0 exposes the API (which has no authentication) to the network."),
-    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    port: int = typer.Option(8000, help="TCP port."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A `fer train` run directory, a .pt checkpoint, an exported .npz or .onnx. \\[default: the bundled model]"),
     detector: str = typer.Option("auto", help="auto (yunet if installed, else haar), yunet, haar or none (each image is one already-cropped face)."),
     backend: str = typer.Option("auto", help="auto, torch or onnx, as for `fer predict`."),

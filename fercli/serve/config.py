@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from fercli.errors import FerError
 from fercli.vision.images import MAX_IMAGE_PIXELS
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -34,8 +36,10 @@ class ServeConfig:
 
 def validate(cfg: ServeConfig) -> None:
     """FerError (one line, naming the flag) for any value the server cannot run with."""
-    if not 0 <= cfg.port <= 65535:
-        raise FerError(f"--port must be 0-65535, got {cfg.port}")
+    if not 1 <= cfg.port <= 65535:
+        raise FerError(f"--port must be 1-65535, got {cfg.port}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise FerError(f"--log-level {cfg.log_level!r} is not one of: {', '.join(LOG_LEVELS)}")
     if cfg.max_batch < 1:
         raise FerError(f"--max-batch must be ≥ 1, got {cfg.max_batch}")
     if not (math.isfinite(cfg.max_wait_ms) and 0 <= cfg.max_wait_ms <= 1000):
