@@ -205,6 +205,20 @@ def test_testclient_answers_as_the_python_api_and_serves_model_health_page(clien
     spec = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
 
+    # Lower caps from the config: pixels (read from the header) and body size give 413; the
+    # one-request-at-a-time server (the benchmark's reference) answers the same JSON.
+    data = sample("two_faces.jpg")  # 964x512 = 493,568 pixels, 136,881 bytes
+    small = ServeConfig(max_pixels=400_000, max_body_mb=0.25, workers_detect=0, max_batch=1)
+    with TestClient(create_app(small, recognizer=rec)) as c:
+        r = c.post("/v1/predict", content=data, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 413 and "964x512" in r.json()["error"], r.json()
+        r = c.post("/v1/predict", content=data + b"\0" * 200_000, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 413 and "262144 byte limit" in r.json()["error"], r.json()
+        r = c.post("/v1/predict", content=sample("astronaut.jpg"), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200
+        assert r.json()["faces"] == [f.to_dict() for f in rec.predict(sample("astronaut.jpg"))]
+        assert c.get("/healthz").json()["batches"] is None  # no batcher in this mode
+
 
 # --------------------------------------------------------------------------- a real uvicorn
 
