@@ -1,0 +1,7 @@
+"""`fer serve`: the recognizer behind an HTTP API (FastAPI + uvicorn) and a web page.
+
+config.py holds the one frozen ServeConfig, batching.py the micro-batcher that classifies
+the faces of requests arriving together in one forward pass, app.py the FastAPI app and the
+request limits, static/ the page served at `/` (no outside assets). Nothing here imports
+Typer or Rich.
+"""

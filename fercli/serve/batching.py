@@ -1,0 +1,139 @@
+"""The micro-batcher: faces of requests that arrive together are classified in one call.
+
+As model servers (Triton's dynamic batcher, TorchServe's batch_size/max_batch_delay) do: the
+first waiting item opens a batch, which closes when it holds `max_batch` faces or when
+`max_wait_ms` has passed since it opened, whichever comes first; then one `classify` call
+(one forward pass) runs on the concatenated crops and each caller gets its own rows back.
+Items that queued while a forward pass ran are all taken at once by the next batch, so under
+load batches fill without waiting at all.
+
+One worker thread runs every `classify` call, so the classifier is never entered by two
+threads at once and its own threads (onnxruntime / torch intra-op) are not oversubscribed.
+Callers get a concurrent.futures.Future: usable from threads and, wrapped with
+asyncio.wrap_future, from the event loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Classify = Callable[[np.ndarray], np.ndarray]  # uint8 crops (N, 48, 48) -> probabilities (N, C)
+
+
+@dataclass
+class _Item:
+    crops: np.ndarray  # (n, 48, 48) uint8, n >= 1
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class BatchStats:
+    """Counters for /healthz and the tests: how many forward passes, how full."""
+
+    batches: int = 0
+    faces: int = 0
+    largest: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"batches": self.batches, "faces": self.faces, "largest": self.largest,
+                "mean": round(self.faces / self.batches, 2) if self.batches else 0.0}
+
+
+class MicroBatcher:
+    """submit(crops) -> Future of probabilities; see the module docstring.
+
+    An item with more faces than max_batch (a crowd photo) is classified alone, whole: it is
+    never split, so one request's faces always come from one forward pass.
+    """
+
+    def __init__(self, classify: Classify, *, max_batch: int, max_wait_ms: float) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.classify = classify
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fer-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, crops: np.ndarray) -> Future:
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        if crops.ndim != 3 or crops.shape[0] == 0:
+            raise ValueError(f"crops must be (n>=1, H, W), got {crops.shape}")
+        item = _Item(crops)
+        self._queue.put(item)
+        return item.future
+
+    def close(self) -> None:
+        """Finish the queued items, then stop the worker thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _collect(self, first: _Item) -> tuple[list[_Item], _Item | None, bool]:
+        """(the batch opened by `first`, an item that did not fit, whether close was asked)."""
+        items, n = [first], len(first.crops)
+        deadline = time.monotonic() + self.max_wait_s
+        while n < self.max_batch:
+            try:  # queued items are taken without waiting; then wait out the deadline
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                return items, None, True
+            if n + len(nxt.crops) > self.max_batch:
+                return items, nxt, False
+            items.append(nxt)
+            n += len(nxt.crops)
+        return items, None, False
+
+    def _run(self) -> None:
+        carry: _Item | None = None
+        stop = False
+        while True:
+            first = carry if carry is not None else (None if stop else self._queue.get())
+            if first is None:
+                return
+            items, carry, asked = self._collect(first)
+            stop = stop or asked
+            self._classify(items)
+            if stop and carry is None:
+                return
+
+    def _classify(self, items: list[_Item]) -> None:
+        live = [it for it in items if it.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        crops = np.concatenate([it.crops for it in live]) if len(live) > 1 else live[0].crops
+        try:
+            probs = self.classify(crops)
+        except BaseException as exc:  # every caller of this batch hears about it
+            for it in live:
+                it.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.faces += len(crops)
+        self.stats.largest = max(self.stats.largest, len(crops))
+        start = 0
+        for it in live:
+            it.future.set_result(probs[start:start + len(it.crops)])
+            start += len(it.crops)

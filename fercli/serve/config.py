@@ -1,0 +1,58 @@
+"""The one frozen config of `fer serve` and its checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fercli.errors import FerError
+from fercli.vision.images import MAX_IMAGE_PIXELS
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback only unless asked: the API has no authentication
+    port: int = 8000
+    model: str | None = None  # run dir | .pt | .npz | .onnx; None = the bundled model
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "auto"
+    detector: str = "auto"
+    tta: str = "none"
+    max_batch: int = 32  # faces per batched forward pass
+    max_wait_ms: float = 5.0  # how long the first face of a batch waits for company
+    max_body_mb: float = 20.0  # larger request bodies get 413 before they are read whole
+    max_pixels: int = MAX_IMAGE_PIXELS  # larger images get 413, read from the header
+    timeout_s: float = 30.0  # for reading the body, and again for detecting + classifying
+    workers_detect: int = 2  # detection threads; 0 = one request at a time, unbatched
+    log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
+
+
+def validate(cfg: ServeConfig) -> None:
+    """FerError (one line, naming the flag) for any value the server cannot run with."""
+    if not 1 <= cfg.port <= 65535:
+        raise FerError(f"--port must be 1-65535, got {cfg.port}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise FerError(f"--log-level {cfg.log_level!r} is not one of: {', '.join(LOG_LEVELS)}")
+    if cfg.max_batch < 1:
+        raise FerError(f"--max-batch must be ≥ 1, got {cfg.max_batch}")
+    if not (math.isfinite(cfg.max_wait_ms) and 0 <= cfg.max_wait_ms <= 1000):
+        raise FerError(f"--max-wait-ms must be between 0 and 1000, got {cfg.max_wait_ms}")
+    if not (math.isfinite(cfg.max_body_mb) and 0 < cfg.max_body_mb <= 1024):
+        raise FerError(f"--max-body-mb must be between 0 and 1024, got {cfg.max_body_mb}")
+    if not 1 <= cfg.max_pixels <= MAX_IMAGE_PIXELS:
+        raise FerError(f"--max-pixels must be between 1 and {MAX_IMAGE_PIXELS} (the decoder's own "
+                       f"limit), got {cfg.max_pixels}")
+    if not (math.isfinite(cfg.timeout_s) and cfg.timeout_s > 0):
+        raise FerError(f"--timeout-s must be > 0, got {cfg.timeout_s}")
+    if not 0 <= cfg.workers_detect <= 64:
+        raise FerError(f"--workers-detect must be between 0 and 64, got {cfg.workers_detect}")
+    if cfg.workers_detect == 0 and cfg.max_batch != 1:
+        raise FerError("--workers-detect 0 serves one request at a time (detect, then classify, "
+                       "unbatched): give --max-batch 1 with it")
