@@ -264,6 +264,18 @@ def test_the_estimate_counts_runs_the_cadence_and_what_is_already_there(tmp_path
     assert 0 < checkpointing.checkpoint_bytes(sgd)[1] - last < 10**6
 
 
+def test_ablate_refuses_a_ladder_that_cannot_fit(tmp_path, monkeypatch):
+    ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 10**9, 10**9))
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    res = runner.invoke(app, ["ablate", "--dataset", str(ds), "--out", str(tmp_path / "abl"), "--epochs", "1",
+                              "--device", "cpu", "-q", "--weights", str(tmp_path / "no-weights.pth")])
+    assert res.exit_code == 1, res.output
+    line = _one_error_line(res)
+    assert "not enough disk space for 3 runs" in line and "1000 MB free" in line and "(per run, up to best.pt" in line
+    assert not (tmp_path / "abl").exists()
+
+
 # ----------------------------------------------------------------------------- a real small disk
 
 
