@@ -171,7 +171,7 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     identity = {"model_spec": dict(model.spec), "classes": ds.classes, "config": dataclasses.asdict(cfg),
                 "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
                 "code_version": info["code_version"], "world_size": dist_info.world_size}
-    # The directory is created only now, after everything that can fail on bad input (dataset,
+    # The directory is created only here, after everything that can fail on bad input (dataset,
     # weights, resume checks) has passed, so a refused run leaves no directory behind.
     distributed.barrier(dist_info)  # every rank passed the checks above before rank 0 writes
     if dist_info.is_main:
