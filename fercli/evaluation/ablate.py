@@ -320,6 +320,10 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
 
     decisions = [_decide(cfg, tcfg, run_dir, ds.sha256) for ds, _, _, _, run_dir, tcfg in plan]
+    from fercli.train.checkpointing import ensure_checkpoint_space
+
+    # The checkpoints of every run still to train must fit on the disk before the first starts.
+    ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
     trained_by_job = [False] * len(plan)
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate

@@ -132,14 +132,6 @@ def local_batch(global_batch: int, info: DistInfo) -> int:
     return global_batch // info.world_size
 
 
-def rank_slice(batch_rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's contiguous 1/W of a global batch (first dim B → b)."""
-    if not info.enabled:
-        return batch_rows
-    b = batch_rows.shape[0] // info.world_size
-    return batch_rows[info.rank * b:(info.rank + 1) * b]
-
-
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum over ranks, in place (the epoch's loss and accuracy sums: once per epoch)."""
     if info.enabled:
@@ -150,14 +142,3 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision, for every rank (e.g. whether this epoch improved the best)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    if info.backend == "nccl":
-        t = t.cuda()
-    dist.broadcast(t, src=0)
-    return bool(t.item())

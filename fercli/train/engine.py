@@ -22,7 +22,6 @@ Nothing here imports Typer or Rich: progress is reported through a callback.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -214,9 +213,11 @@ def train_one_epoch(
     max_steps: int | None = None,
     dist: Any = None,
 ) -> dict[str, float]:
-    """One pass over `data` in random order (full batches, tail wrapped: epoch_batches);
-    returns mean loss, accuracy and the images processed (steps * B, ≥ len(data)).
-    max_steps stops early (fer bench times a fixed number of steps).
+    """The steps of one epoch: one pass over `data` in random order (full batches, tail wrapped:
+    epoch_batches); returns mean loss, accuracy and the images processed (steps * B, ≥ len(data)).
+    A run calls it through fercli.train.loop.train_one_epoch (schedule, seeded draws, its step).
+    max_steps stops early (fer bench times a fixed number of steps). on_step(images) runs
+    after every step: a run checks its background checkpoint writer there.
 
     dist (fercli.train.distributed.DistInfo, data parallel): every rank draws the same global
     batches and augmentation draws, then trains its 1/W slice of each (step_fn is built for
@@ -244,19 +245,13 @@ def train_one_epoch(
         draws = draws[:, dist.rank * b:(dist.rank + 1) * b] if draws is not None else None
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    pending, last = 0, time.perf_counter()
     for s in range(steps):
         r = draws[s] if draws is not None else None
         loss, hits = step_fn(batches[s], r) if lams is None else step_fn(batches[s], r, lams[s])
         loss_sum += loss
         correct += hits
         if on_step is not None:
-            # Progress at most 4×/s: a per-step UI update costs host time a GPU step has not.
-            pending += bs
-            now = time.perf_counter()
-            if now - last >= 0.25 or s == steps - 1:
-                on_step(pending)
-                pending, last = 0, now
+            on_step(bs)  # host-side only (no sync); the caller throttles what it shows
     # The global batches, all ranks together (--shard-data: each rank drew B / W of its own).
     seen = steps * bs * (world if world > 1 and dist.sharded else 1)
     if world > 1:

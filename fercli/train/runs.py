@@ -1,19 +1,24 @@
 """Runs: a run directory from config to checkpoints, with provenance and resume.
 
-`train(cfg)` is what `fer train` calls: it loads the prepared dataset, plans the splits
-(selection never sees the report split), builds model and optimizer, runs the epochs of
-fercli.train.engine and writes config.json, history.csv, best.pt, last.pt and loss_curve.png.
+`train(cfg)` is what `fer train` calls: it loads the prepared dataset, checks that the
+checkpoints fit on the disk, plans the splits (selection never sees the report split), builds
+model, optimizer and weight EMA (or loads them from last.pt on --resume) into one Run
+(fercli.train.loop), runs its epochs and writes config.json, history.csv, best.pt, last.pt,
+loss_curve.png and train_summary.json.
+
+    train(cfg)                          every fold of the config (CK+ --fold all: k runs)
+      _train_run(cfg, ds)               one run in this process (every rank under torchrun)
+        _join, _check_run_dir, _device_data, _build, _resume, _run_info, _open_run_dir
+        → Run → loop.fit(run) → _result
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
+import functools
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,32 +29,23 @@ import torch
 
 from fercli import __version__
 from fercli.data.prepared import PreparedDataset, load_prepared
-from fercli.data.resident import epoch_generator, plan_splits, to_device
+from fercli.data.resident import plan_splits, to_device
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.files import atomic_write_json, atomic_write_text, read_json
-from fercli.model.checkpoints import (
-    BEST_CHECKPOINT,
-    CHECKPOINT_FORMAT,
-    LAST_CHECKPOINT,
-    CheckpointWriter,
-    cpu_copy,
-    load_checkpoint,
-)
+from fercli.files import atomic_write_json, read_json
+from fercli.model.checkpoints import LAST_CHECKPOINT, load_checkpoint
 from fercli.provenance import code_version
 from fercli.train import distributed
+from fercli.train.checkpointing import Cadence, Checkpointer, ensure_checkpoint_space
 from fercli.train.config import (
     TrainConfig,
-    checkpoint_cadence,
     resolve_optimizer,
     training_label,
     validate_config,
 )
-from fercli.train.engine import evaluate, make_train_step, train_one_epoch
+from fercli.train.engine import make_train_step
+from fercli.train.loop import ProgressCallback, Run, fit
 from fercli.train.regularize import WeightEMA
-
-# Progress events: ("epoch_start", {...}), ("step", {"images": n}), ("epoch_end", row).
-ProgressCallback = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,7 @@ class TrainResult:
 
 
 _DEFAULTS = dataclasses.asdict(TrainConfig())
+_NO_BEST = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
 
 
 def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
@@ -111,40 +108,28 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> Any:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    if not history:
-        return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(run_dir / "history.csv", buf.getvalue())
-
-
 def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[TrainResult]:
-    """Train one run (or every CK+ fold with fold=-1); returns one result per fold."""
+    """Train one run (or every CK+ fold with fold=-1); returns one result per fold.
+
+    Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk."""
     validate_config(cfg)
     ds = load_prepared(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
+    runs, root = [cfg], None
     if cfg.fold == -1:
         if "train" in set(ds.split.tolist()):
             raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
-        k = int(ds.fold.max()) + 1
         root = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
-        results = []
-        try:
-            for f in range(k):
-                sub = dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}"))
-                results.append(_train_single(sub, ds, on_event))
-            if distributed.current().is_main:
-                atomic_write_json(root / "kfold.json", {"folds": k, "config": dataclasses.asdict(cfg)})
-        finally:
-            distributed.teardown(distributed.current())
-        return results
+        runs = [dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}")) for f in range(int(ds.fold.max()) + 1)]
     try:
-        return [_train_single(cfg, ds, on_event)]
+        if distributed.env_rank() == 0:
+            ensure_checkpoint_space(runs, num_classes=len(ds.classes))
+        results = [_train_run(sub, ds, on_event) for sub in runs]
+        if root is not None and distributed.current().is_main:
+            atomic_write_json(root / "kfold.json", {"folds": len(runs), "config": dataclasses.asdict(cfg)})
     finally:
         distributed.teardown(distributed.current())
+    return results
 
 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
@@ -164,42 +149,95 @@ def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
             "label": "FER2013-pretrained"}
 
 
-def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None) -> TrainResult:
-    from fercli.model.networks import build_model
-    from fercli.train.optim import build_optimizer
+def _quiet(kind: str, info: dict[str, Any]) -> None:
+    pass
 
-    emit = on_event or (lambda kind, info: None)
+
+def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None) -> TrainResult:
+    """One run (one fold) in this process: set up the Run, train it, report. Under torchrun
+    every rank runs this; only rank 0 validates, writes and reports."""
+    device, dist_info = _join(cfg)
+    emit = (on_event or _quiet) if dist_info.is_main else _quiet
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+    _check_run_dir(cfg, run_dir)
+    plan, n_train, train_data, val_data = _device_data(cfg, ds, device, dist_info)
+    model, optimizer, ema, init_source = _build(cfg, ds, device, dist_info)
+    history, best, start_epoch = [], dict(_NO_BEST), 0
+    if cfg.resume:
+        history, best, start_epoch = _resume(cfg, ds, run_dir / LAST_CHECKPOINT, dist_info, model, optimizer, ema)
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    info = _run_info(cfg, ds, plan, n_train, dist_info, device, amp_dtype, model, init_source)
+    identity = {"model_spec": dict(model.spec), "classes": ds.classes, "config": dataclasses.asdict(cfg),
+                "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
+                "code_version": info["code_version"], "world_size": dist_info.world_size}
+    # The directory is created only here, after everything that can fail on bad input (dataset,
+    # weights, resume checks) has passed, so a refused run leaves no directory behind.
+    distributed.barrier(dist_info)  # every rank passed the checks above before rank 0 writes
+    if dist_info.is_main:
+        info = _open_run_dir(cfg, run_dir, info, start_epoch)
+    run = Run(cfg=cfg, dist=dist_info, model=model, optimizer=optimizer, schedule=functools.partial(_lr_at, cfg),
+              ema=ema, step=_make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info, ema),
+              train_data=train_data, val_data=val_data, amp_dtype=amp_dtype, run_dir=run_dir, checkpoints=None,
+              history=history, best=best, start_epoch=start_epoch)
+    if dist_info.is_main:
+        run.checkpoints = Checkpointer(run_dir, identity, cadence=Cadence.parse(cfg.checkpoint_every),
+                                       epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
+                                       last_good=start_epoch - 1 if cfg.resume else None)
+    emit("run_start", {"run_dir": str(run_dir), "epochs": cfg.epochs, "start_epoch": start_epoch,
+                       "train_images": n_train, "device": info["device"], "steps_per_epoch": run.steps_per_epoch,
+                       "cuda_graphs": run.step.graphed})
+    t_run = time.perf_counter()
+    images = fit(run, emit)
+    result = _result(run, plan, info, time.perf_counter() - t_run, images)
+    distributed.barrier(dist_info)  # the other ranks return once the run's files are written
+    return result
+
+
+def _join(cfg: TrainConfig) -> tuple[torch.device, distributed.DistInfo]:
+    """This process's device and place in a data-parallel group (under torchrun: one GPU per
+    rank; only rank 0 reports and writes)."""
     if cfg.threads is not None:
         # On a busy 2-core machine one thread is several times faster than two fighting
         # over a shared core (docs/benchmarks.md); on an idle machine the default wins.
         torch.set_num_threads(max(1, cfg.threads))
     device = resolve_device(cfg.device)
-    # Under torchrun: join the group, one GPU per rank; only rank 0 reports and writes.
     dist_info = distributed.setup(device.type)
     if dist_info.enabled and cfg.shard_data:
         dist_info = dataclasses.replace(dist_info, sharded=True)
     device = distributed.rank_device(dist_info, device)
-    if not dist_info.is_main:
-        emit = lambda kind, info: None  # noqa: E731
     configure_backends(device, cfg.deterministic)
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+    return device, dist_info
+
+
+def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     last_path = run_dir / LAST_CHECKPOINT
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.resume or cfg.force):
         raise FerError(f"run directory {run_dir} already exists: pass --resume to continue it "
                        f"or --force to start over")
     if cfg.resume and not last_path.is_file():
         raise FerError(f"--resume: no checkpoint {last_path} to resume from")
+
+
+def _device_data(cfg: TrainConfig, ds: PreparedDataset, device: torch.device,
+                 dist_info: distributed.DistInfo) -> tuple[Any, int, Any, Any]:
+    """(split plan, training images, train and validation DeviceSplits): --train-subset draws
+    a seeded subset; --shard-data keeps this rank's share on its device."""
     plan = plan_splits(ds, cfg.fold)
     train_idx = plan.train
     if cfg.train_subset is not None:
         rng = np.random.default_rng(cfg.seed)
         train_idx = np.sort(rng.permutation(train_idx)[: cfg.train_subset])
-    train_data = to_device(ds, distributed.shard_rows(train_idx, dist_info) if dist_info.sharded else train_idx,
-                           device)
-    val_data = to_device(ds, plan.val, device)
+    rows = distributed.shard_rows(train_idx, dist_info) if dist_info.sharded else train_idx
+    return plan, int(train_idx.size), to_device(ds, rows, device), to_device(ds, plan.val, device)
 
-    # Model init is seeded; CPU kernels are deterministic for what we use.
+
+def _build(cfg: TrainConfig, ds: PreparedDataset, device: torch.device,
+           dist_info: distributed.DistInfo) -> tuple[Any, Any, WeightEMA | None, dict[str, Any] | None]:
+    """(model, optimizer, weight EMA, --init-from provenance). Model init is seeded; CPU
+    kernels are deterministic for what we use."""
+    from fercli.model.networks import build_model
+    from fercli.train.optim import build_optimizer
+
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(ds.classes), image_size=cfg.image_size,
                         pretrained=cfg.pretrained, weights=cfg.weights,
@@ -210,41 +248,47 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, _param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 gc_conv_only=cfg.gc_conv_only)
-    # --ema: a moving average of the weights is what gets validated, selected and saved.
-    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    # --ema: a moving average of the weights is what gets validated, selected and saved; that
+    # is rank 0's work, so the other ranks of a data-parallel run keep none.
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 and dist_info.is_main else None
+    return model, optimizer, ema, init_source
 
-    history: list[dict[str, Any]] = []
-    best = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
-    start_epoch = 0
-    if cfg.resume:
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("dataset_sha256") != ds.sha256:
-            raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
-        saved = ckpt.get("config", {})
-        for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                    "init_from", "random_erasing", "mixup", "cutmix", "ema", "scale_aug"):
-            # Options newer than a checkpoint were off when it was written: compare with the default.
-            if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
-                raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
-                               f"the run's {saved.get(key)!r} in {last_path}")
-        saved_world = int(ckpt.get("world_size", 1))
-        if saved_world != dist_info.world_size:
-            raise FerError(f"--resume: {last_path} was trained by {saved_world} process(es), this is "
-                           f"{dist_info.world_size}: resume with the same --nproc (data order and BatchNorm "
-                           f"statistics depend on it)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        history, best, start_epoch = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
 
-    version = code_version()  # once per run: every checkpoint of this process carries it
-    run_info = {
+def _resume(cfg: TrainConfig, ds: PreparedDataset, last_path: Path, dist_info: distributed.DistInfo,
+            model: Any, optimizer: Any, ema: WeightEMA | None) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """--resume: check that last.pt belongs to this run and load its states into model,
+    optimizer and EMA; returns (history, best, first epoch to train)."""
+    ckpt = load_checkpoint(last_path)
+    if ckpt.get("dataset_sha256") != ds.sha256:
+        raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
+    saved = ckpt.get("config", {})
+    for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
+                "init_from", "random_erasing", "mixup", "cutmix", "ema", "scale_aug"):
+        # Options newer than a checkpoint were off when it was written: compare with the default.
+        if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
+            raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
+                           f"the run's {saved.get(key)!r} in {last_path}")
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != dist_info.world_size:
+        raise FerError(f"--resume: {last_path} was trained by {saved_world} process(es), this is "
+                       f"{dist_info.world_size}: resume with the same --nproc (data order and BatchNorm "
+                       f"statistics depend on it)")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    return list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
+
+
+def _run_info(cfg: TrainConfig, ds: PreparedDataset, plan: Any, n_train: int, dist_info: distributed.DistInfo,
+              device: torch.device, amp_dtype: Any, model: Any, init_source: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json: what the run is, on which data, by which code, where (its provenance)."""
+    return {
         "config": dataclasses.asdict(cfg),
         "dataset": {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256,
-                    "classes": ds.classes, "train": int(train_idx.size), "val": int(plan.val.size),
+                    "classes": ds.classes, "train": n_train, "val": int(plan.val.size),
                     "test": int(plan.test.size), "val_split": plan.val_name, "test_split": plan.test_name},
-        "code_version": version,
+        "code_version": code_version(),  # once per run: every checkpoint of this process carries it
         "fercli_version": __version__,
         "torch_version": torch.__version__,
         "distributed": {"world_size": dist_info.world_size, "backend": dist_info.backend},
@@ -256,12 +300,12 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
         "model_spec": dict(model.spec),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    # Created only now, after everything that can fail on bad input (dataset, weights, resume
-    # checks) has passed, so a refused run leaves no directory behind.
-    distributed.barrier(dist_info)  # every rank passed the checks above before rank 0 writes
-    if not dist_info.is_main:
-        return _train_rank(cfg, model, optimizer, train_data, val_data, amp_dtype, start_epoch,
-                           dist_info, plan, run_info, run_dir)
+
+
+def _open_run_dir(cfg: TrainConfig, run_dir: Path, run_info: dict[str, Any], start_epoch: int) -> dict[str, Any]:
+    """Create the run directory and write config.json; returns what config.json holds. A
+    resume keeps the first config.json (its start time, device and commit are the run's
+    origin) and appends an event instead of overwriting them."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -277,52 +321,7 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
              "code_version": run_info["code_version"], "device": run_info["device"]})
         run_info = first
     atomic_write_json(run_dir / "config.json", run_info)
-
-    # One step for the run: captured once as a CUDA graph (default on CUDA) or eager.
-    # --compile compiles the forward/backward instead (no manual graph around it).
-    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info, ema)
-    cadence = _Cadence(*checkpoint_cadence(cfg.checkpoint_every), last=time.perf_counter())
-    writer = CheckpointWriter()
-
-    emit("run_start", {"run_dir": str(run_dir), "epochs": cfg.epochs, "start_epoch": start_epoch,
-                       "train_images": int(train_idx.size), "device": run_info["device"],
-                       "steps_per_epoch": -(-len(train_data) // min(cfg.batch_size, len(train_data))),
-                       "cuda_graphs": step_fn.graphed})
-    t_run = time.perf_counter()
-    images_done = 0
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            row, best, seen = _epoch(cfg, epoch, model, optimizer, step_fn, train_data, val_data,
-                                     amp_dtype, ds, history, best, version, run_dir, writer, cadence, emit,
-                                     dist_info, ema)
-            images_done += seen
-            if epoch + 1 == cfg.epochs:
-                writer.wait()  # the final last.pt is on disk before the run reports done
-            emit("epoch_end", row)
-    finally:
-        writer.wait()  # an exception or Ctrl-C still lets a started write land (atomically)
-    result = _finish(cfg, run_dir, history, best, plan, run_info, t_run, images_done)
-    distributed.barrier(dist_info)  # the other ranks return once the run's files are written
-    return result
-
-
-@dataclass
-class _Cadence:
-    """--checkpoint-every state: last.pt every `epochs` epochs, or once `seconds` passed
-    since the last write (and after this process's first epoch, so an early kill can
-    resume); always after the final epoch. best.pt (weights only) whenever selection improves."""
-
-    epochs: int | None
-    seconds: float | None
-    last: float
-    wrote: bool = False
-
-    def due(self, epoch: int, total: int) -> bool:
-        if epoch + 1 == total:
-            return True
-        if self.epochs:
-            return (epoch + 1) % self.epochs == 0
-        return not self.wrote or time.perf_counter() - self.last >= (self.seconds or 0.0)
+    return run_info
 
 
 def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, amp_dtype: Any,
@@ -349,111 +348,25 @@ def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, am
                            cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
 
 
-def _draw_batch(cfg: TrainConfig, dist_info: distributed.DistInfo) -> int:
-    """The batch each epoch's permutation is cut into: the global B (every rank then takes
-    its B / W columns), or B / W of a rank's own shard with --shard-data."""
-    return distributed.local_batch(cfg.batch_size, dist_info) if dist_info.sharded else cfg.batch_size
-
-
-def _train_rank(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, val_data: Any, amp_dtype: Any,
-                start_epoch: int, dist_info: distributed.DistInfo, plan: Any, run_info: dict[str, Any],
-                run_dir: Path) -> TrainResult:
-    """Ranks > 0: the same steps as rank 0 (DDP keeps the weights identical), no validation
-    (selection is rank 0's), no files. Returns once rank 0 has written the run's files."""
-    from fercli.train.optim import set_lr
-
-    step_fn = _make_step(cfg, model, optimizer, train_data, amp_dtype, dist_info)
-    t0, images = time.perf_counter(), 0
-    for epoch in range(start_epoch, cfg.epochs):
-        set_lr(optimizer, _lr_at(cfg, epoch))
-        tr = train_one_epoch(model, optimizer, train_data, batch_size=_draw_batch(cfg, dist_info),
-                             gen=epoch_generator(cfg.seed, epoch, train_data.x.device), amp_dtype=amp_dtype,
-                             augment=cfg.augment, channels_last=cfg.channels_last, step_fn=step_fn,
-                             dist=dist_info)
-        images += int(tr["images"])
-    distributed.barrier(dist_info)
-    seconds = time.perf_counter() - t0
-    return TrainResult(run_dir=run_dir, best_epoch=-1, best_val_acc=float("nan"), val_split=plan.val_name,
-                       test_split=plan.test_name, history=[], device=run_info["device"], fold=cfg.fold,
-                       seconds=seconds, images_per_second=images / max(seconds, 1e-9))
-
-
-def _epoch(cfg: TrainConfig, epoch: int, model: Any, optimizer: Any, step_fn: Any, train_data: Any,
-           val_data: Any, amp_dtype: Any, ds: PreparedDataset, history: list[dict[str, Any]],
-           best: dict[str, Any], version: Any, run_dir: Path, writer: CheckpointWriter,
-           cadence: _Cadence, emit: ProgressCallback,
-           dist_info: distributed.DistInfo = distributed.SINGLE,
-           ema: WeightEMA | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """One epoch: train, validate, checkpoint on the cadence; returns (row, best, images).
-    With --ema the averaged weights are validated and go to best.pt; last.pt keeps the live
-    weights (and the average) for --resume."""
-    from fercli.train.optim import set_lr
-
-    lr = _lr_at(cfg, epoch)
-    set_lr(optimizer, lr)  # in place for a graph's device-tensor lr: no re-capture
-    emit("epoch_start", {"epoch": epoch + 1, "epochs": cfg.epochs})
-    gen = epoch_generator(cfg.seed, epoch, train_data.x.device)
-    t0 = time.perf_counter()
-    tr = train_one_epoch(model, optimizer, train_data, batch_size=_draw_batch(cfg, dist_info), gen=gen,
-                         amp_dtype=amp_dtype, augment=cfg.augment, channels_last=cfg.channels_last,
-                         step_fn=step_fn, on_step=lambda n: emit("step", {"images": n}), dist=dist_info)
-
-    train_seconds = time.perf_counter() - t0
-    t_eval = time.perf_counter()
-    selected = ema.module if ema is not None else model  # the weights selection is about
-    va = evaluate(selected, val_data, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype,
-                  channels_last=cfg.channels_last)
-    # *_seconds and img_per_s are timings: the only columns a resumed run may not repeat.
-    row = {"epoch": epoch + 1, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
-           "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr,
-           "img_per_s": round(tr["images"] / max(train_seconds, 1e-9), 2),
-           "epoch_seconds": round(time.perf_counter() - t0, 3),  # train + validation
-           "eval_seconds": round(time.perf_counter() - t_eval, 3), "checkpoint_seconds": 0.0}
-    history.append(row)
-    improved = va["acc"] > best["val_acc"] or (va["acc"] == best["val_acc"] and va["loss"] < best["val_loss"])
-    if improved:
-        best = {"epoch": epoch + 1, "val_acc": va["acc"], "val_loss": va["loss"]}
-    due = cadence.due(epoch, cfg.epochs)
-    if improved or due:
-        t_ck = time.perf_counter()
-        writer.wait()  # the previous write; then a CPU snapshot, written in the background
-        weights = cpu_copy({k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}, True)
-        base = {
-            "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": ds.classes,
-            "model": weights if ema is None else cpu_copy(ema.module.state_dict(), True),
-            "epoch": epoch, "best": dict(best), "config": dataclasses.asdict(cfg),
-            "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
-            "code_version": version, "world_size": dist_info.world_size,
-        }
-        opt_state = cpu_copy(optimizer.state_dict()) if due else None
-        row["checkpoint_seconds"] = round(time.perf_counter() - t_ck, 3)  # time the device waited
-        base["history"] = [dict(h) for h in history]
-        jobs = [(run_dir / BEST_CHECKPOINT, base)] if improved else []
-        if due:
-            last = {**base, "optimizer": opt_state, "model": weights}
-            if ema is not None:
-                last["ema"] = cpu_copy(ema.state_dict())
-            jobs.append((run_dir / LAST_CHECKPOINT, last))
-            cadence.last, cadence.wrote = time.perf_counter(), True
-        writer.submit(jobs)
-    _write_history(run_dir, history)
-    return row, best, int(tr["images"])
-
-
-def _finish(cfg: TrainConfig, run_dir: Path, history: list[dict[str, Any]], best: dict[str, Any],
-            plan: Any, run_info: dict[str, Any], t_run: float, images_done: int) -> TrainResult:
-    seconds = time.perf_counter() - t_run
-    if history:
+def _result(run: Run, plan: Any, run_info: dict[str, Any], seconds: float, images: int) -> TrainResult:
+    """What train() returns for this process's run. Rank 0 (or the only process) also draws
+    loss_curve.png and writes train_summary.json; the other ranks report only their timing."""
+    cfg = run.cfg
+    if run.checkpoints is None:
+        return TrainResult(run_dir=run.run_dir, best_epoch=-1, best_val_acc=float("nan"), val_split=plan.val_name,
+                           test_split=plan.test_name, history=[], device=run_info["device"], fold=cfg.fold,
+                           seconds=seconds, images_per_second=images / max(seconds, 1e-9))
+    if run.history:
         try:
             from fercli.evaluation.plots import plot_loss_curve
 
-            plot_loss_curve(history, run_dir / "loss_curve.png")
+            plot_loss_curve(run.history, run.run_dir / "loss_curve.png")
         except ImportError:  # matplotlib missing: the CSV still has everything
             pass
-    result = TrainResult(run_dir=run_dir, best_epoch=int(best["epoch"]), best_val_acc=float(best["val_acc"]),
-                         val_split=plan.val_name, test_split=plan.test_name, history=history,
-                         device=run_info["device"], fold=cfg.fold, seconds=seconds,
-                         images_per_second=images_done / max(seconds, 1e-9))
+    result = TrainResult(run_dir=run.run_dir, best_epoch=int(run.best["epoch"]),
+                         best_val_acc=float(run.best["val_acc"]), val_split=plan.val_name,
+                         test_split=plan.test_name, history=run.history, device=run_info["device"], fold=cfg.fold,
+                         seconds=seconds, images_per_second=images / max(seconds, 1e-9))
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
-    atomic_write_json(run_dir / "train_summary.json", summary)
+    atomic_write_json(run.run_dir / "train_summary.json", summary)
     return result
