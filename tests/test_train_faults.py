@@ -47,7 +47,7 @@ def _one_error_line(res) -> str:  # type: ignore[no-untyped-def]
 
 
 def _train_args(ds: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", str(ds), "--model", "resnet34", "--no-pretrained", "--epochs", "2",
+    return ["train", "--dataset", str(ds), "--arch", "resnet34", "--no-pretrained", "--epochs", "2",
             "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--checkpoint-every", "1", "--out", str(out),
             "-q", *extra]
 
@@ -87,7 +87,9 @@ FAULTS = [
     (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded (needs ~", "free space"),
     (OSError(errno.EROFS, "Read-only file system"), "read-only file system", "make {run} writable"),
     (PermissionError(errno.EACCES, "Permission denied"), "permission denied", "make {run} writable"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory"), "no such file or directory", "make {run} writable"),
+    # fercli.files names a folder that vanished under the write in its own words
+    (FileNotFoundError(errno.ENOENT, "No such file or directory"), "deleted while it was being written",
+     "make {run} writable"),
     (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 85131264 vs 85131152"),
      "torch could not finish the file, the disk is probably full", "free space"),
     # fercli.files' own one-line error (it names the file: not repeated)

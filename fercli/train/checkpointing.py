@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from fercli.errors import FerError
+from fercli.files import WriteFault
 from fercli.model import checkpoints as checkpoint_files  # save_checkpoint looked up at call time
 from fercli.model.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, LAST_CHECKPOINT, cpu_copy
 from fercli.train.config import TrainConfig, checkpoint_cadence
@@ -192,7 +193,7 @@ class Checkpointer:
 
 
 def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
+    if isinstance(exc, (OSError, WriteFault)) and exc.errno:
         return exc.errno in _FULL
     text = str(exc)
     return any(s in text for s in _TORCH_WRITE_FAILED) or "no space" in text.lower()
@@ -212,6 +213,10 @@ def _tensor_bytes(obj: Any) -> int:
 def _write_failure(path: Path, exc: BaseException, need: int | None = None) -> str | None:
     """Why writing `path` failed, in words (free space when the disk is full), or None when
     `exc` is not a failed write (a bug: it keeps its traceback)."""
+    if isinstance(exc, WriteFault) and exc.errno in _FULL:  # same words, with this file's size
+        return f"{os.strerror(exc.errno).lower()} ({free_space_text(path, need if need is not None else exc.needed)})"
+    if isinstance(exc, WriteFault) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+        exc = RuntimeError(str(exc))  # torch's short write, diagnosed by fercli.files as no errno
     if isinstance(exc, FerError):  # fercli.files said it in one line, maybe naming the file
         return str(exc).removeprefix(f"{path}: ")
     if isinstance(exc, OSError):
