@@ -15,7 +15,7 @@ from fercli.errors import FerError
 
 # `fer --help` lists commands in workflow order, not registration order (Typer appends
 # sub-apps such as `prepare` after plain commands).
-COMMAND_ORDER = ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench")
+COMMAND_ORDER = ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "export", "bench")
 
 
 _PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN",
@@ -103,7 +103,7 @@ def _register() -> None:
     # Order = order in `fer --help`: the data → model → results path, then tools.
     import importlib
 
-    for module in ("prepare", "train", "evaluate", "ablate", "predict", "export", "bench"):
+    for module in ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "export", "bench"):
         importlib.import_module(f"fercli.cli.{module}")
 
 

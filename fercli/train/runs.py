@@ -303,6 +303,9 @@ def _train_single(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallb
     finally:
         writer.wait()  # an exception or Ctrl-C still lets a started write land (atomically)
     result = _finish(cfg, run_dir, history, best, plan, run_info, t_run, images_done)
+    from fercli.evaluation.calibrate import calibrate_run  # T for best.pt, fitted on plan.val only
+
+    calibrate_run(run_dir, val_data, plan, ds, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype)
     distributed.barrier(dist_info)  # the other ranks return once the run's files are written
     return result
 
