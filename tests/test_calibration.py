@@ -182,6 +182,14 @@ def test_training_records_t_fitted_on_the_selection_split(tmp_path: Path) -> Non
     assert m["temperature_source"] == "recorded in the model" and m["argmax_identical"] is True
     assert set(m["before"]) >= {"ece", "mce", "nll", "brier"} and m["bins"] == 15
     assert (res.run_dir / "reliability.png").stat().st_size > 1000 and (res.run_dir / "confusion.png").is_file()
+    # with TTA, T divides each view's logits before the views are averaged, as fer predict does
+    from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target
+
+    flip = evaluate_target(EvaluateConfig(target=str(res.run_dir), tta="flip", device="cpu", write=False))
+    rows = ds.indices("private_test")
+    want = FaceClassifier(model, CLASSES, torch.device("cpu"), temperature=rec["temperature"]).predict_proba(
+        ds.images[rows], tta="flip")
+    assert flip["calibration"]["after"]["nll"] == pytest.approx(cal.nll(want, ds.labels[rows]), rel=1e-5)
 
 
 def _face_batch() -> np.ndarray:

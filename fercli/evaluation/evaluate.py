@@ -176,7 +176,7 @@ def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_n
         after = softmax(z, t)  # = softmax(logits / T): logp is the logits shifted per row
     else:  # T divides each view's logits before the views' probabilities are averaged, as in predict
         scaled = TemperatureScaled(src.model, t)
-        after = softmax(predict_logits(scaled, to_device(ds, _rows_of(ds, split_name, plan), device),
+        after = softmax(predict_logits(scaled, to_device(ds, _rows_of(ds, split_name, plan), device).x,
                                        batch_size=cfg.batch_size, amp_dtype=amp_dtype, tta=cfg.tta,
                                        channels_last=True).double().cpu().numpy())
     block = {"temperature": t, "temperature_split": record.get("split"), "temperature_source": source,
