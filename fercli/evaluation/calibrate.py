@@ -40,7 +40,6 @@ from fercli.model.checkpoints import (
     save_checkpoint,
 )
 from fercli.provenance import code_version
-from fercli.train.engine import predict_logits
 
 METHOD = ("temperature scaling: one T for all classes, p = softmax(logits / T), T minimising the "
           "NLL of the selection split (exact bisection on dNLL/d(1/T); fercli.evaluation.calibration)")
@@ -55,22 +54,31 @@ def guard_split(split: str, plan: SplitPlan) -> None:
         raise FerError(f"the temperature is fitted on the selection split {plan.val_name}, not {split}")
 
 
-def model_logprobs(model: nn.Module, data: DeviceSplit, *, batch_size: int = 256,
-                   amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """log-probabilities (N, C) float64 of a device-resident split, no TTA (as selection saw
-    it). They stand in for logits: softmax(logp / T) = softmax(logits / T) (a per-row shift)."""
-    if len(data) == 0:
-        raise FerError("the selection split is empty: no faces to fit the temperature on")
-    logp = predict_logits(model, data.x, batch_size=batch_size, amp_dtype=amp_dtype, tta="none",
-                          channels_last=True)
-    return logp.double().cpu().numpy()
+@torch.inference_mode()
+def model_logits(model: nn.Module, x_uint8: torch.Tensor, *, batch_size: int = 256,
+                 amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Raw logits (N, C) float64 of uint8 faces (N, 1, H, W), batched, no TTA: what T divides.
+
+    Not engine.predict_logits: that returns log-probabilities clamped at 1e-12, which is
+    harmless for labels and losses but would distort the fit for a large T (a clamped -27.6
+    divided by T=30 is not the true -300/30)."""
+    if x_uint8.shape[0] == 0:
+        raise FerError("no faces to compute calibration logits on (empty split)")
+    model.eval()
+    on = amp_dtype is not None  # as engine.predict_logits: bf16 autocast on CUDA, fp32 on the CPU
+    out = []
+    for s in range(0, x_uint8.shape[0], batch_size):
+        x = x_uint8[s:s + batch_size].float().div_(255).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=amp_dtype or torch.float32, enabled=on):
+            out.append(model(x).double())  # (B, C)
+    return torch.cat(out).cpu().numpy()
 
 
-def fit_record(logp: np.ndarray, labels: np.ndarray, split: str, ds: PreparedDataset) -> dict[str, Any]:
-    """Fit T on (logp, labels) of `split` and describe the fit (JSON-serialisable)."""
-    t = fit_temperature(logp, labels)
-    before = calibration_metrics(softmax(logp), labels)
-    after = calibration_metrics(softmax(logp, t), labels)
+def fit_record(logits: np.ndarray, labels: np.ndarray, split: str, ds: PreparedDataset) -> dict[str, Any]:
+    """Fit T on (logits, labels) of `split` and describe the fit (JSON-serialisable)."""
+    t = fit_temperature(logits, labels)
+    before = calibration_metrics(softmax(logits), labels)
+    after = calibration_metrics(softmax(logits, t), labels)
     keep = ("ece", "nll", "brier", "mean_confidence", "accuracy")
     return {"temperature": t, "split": split, "dataset_name": ds.name, "dataset_sha256": ds.sha256,
             "num_samples": int(len(labels)), "before": {k: before[k] for k in keep},
@@ -83,9 +91,9 @@ def fit_on_split(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: 
     """T for `model` fitted on `split` of `ds`, which must be plan's selection split."""
     guard_split(split, plan)
     data = to_device(ds, plan.val, device)  # the selection rows only
-    logp = model_logprobs(model.to(device, memory_format=torch.channels_last), data,
-                          batch_size=batch_size, amp_dtype=amp_dtype)
-    return fit_record(logp, ds.labels[plan.val], split, ds)
+    z = model_logits(model.to(device, memory_format=torch.channels_last), data.x, batch_size=batch_size,
+                     amp_dtype=amp_dtype)
+    return fit_record(z, ds.labels[plan.val], split, ds)
 
 
 def calibrate_run(run_dir: Path, val_data: DeviceSplit, plan: SplitPlan, ds: PreparedDataset, *,
@@ -99,8 +107,8 @@ def calibrate_run(run_dir: Path, val_data: DeviceSplit, plan: SplitPlan, ds: Pre
         return None
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval().to(val_data.x.device, memory_format=torch.channels_last)
-    logp = model_logprobs(model, val_data, batch_size=batch_size, amp_dtype=amp_dtype)
-    record = fit_record(logp, val_data.y.cpu().numpy(), plan.val_name, ds)
+    z = model_logits(model, val_data.x, batch_size=batch_size, amp_dtype=amp_dtype)
+    record = fit_record(z, val_data.y.cpu().numpy(), plan.val_name, ds)
     write_checkpoint_calibration(path, record)
     return record
 

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from fercli import paper
 from fercli.data.prepared import PreparedDataset, load_prepared
-from fercli.data.resident import SplitPlan, plan_splits, to_device
+from fercli.data.resident import DeviceSplit, SplitPlan, plan_splits, to_device
 from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.evaluation.calibrate import fit_on_split
+from fercli.evaluation.calibrate import fit_on_split, model_logits
 from fercli.evaluation.calibration import (
     ECE_BINS,
     TemperatureScaled,
@@ -157,8 +157,8 @@ def paper_per_class(dataset_name: str, m: dict[str, Any]) -> dict[str, Any] | No
             "what": "the paper's OBSR-Net: ImageNet-pretrained, two trunks, 200 epochs, single model"}
 
 
-def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_name: str, logp: torch.Tensor,
-                 y: np.ndarray, cfg: EvaluateConfig, device: torch.device,
+def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_name: str, data: DeviceSplit,
+                 logp: torch.Tensor, cfg: EvaluateConfig, device: torch.device,
                  amp_dtype: torch.dtype | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """ECE / MCE / NLL / Brier of the reported rows before and after the model's temperature,
     and both probability matrices (N, C). T is the one the model records; a model without
@@ -170,15 +170,14 @@ def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_n
                               amp_dtype=amp_dtype)
         source = "fitted now on the selection split (not saved: `fer calibrate` records it)"
     t = temperature_of({"calibration": record})
-    z = logp.double().cpu().numpy()
-    before = softmax(z)
-    if cfg.tta == "none":
-        after = softmax(z, t)  # = softmax(logits / T): logp is the logits shifted per row
+    y = data.y.cpu().numpy()
+    if cfg.tta == "none":  # from the raw logits: exactly softmax(z) and softmax(z / T)
+        z = model_logits(src.model, data.x, batch_size=cfg.batch_size, amp_dtype=amp_dtype)
+        before, after = softmax(z), softmax(z, t)
     else:  # T divides each view's logits before the views' probabilities are averaged, as in predict
-        scaled = TemperatureScaled(src.model, t)
-        after = softmax(predict_logits(scaled, to_device(ds, _rows_of(ds, split_name, plan), device).x,
-                                       batch_size=cfg.batch_size, amp_dtype=amp_dtype, tta=cfg.tta,
-                                       channels_last=True).double().cpu().numpy())
+        before = softmax(logp.double().cpu().numpy())
+        after = softmax(predict_logits(TemperatureScaled(src.model, t), data.x, batch_size=cfg.batch_size,
+                                       amp_dtype=amp_dtype, tta=cfg.tta, channels_last=True).double().cpu().numpy())
     block = {"temperature": t, "temperature_split": record.get("split"), "temperature_source": source,
              "bins": ECE_BINS, "before": calibration_metrics(before, y), "after": calibration_metrics(after, y),
              "argmax_identical": bool(np.array_equal(before.argmax(1), after.argmax(1))),
@@ -186,10 +185,6 @@ def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_n
     if record.get("split") == split_name:
         block["note"] = f"T was fitted on {split_name} itself: the after-T numbers are in-sample"
     return block, before, after
-
-
-def _rows_of(ds: PreparedDataset, split_name: str, plan: SplitPlan) -> np.ndarray:
-    return plan.test if split_name == plan.test_name else ds.indices(split_name)
 
 
 def _pooled_calibration(blocks: list[dict[str, Any]], y: np.ndarray, before: np.ndarray,
@@ -269,7 +264,8 @@ def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
                   # compare recipes by (the test split's must not choose anything)
                   "selection_accuracy": src.selection_acc if same else None,
                   "tta": cfg.tta, "loss": float(F.nll_loss(logp, data.y))})
-        m["calibration"], before, after = _calibration(src, ds, plan, split_name, logp, y, cfg, device, amp_dtype)
+        m["calibration"], before, after = _calibration(src, ds, plan, split_name, data, logp, cfg, device,
+                                                       amp_dtype)
         per_fold.append(m)
         y_all.append(y)
         p_all.append(pred)
