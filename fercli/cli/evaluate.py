@@ -76,8 +76,9 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON on stdout."),
 ) -> None:
     """Evaluate a model on its report split: accuracy, per-class P/R/F1 beside the paper's
-    Table 1 (FER2013) / Table 2 (CK+), macro-F1, the confusion matrix (Fig. 9), and
-    calibration: ECE (15 bins), MCE, NLL and Brier before and after the model's temperature T
+    Table 1 (FER2013) / Table 2 (CK+), macro-F1 and the confusion matrix (Fig. 9).
+
+    Calibration: ECE (15 bins), MCE, NLL and Brier before and after the model's temperature T
     (the one it records, else fitted now on its selection split; see `fer calibrate`).
 
     FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
