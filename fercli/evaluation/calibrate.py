@@ -2,9 +2,9 @@
 
 The rule is the one that chooses checkpoints: T is fitted on the selection split (FER2013
 PublicTest; CK+ fold K+1 for test fold K) and never on the report split (PrivateTest, the
-test fold). `fit_on_split` is the only way in: it takes a split *name*, looks the rows up in
-the run's SplitPlan and refuses the report split with a FerError, so the report rows are
-never even read.
+test fold). `fit_on_split` takes a split *name*, looks the rows up in the run's SplitPlan
+and refuses the report split with a FerError (guard_split) before any row is read;
+`calibrate_run` gets the selection rows training already holds, and checks the plan alike.
 
 Where T goes:
     best.pt                 ckpt["calibration"] (end of `fer train`: `calibrate_run`;
@@ -65,7 +65,7 @@ def model_logits(model: nn.Module, x_uint8: torch.Tensor, *, batch_size: int = 2
     if x_uint8.shape[0] == 0:
         raise FerError("no faces to compute calibration logits on (empty split)")
     model.eval()
-    on = amp_dtype is not None  # as engine.predict_logits: bf16 autocast on CUDA, fp32 on the CPU
+    on = amp_dtype is not None  # the caller's autocast (fercli.device.autocast_dtype), as predict_logits
     out = []
     for s in range(0, x_uint8.shape[0], batch_size):
         x = x_uint8[s:s + batch_size].float().div_(255).contiguous(memory_format=torch.channels_last)
