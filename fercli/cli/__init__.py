@@ -17,7 +17,7 @@ from fercli.errors import FerError
 
 # `fer --help` lists commands in workflow order, not registration order (Typer appends
 # sub-apps such as `prepare` after plain commands).
-COMMAND_ORDER = ("prepare", "train", "evaluate", "ablate", "predict", "serve", "export", "bench")
+COMMAND_ORDER = ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "serve", "export", "bench")
 
 
 _PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "UUID": "UUID"}
@@ -145,7 +145,7 @@ def _register() -> None:
     # Order = order in `fer --help`: the data → model → results path, then tools.
     import importlib
 
-    for module in ("prepare", "train", "evaluate", "ablate", "predict", "serve", "export", "bench"):
+    for module in ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "serve", "export", "bench"):
         importlib.import_module(f"fercli.cli.{module}")
 
 

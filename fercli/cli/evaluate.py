@@ -41,6 +41,29 @@ def _per_class_table(m: dict[str, Any]) -> Any:
     return t
 
 
+def _calibration_table(m: dict[str, Any]) -> Any:
+    """ECE / MCE / NLL / Brier before and after T (pooled for a k-fold root, then per fold)."""
+    from rich.table import Table
+
+    cal = m["calibration"]
+    if "temperature" in cal:
+        t_text = f"T = {cal['temperature']:.4f} ({cal['temperature_source']}, fitted on {cal['temperature_split']})"
+    else:
+        t_text = "T per fold, each fitted on its selection fold: " + ", ".join(f"{t:.3f}" for t in cal["temperatures"])
+    t = Table(title=f"calibration on {m['split']}: {t_text}", title_justify="left")
+    for col in ("", "ECE %", "MCE %", "NLL", "Brier", "mean top-1 %", "accuracy %"):
+        t.add_column(col, justify="right" if col else "left")
+    rows = [("before T", cal["before"]), ("after T", cal["after"])]
+    for i, f in enumerate(m.get("per_fold") or []):
+        rows.append((f"fold {i}, after T={f['calibration']['temperature']:.3f}", f["calibration"]["after"]))
+    for name, c in rows:
+        t.add_row(name, _pct(c["ece"]), _pct(c["mce"]), f"{c['nll']:.4f}", f"{c['brier']:.4f}",
+                  _pct(c["mean_confidence"]), _pct(c["accuracy"]))
+    if cal.get("note"):
+        t.caption = cal["note"]
+    return t
+
+
 @app.command()
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
@@ -49,13 +72,18 @@ def evaluate(
     fold: Optional[int] = typer.Option(None, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
     device: options.Device = "auto",
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json, confusion.png and reliability.png into this folder (any target, e.g. 'default'). \\[default: a run directory gets them]"),
     json_out: options.JsonOut = False,
 ) -> None:
     """Evaluate a model on its report split: accuracy, per-class P/R/F1 beside the paper's
     Table 1 (FER2013) / Table 2 (CK+), macro-F1 and the confusion matrix (Fig. 9).
 
+    Calibration: ECE (15 bins), MCE, NLL and Brier before and after the model's temperature T
+    (the one it records, else fitted now on its selection split; see `fer calibrate`).
+
     FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
-    metrics.json and confusion.png; an exported model's folder is never written to.
+    metrics.json, confusion.png and reliability.png (or --out DIR, for any target); an exported
+    model's folder is never written to.
     """
     params = dict(locals())
     from fercli.cli import report
@@ -70,6 +98,7 @@ def evaluate(
     report.console.print(_per_class_table(m), highlight=False)
     for t in report.metrics_tables(m)[1:]:  # the confusion matrix (+ the k-fold table)
         report.console.print(t)
+    report.console.print(_calibration_table(m), highlight=False)
     model = m["model"]
     report.console.print(f"model: {model['path']} ({model['kind']}, {model['training']}, trained on "
                          f"{model.get('trained_on_device') or 'unknown device'}, code {model.get('code_version')}); "
@@ -77,4 +106,5 @@ def evaluate(
     if m["dataset"].get("note"):
         report.err_console.print(f"note: {m['dataset']['note']}", highlight=False)
     if "metrics_json" in m:
-        report.console.print(f"Wrote {m['metrics_json']}" + (f" and {m['confusion_png']}" if "confusion_png" in m else ""))
+        pngs = [m[k] for k in ("confusion_png", "reliability_png") if k in m]
+        report.console.print(f"Wrote {m['metrics_json']}" + (f" and {', '.join(pngs)}" if pngs else ""))

@@ -22,12 +22,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fercli import paper
 from fercli.data.prepared import PreparedDataset, load_prepared
-from fercli.data.resident import plan_splits, to_device
+from fercli.data.resident import DeviceSplit, SplitPlan, plan_splits, to_device
 from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.errors import FerError
+from fercli.evaluation.calibrate import fit_on_split, model_logits
+from fercli.evaluation.calibration import (
+    ECE_BINS,
+    TemperatureScaled,
+    calibration_metrics,
+    reliability_bins,
+    softmax,
+    temperature_of,
+)
 from fercli.evaluation.metrics import aggregate_folds, classification_metrics
 from fercli.files import atomic_write_json
 from fercli.model.checkpoints import BEST_CHECKPOINT
@@ -38,7 +48,7 @@ from fercli.model.sources import (
     load_exported_source,
     resolve_ref,
 )
-from fercli.train.engine import TTA_MODES, evaluate
+from fercli.train.engine import TTA_MODES, predict_logits
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,8 @@ class EvaluateConfig:
     device: str = "auto"
     dataset: str | None = None  # evaluate on this prepared dataset instead of the recorded one
     batch_size: int = 256
-    write: bool = True  # metrics.json + confusion.png into a run directory (never for exports)
+    write: bool = True  # metrics.json + confusion.png + reliability.png into a run directory (never for exports)
+    out: str | None = None  # write those files here instead (any target, e.g. `default`)
 
 
 SPLIT_NAMES = {"private-test": "private_test", "public-test": "public_test", "test": "test",
@@ -99,8 +110,8 @@ def _run_fold(src: ModelSource, ds: PreparedDataset, same_data: bool, cfg: Evalu
 
 
 def _choose_rows(src: ModelSource, ds: PreparedDataset, same_data: bool,
-                 cfg: EvaluateConfig) -> tuple[np.ndarray, str, str]:
-    """(row indices, split name, the split the checkpoint was selected on) to report."""
+                 cfg: EvaluateConfig) -> tuple[np.ndarray, str, SplitPlan]:
+    """(row indices, split name, the model's split plan: its selection split) to report."""
     kfold = "train" not in set(ds.split.tolist())
     fold = _run_fold(src, ds, same_data, cfg) if kfold else None
     if not kfold and cfg.fold is not None:
@@ -108,9 +119,9 @@ def _choose_rows(src: ModelSource, ds: PreparedDataset, same_data: bool,
     plan = plan_splits(ds, fold)
     split = SPLIT_NAMES.get(cfg.split) if cfg.split else None
     if split in (None, "fold") or split == plan.test_name:
-        return plan.test, plan.test_name, plan.val_name
+        return plan.test, plan.test_name, plan
     if split in set(ds.split.tolist()):
-        return ds.indices(split), split, plan.val_name
+        return ds.indices(split), split, plan
     raise FerError(f"--split {cfg.split}: dataset {ds.name} has splits {', '.join(ds.splits)}"
                    + (" and CK+ folds (use --split fold or --fold K)" if kfold else ""))
 
@@ -146,12 +157,77 @@ def paper_per_class(dataset_name: str, m: dict[str, Any]) -> dict[str, Any] | No
             "what": "the paper's OBSR-Net: ImageNet-pretrained, two trunks, 200 epochs, single model"}
 
 
+def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_name: str, data: DeviceSplit,
+                 logp: torch.Tensor, cfg: EvaluateConfig, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """ECE / MCE / NLL / Brier of the reported rows before and after the model's temperature,
+    and both probability matrices (N, C). T is the one the model records; a model without
+    one gets T fitted now on its selection split (plan.val; never the report rows), unsaved."""
+    record = src.calibration
+    source = "recorded in the model"
+    if not record:
+        record = fit_on_split(src.model, ds, plan, plan.val_name, device, batch_size=cfg.batch_size,
+                              amp_dtype=amp_dtype)
+        source = "fitted now on the selection split (not saved: `fer calibrate` records it)"
+    t = temperature_of({"calibration": record})
+    y = data.y.cpu().numpy()
+    if cfg.tta == "none":  # from the raw logits: exactly softmax(z) and softmax(z / T)
+        z = model_logits(src.model, data.x, batch_size=cfg.batch_size, amp_dtype=amp_dtype)
+        before, after = softmax(z), softmax(z, t)
+    else:  # T divides each view's logits before the views' probabilities are averaged, as in predict
+        before = softmax(logp.double().cpu().numpy())
+        after = softmax(predict_logits(TemperatureScaled(src.model, t), data.x, batch_size=cfg.batch_size,
+                                       amp_dtype=amp_dtype, tta=cfg.tta, channels_last=True).double().cpu().numpy())
+    block = {"temperature": t, "temperature_split": record.get("split"), "temperature_source": source,
+             "bins": ECE_BINS, "before": calibration_metrics(before, y), "after": calibration_metrics(after, y),
+             "argmax_identical": bool(np.array_equal(before.argmax(1), after.argmax(1))),
+             "reliability": {"before": reliability_bins(before, y), "after": reliability_bins(after, y)}}
+    if record.get("split") == split_name:
+        block["note"] = f"T was fitted on {split_name} itself: the after-T numbers are in-sample"
+    return block, before, after
+
+
+def _pooled_calibration(blocks: list[dict[str, Any]], y: np.ndarray, before: np.ndarray,
+                        after: np.ndarray) -> dict[str, Any]:
+    """k-fold: every fold's T on its own test fold, pooled over all test predictions."""
+    return {"temperatures": [b["temperature"] for b in blocks], "bins": ECE_BINS,
+            "temperature_splits": [b["temperature_split"] for b in blocks],
+            "before": calibration_metrics(before, y), "after": calibration_metrics(after, y),
+            "argmax_identical": all(b["argmax_identical"] for b in blocks),
+            "ece_per_fold": {"before": [b["before"]["ece"] for b in blocks],
+                             "after": [b["after"]["ece"] for b in blocks]},
+            "reliability": {"before": reliability_bins(before, y), "after": reliability_bins(after, y)}}
+
+
+def _write_outputs(out: dict[str, Any], folder: Path) -> None:
+    """metrics.json, confusion.png and reliability.png into `folder` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "metrics.json", out)
+    try:
+        from fercli.evaluation.plots import plot_confusion, plot_reliability
+
+        plot_confusion(out["confusion"], out["classes"], folder / "confusion.png",
+                       f"{out['split']}: accuracy {100 * out['accuracy']:.2f}%")
+        out["confusion_png"] = str(folder / "confusion.png")
+        cal = out["calibration"]
+        t = cal.get("temperature")
+        plot_reliability(cal["reliability"]["before"], cal["reliability"]["after"], folder / "reliability.png",
+                         f"{out['split']}: " + (f"T = {t:.3f} (fitted on {cal['temperature_split']})"
+                                                if t is not None else "T per fold (each on its selection fold)"))
+        out["reliability_png"] = str(folder / "reliability.png")
+    except ImportError:
+        pass
+    out["metrics_json"] = str(folder / "metrics.json")
+
+
 def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate a model (or every fold of a k-fold root) on its report rows.
 
     For a CK+ k-fold root, evaluates every fold's test fold, then aggregates: mean ± std over
-    folds and pooled over all test predictions. Writes metrics.json (+ confusion PNG) into a
-    run directory; an exported model's folder is never written to.
+    folds and pooled over all test predictions. Calibration (ECE, MCE, NLL, Brier) before and
+    after each model's temperature, per fold and pooled. Writes metrics.json, confusion.png and
+    reliability.png into a run directory (or cfg.out); an exported model's folder is never
+    written to.
     """
     if cfg.tta not in TTA_MODES:
         raise FerError(f"--tta {cfg.tta!r} is not one of: {', '.join(TTA_MODES)}")
@@ -165,34 +241,46 @@ def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
     per_fold: list[dict[str, Any]] = []
     y_all: list[np.ndarray] = []
     p_all: list[np.ndarray] = []
+    probs: list[tuple[np.ndarray, np.ndarray]] = []
     ds: PreparedDataset | None = None
     same = False
     for src in sources:
         ds, same = _dataset_for(src, cfg)
-        idx, split_name, selected_on = _choose_rows(src, ds, same, cfg)
+        idx, split_name, plan = _choose_rows(src, ds, same, cfg)
         # channels_last, as in training: batched 48 px inference on a 2-core AVX2 CPU runs
         # 1.5x faster than contiguous (173 -> 259 img/s, shared-trunk B-CNN, batch 256).
         model = src.model.to(device, memory_format=torch.channels_last)
-        res = evaluate(model, to_device(ds, idx, device), batch_size=cfg.batch_size, amp_dtype=amp_dtype,
-                       tta=cfg.tta, channels_last=True)
+        if len(idx) == 0:
+            raise FerError(f"{ds.path}: split {split_name} has no rows to evaluate")
+        data = to_device(ds, idx, device)
+        logp = predict_logits(model, data.x, batch_size=cfg.batch_size, amp_dtype=amp_dtype, tta=cfg.tta,
+                              channels_last=True)  # (N, C) log-probabilities
+        pred = logp.argmax(1).cpu().numpy()
         y = ds.labels[idx]
-        m = classification_metrics(y, res["pred"], ds.classes)
+        m = classification_metrics(y, pred, ds.classes)
         m.update({"split": split_name, "checkpoint": str(src.path), "best_epoch": src.best_epoch,
-                  "selected_on": selected_on if same else "unknown (not this dataset)",
+                  "selected_on": plan.val_name if same else "unknown (not this dataset)",
                   # what training saw on the selection split at that epoch: the number to
                   # compare recipes by (the test split's must not choose anything)
                   "selection_accuracy": src.selection_acc if same else None,
-                  "tta": cfg.tta, "loss": res["loss"]})
+                  "tta": cfg.tta, "loss": float(F.nll_loss(logp, data.y))})
+        m["calibration"], before, after = _calibration(src, ds, plan, split_name, data, logp, cfg, device,
+                                                       amp_dtype)
         per_fold.append(m)
         y_all.append(y)
-        p_all.append(res["pred"])
+        p_all.append(pred)
+        probs.append((before, after))
     assert ds is not None
     if len(per_fold) == 1:
         out = per_fold[0]
     else:
-        out = classification_metrics(np.concatenate(y_all), np.concatenate(p_all), ds.classes)
+        y_cat = np.concatenate(y_all)
+        out = classification_metrics(y_cat, np.concatenate(p_all), ds.classes)
         out.update({"split": "all test folds (pooled)", "tta": cfg.tta,
-                    "kfold": aggregate_folds(per_fold), "per_fold": per_fold})
+                    "kfold": aggregate_folds(per_fold), "per_fold": per_fold,
+                    "calibration": _pooled_calibration([m["calibration"] for m in per_fold], y_cat,
+                                                       np.concatenate([b for b, _ in probs]),
+                                                       np.concatenate([a for _, a in probs]))})
     src = sources[0]
     out["model"] = {**src.provenance(), "single_model": True}
     out["dataset"] = {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256, "same_as_training": same}
@@ -201,15 +289,61 @@ def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
                                   "unknown): its splits may overlap the model's training data")
     out["paper_per_class"] = paper_per_class(ds.name, out)
     out["device"] = device_name(device)
-    if cfg.write and run_dir is not None and os.access(run_dir, os.W_OK):
-        atomic_write_json(run_dir / "metrics.json", out)
-        try:
-            from fercli.evaluation.plots import plot_confusion
-
-            plot_confusion(out["confusion"], out["classes"], run_dir / "confusion.png",
-                           f"{out['split']}: accuracy {100 * out['accuracy']:.2f}%")
-            out["confusion_png"] = str(run_dir / "confusion.png")
-        except ImportError:
-            pass
-        out["metrics_json"] = str(run_dir / "metrics.json")
+    if cfg.out is not None:
+        _write_outputs(out, Path(cfg.out))
+    elif cfg.write and run_dir is not None and os.access(run_dir, os.W_OK):
+        _write_outputs(out, run_dir)
     return out
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    target: str  # run dir (single or k-fold root), checkpoint, exported .npz, or "default"
+    dataset: str | None = None  # the prepared dataset whose selection split T is fitted on
+    fold: int | None = None  # CK+: the model's test fold, when it records none (its selection fold is K+1)
+    out: str | None = None  # where the calibrated model goes: required for an export, else in place
+    device: str = "auto"
+    batch_size: int = 256
+
+
+def calibrate_target(cfg: CalibrateConfig) -> dict[str, Any]:
+    """`fer calibrate`: fit each model's temperature on its selection split (FER2013
+    PublicTest; CK+ fold K+1 of test fold K) and record it in the model.
+
+    A run directory's best.pt (each fold's, for a k-fold root) or a .pt checkpoint is
+    rewritten in place (atomically; train_summary.json gets the record too) unless `out`
+    names another .pt. An exported .npz is never modified: the copy with the temperature in
+    its metadata goes to `out` (sharded like the source). Returns what was fitted and written.
+    """
+    from fercli.evaluation.calibrate import write_checkpoint_calibration
+    from fercli.export.npz_format import INDEX_SUFFIX, with_metadata
+
+    ecfg = EvaluateConfig(target=cfg.target, dataset=cfg.dataset, fold=cfg.fold, device=cfg.device, write=False)
+    if cfg.fold is not None and cfg.fold < 0:
+        raise FerError(f"--fold must be ≥ 0, got {cfg.fold}")
+    sources, _ = _load_sources(ecfg)
+    if cfg.out is not None and len(sources) > 1:
+        raise FerError(f"--out: {cfg.target} is a k-fold root: each fold's best.pt gets its own temperature in place")
+    if sources[0].kind == "exported" and cfg.out is None:
+        raise FerError(f"{sources[0].path}: an exported model is never modified in place; pass --out NEW.npz")
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(device, "auto")
+    results = []
+    for src in sources:
+        ds, same = _dataset_for(src, ecfg)
+        kfold = "train" not in set(ds.split.tolist())
+        plan = plan_splits(ds, _run_fold(src, ds, same, ecfg) if kfold else None)
+        record = fit_on_split(src.model, ds, plan, plan.val_name, device, batch_size=cfg.batch_size,
+                              amp_dtype=amp_dtype)
+        if not same:
+            record["note"] = "fitted on a dataset version other than the model's (sha256 differs or unknown)"
+        if src.kind == "exported":
+            sharded = not src.path.is_file() and Path(f"{src.path}{INDEX_SUFFIX}").is_file()
+            info = with_metadata(src.path, Path(str(cfg.out)), {"calibration": record},
+                                 max_shard_mb=15.0 if sharded else None)
+            written = [*info["files"], info["sidecar"]]
+        else:
+            written = [str(write_checkpoint_calibration(src.path, record, Path(cfg.out) if cfg.out else None))]
+        results.append({"model": str(src.path), "kind": src.kind, "previous": src.calibration,
+                        "calibration": record, "written": written})
+    return results[0] if len(results) == 1 else {"folds": results}

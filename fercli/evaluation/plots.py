@@ -1,4 +1,5 @@
-"""PNG figures: the loss curve (paper Fig. 10), the confusion matrix (Fig. 9), and the
+"""PNG figures: the loss curve (paper Fig. 10), the confusion matrix (Fig. 9), the
+reliability diagram (calibration before and after temperature scaling) and the
 emotions-over-time chart of a video (`fer predict clip.mp4 --plot`, fercli.plot_emotions).
 
 matplotlib with the Agg backend, written atomically. Imported lazily by callers because
@@ -96,3 +97,36 @@ def plot_emotions(timeline: Any, path: str | Path, *, title: str | None = None) 
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def plot_reliability(before: list[dict[str, Any]], after: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Two panels (before / after T): per equal-width confidence bin (calibration.reliability_bins),
+    the accuracy as a bar beside the diagonal a calibrated model follows, the gap to the bin's
+    mean confidence shaded; each panel's title gives its ECE."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
+    for ax, bins, name in ((axes[0], before, "before T"), (axes[1], after, "after T")):
+        width = bins[0]["hi"] - bins[0]["lo"]
+        full = [b for b in bins if b["count"]]
+        n = sum(b["count"] for b in full)
+        ece = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in full) / max(n, 1)
+        ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+               color="#4c72b0", edgecolor="white", label="accuracy")
+        ax.bar([b["lo"] for b in full], [b["confidence"] - b["accuracy"] for b in full], width=width,
+               bottom=[b["accuracy"] for b in full], align="edge", color="#dd8452", alpha=0.45,
+               edgecolor="#dd8452", label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+        for b in full:
+            ax.text(b["lo"] + width / 2, 0.01, str(b["count"]), ha="center", va="bottom", fontsize=6,
+                    rotation=90, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(f"{name}: ECE {100 * ece:.2f}% ({len(bins)} bins, n={n})")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_save(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

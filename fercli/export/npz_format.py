@@ -8,7 +8,8 @@ The exported file is a plain NumPy archive (no pickle, nothing that executes on 
                         __meta__   uint8 array holding UTF-8 JSON: format, model spec,
                                    classes, image size, training command, PrivateTest
                                    accuracy (when the run has metrics.json), device,
-                                   dataset sha256, fercli version, ...
+                                   dataset sha256, fercli version, the calibration
+                                   temperature and its split (when fitted), ...
     <name>.json         the same JSON as a human-readable sidecar (informative only; the
                         loader trusts only __meta__ inside the archive)
 
@@ -162,6 +163,8 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
         "best_val_acc": (ckpt.get("best") or {}).get("val_acc"),
         "test_metrics": test_acc,
         "private_test_accuracy": test_acc["accuracy"] if test_acc and test_acc["split"] == "private_test" else None,
+        # the temperature fitted on the selection split (fercli.evaluation.calibrate), or None
+        "calibration": ckpt.get("calibration"),
         "device": (run_info or {}).get("device"),
         "dataset_name": ckpt.get("dataset_name"),
         "dataset_sha256": ckpt.get("dataset_sha256"),
@@ -276,6 +279,21 @@ def _run_record(run_dir: Path | None, name: str, what: str) -> dict[str, Any] | 
     if run_dir is None or not (run_dir / name).is_file():
         return None
     return read_json(run_dir / name, what)
+
+
+def with_metadata(src: Path | str, out_path: Path | str, updates: dict[str, Any],
+                  max_shard_mb: float | None = None) -> dict[str, Any]:
+    """A copy of an exported model with `updates` set in its metadata (e.g. the calibration a
+    model gained after export). The weight arrays are copied unchanged; `src` is never
+    modified (write to another path)."""
+    src, out_path = Path(src), Path(out_path)
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
+        raise FerError(f"--out {out_path}: write the new model beside {src}, not over it")
+    arrays, meta, _ = _read_archive(src)
+    meta.update(updates)
+    return write_archive(arrays, meta, out_path, max_shard_mb)
 
 
 def _input_text(image_size: int) -> str:

@@ -5,6 +5,7 @@ The graph is the whole classifier, so any ONNX runtime can use it without fercli
     faces  uint8 (N, 1, 48, 48)  greyscale face crops (fercli.vision.faces.crop_face, INTER_AREA)
       -> /255, the model's FaceInput (resize to its image size when that is not 48,
          ImageNet normalisation, grey -> 3 channels), trunk(s), head
+      -> logits / T when the model records a calibration temperature T (fercli.evaluation.calibration)
       -> probs float32 (N, C), softmax included; N is a dynamic axis
 
 The B-CNN head's fused autograd Function (fercli.model.networks._SignedSqrtL2Normalize, a training
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercli.errors import FerError
+from fercli.evaluation.calibration import temperature_of
 from fercli.vision.faces import FACE_SIZE
 
 ONNX_FORMAT = "fercli-onnx-v1"
@@ -65,9 +67,10 @@ FP16_MIN_ELEMENTS = 1024  # smaller initializers (biases, BN vectors) stay fp32:
 class ProbsGraph(nn.Module):
     """uint8 faces (N, 1, 48, 48) -> probabilities (N, C): what the ONNX graph computes."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model.eval()
+        self.temperature = temperature  # the model's calibration T (1: none recorded)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         from fercli.model.networks import BilinearResNet34, signed_sqrt
@@ -80,6 +83,8 @@ class ProbsGraph(nn.Module):
             logits = m.fc(z)  # (N, C), eq. (7)
         else:
             logits = m(x)
+        if self.temperature != 1.0:  # no node at all for an uncalibrated model
+            logits = logits / self.temperature
         return logits.softmax(1)
 
 
@@ -116,7 +121,8 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any], dtype: str = "float16") -
         raise FerError("ONNX export needs the `onnx` package: pip install onnx") from None
     if dtype not in ("float16", "float32"):
         raise FerError(f"--dtype {dtype!r} is not one of: float16, float32")
-    graph = ProbsGraph(model.to("cpu").float().eval())
+    temperature = temperature_of(meta)
+    graph = ProbsGraph(model.to("cpu").float().eval(), temperature)
     x = torch.zeros(2, 1, FACE_SIZE, FACE_SIZE, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -137,7 +143,9 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any], dtype: str = "float16") -
         "input_size": str(FACE_SIZE),
         "input": f"{INPUT_NAME}: uint8 (N, 1, {FACE_SIZE}, {FACE_SIZE}) greyscale face crops "
                  "(INTER_AREA, as in training); preprocessing is inside the graph",
-        "output": f"{OUTPUT_NAME}: float32 (N, {len(classes)}) softmax probabilities, columns = classes",
+        "output": f"{OUTPUT_NAME}: float32 (N, {len(classes)}) softmax probabilities, columns = classes"
+                  + (f"; logits divided by the temperature {temperature:.6g} before the softmax (calibration, "
+                     f"fitted on {meta['calibration'].get('split')})" if temperature != 1.0 else ""),
         "fercli_meta": json.dumps({**meta, "format": ONNX_FORMAT, "dtype": dtype}, default=str),
     }
     del proto.metadata_props[:]
@@ -329,7 +337,11 @@ def cached_onnx_bytes(model: nn.Module, classes: tuple[str, ...] | list[str],
     """The ONNX graph (fp32 weights: the torch model's exact values) of a torch model, from
     the cache when it is there; written back atomically, silently skipped if unwritable.
     int8: the graph quantised by quantize_int8 on sample_calibration_faces (cached too)."""
-    fp32_path = cache_dir() / f"{weights_key(model)}.onnx"
+    key = weights_key(model)
+    temperature = temperature_of(meta)
+    if temperature != 1.0:  # the division by T is in the graph: another graph, another file
+        key += "-t" + hashlib.sha256(repr(temperature).encode()).hexdigest()[:16]
+    fp32_path = cache_dir() / f"{key}.onnx"
 
     def fp32() -> bytes:
         return _cached(fp32_path, lambda: onnx_bytes(model, {**meta, "classes": list(classes)}, dtype="float32"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fercli.errors import FerError
+from fercli.evaluation.calibration import TemperatureScaled, check_temperature, temperature_of
 from fercli.vision.faces import FACE_SIZE
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class FaceClassifier:
     """
 
     def __init__(self, model: torch.nn.Module, classes: list[str] | tuple[str, ...],
-                 device: torch.device, *, channels_last: bool = True, optimize: str = CPU_OPTIMIZE) -> None:
+                 device: torch.device, *, channels_last: bool = True, optimize: str = CPU_OPTIMIZE,
+                 temperature: float = 1.0) -> None:
         from fercli.device import autocast_dtype
 
         if optimize not in OPTIMIZE_MODES:
@@ -67,6 +69,11 @@ class FaceClassifier:
         self.device = device
         self.classes = tuple(classes)
         self.channels_last = channels_last
+        # A calibrated model's logits are divided by T before every softmax (each TTA view
+        # too, as in the ONNX graph); T = 1 leaves the model itself, exactly as uncalibrated.
+        self.temperature = check_temperature(temperature)
+        if self.temperature != 1.0:
+            model = TemperatureScaled(model, self.temperature)
         self.model = model.to(device).eval()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -79,7 +86,7 @@ class FaceClassifier:
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "channels_last": self.channels_last,
                 "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-                "threads": torch.get_num_threads(), "optimize": self.optimize,
+                "threads": torch.get_num_threads(), "optimize": self.optimize, "temperature": self.temperature,
                 "torchscript": self._frozen is not None, "torchscript_error": self._frozen_error}
 
     def prepare(self) -> FaceClassifier:
@@ -166,7 +173,7 @@ def _load_any(path: Path) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
     model = model_from_checkpoint(ckpt, path)
     info = {"model_spec": ckpt["model_spec"], "dataset_name": ckpt.get("dataset_name"),
             "best_epoch": (ckpt.get("best") or {}).get("epoch"),
-            "best_val_acc": (ckpt.get("best") or {}).get("val_acc")}
+            "best_val_acc": (ckpt.get("best") or {}).get("val_acc"), "calibration": ckpt.get("calibration")}
     return model, list(ckpt["classes"]), info
 
 
@@ -204,7 +211,7 @@ def _model_info(source: str, path: Path, info: dict[str, Any], classes: Any, spe
     return ModelInfo(source=source, path=str(path), description=desc, classes=tuple(classes),
                      details={k: info.get(k) for k in ("model_spec", "dataset_name", "dataset_sha256",
                                                       "private_test_accuracy", "training_command",
-                                                      "best_epoch") if k in info})
+                                                      "best_epoch", "calibration") if k in info})
 
 
 Classifier = Any  # FaceClassifier | fercli.export.onnx_format.OnnxClassifier (same predict_proba contract)
@@ -219,6 +226,10 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
     there at batch 1 and 64 (bench/bench_predict.py, docs/benchmarks.md). The conversion is
     cached (fercli.export.onnx_format.cached_onnx_bytes). A failed conversion under auto falls back
     to torch and says why.
+
+    Temperature: a model whose metadata records one (calibration.temperature, fitted on its
+    selection split) has its logits divided by T before the softmax on every backend; the
+    ONNX conversion puts the division inside the graph. A model without one is unchanged.
 
     Precision on onnxruntime: int8 (--precision int8, or auto for the bundled default model)
     is the graph quantised on calibration faces drawn from the two shipped sample portraits.
@@ -279,6 +290,6 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
         why = f"auto: torch ({problem})"
     elif cfg.backend == "auto":
         why = f"auto: torch on {device.type}"
-    return FaceClassifier(model, info.classes, device), info, why
+    return FaceClassifier(model, info.classes, device, temperature=temperature_of(info.details)), info, why
 
 

@@ -42,6 +42,7 @@ class ModelSource:
     best_epoch: int | None = None
     selection_acc: float | None = None  # accuracy on the selection split at best_epoch, when recorded
     meta: dict[str, Any] = field(default_factory=dict)  # an export's __meta__ (empty for .pt)
+    calibration: dict[str, Any] | None = None  # the recorded temperature and its split, when fitted
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -97,7 +98,8 @@ def load_exported_source(path: Path) -> ModelSource:
                        train_config=dict(meta.get("train_config") or {}),
                        dataset_name=meta.get("dataset_name"), dataset_sha256=meta.get("dataset_sha256"),
                        code_version=meta.get("code_version"), device=meta.get("device"),
-                       best_epoch=meta.get("best_epoch"), selection_acc=meta.get("best_val_acc"), meta=meta)
+                       best_epoch=meta.get("best_epoch"), selection_acc=meta.get("best_val_acc"), meta=meta,
+                       calibration=meta.get("calibration"))
 
 
 def load_checkpoint_source(path: Path) -> ModelSource:
@@ -113,7 +115,7 @@ def load_checkpoint_source(path: Path) -> ModelSource:
                        dataset_name=ckpt.get("dataset_name"), dataset_sha256=ckpt.get("dataset_sha256"),
                        code_version=ckpt.get("code_version") or run_info.get("code_version"),
                        device=run_info.get("device"), best_epoch=best.get("epoch"),
-                       selection_acc=best.get("val_acc"))
+                       selection_acc=best.get("val_acc"), calibration=ckpt.get("calibration"))
 
 
 def load_model_source(ref: str | Path, what: str = "model") -> ModelSource:

@@ -189,6 +189,10 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     t_run = time.perf_counter()
     images = fit(run, emit)
     result = _result(run, plan, info, time.perf_counter() - t_run, images)
+    if dist_info.is_main:
+        from fercli.evaluation.calibrate import calibrate_run  # T for best.pt, fitted on plan.val only
+
+        calibrate_run(run_dir, val_data, plan, ds, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype)
     distributed.barrier(dist_info)  # the other ranks return once the run's files are written
     return result
 

@@ -1,0 +1,131 @@
+"""Fitting a model's temperature on its selection split, and recording it.
+
+The rule is the one that chooses checkpoints: T is fitted on the selection split (FER2013
+PublicTest; CK+ fold K+1 for test fold K) and never on the report split (PrivateTest, the
+test fold). `fit_on_split` takes a split *name*, looks the rows up in the run's SplitPlan
+and refuses the report split with a FerError (guard_split) before any row is read;
+`calibrate_run` gets the selection rows training already holds, and checks the plan alike.
+
+Where T goes:
+    best.pt                 ckpt["calibration"] (end of `fer train`: `calibrate_run`;
+                            `fer calibrate RUN`), and the run's train_summary.json
+    exported .npz           __meta__["calibration"] (`fer export` copies it from best.pt;
+                            `fer calibrate MODEL.npz --out NEW.npz`)
+    .onnx                   the graph divides the logits by T; fercli_meta["calibration"]
+
+The record: temperature, split, dataset name and sha256, faces, the split's ECE/NLL before
+and after, method, code version, date.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fercli.data.prepared import PreparedDataset
+from fercli.data.resident import DeviceSplit, SplitPlan, to_device
+from fercli.errors import FerError
+from fercli.evaluation.calibration import calibration_metrics, fit_temperature, softmax
+from fercli.files import atomic_write_json
+from fercli.model.checkpoints import (
+    BEST_CHECKPOINT,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from fercli.provenance import code_version
+
+METHOD = ("temperature scaling: one T for all classes, p = softmax(logits / T), T minimising the "
+          "NLL of the selection split (exact bisection on dNLL/d(1/T); fercli.evaluation.calibration)")
+
+
+def guard_split(split: str, plan: SplitPlan) -> None:
+    """Refuse to fit T on anything but the selection split; above all the report split."""
+    if split == plan.test_name:
+        raise FerError(f"refusing to fit the temperature on {split}: it is the report split (checkpoints "
+                       f"are selected and T is fitted on {plan.val_name} only)")
+    if split != plan.val_name:
+        raise FerError(f"the temperature is fitted on the selection split {plan.val_name}, not {split}")
+
+
+@torch.inference_mode()
+def model_logits(model: nn.Module, x_uint8: torch.Tensor, *, batch_size: int = 256,
+                 amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Raw logits (N, C) float64 of uint8 faces (N, 1, H, W), batched, no TTA: what T divides.
+
+    Not engine.predict_logits: that returns log-probabilities clamped at 1e-12, which is
+    harmless for labels and losses but would distort the fit for a large T (a clamped -27.6
+    divided by T=30 is not the true -300/30)."""
+    if x_uint8.shape[0] == 0:
+        raise FerError("no faces to compute calibration logits on (empty split)")
+    model.eval()
+    on = amp_dtype is not None  # the caller's autocast (fercli.device.autocast_dtype), as predict_logits
+    out = []
+    for s in range(0, x_uint8.shape[0], batch_size):
+        x = x_uint8[s:s + batch_size].float().div_(255).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=amp_dtype or torch.float32, enabled=on):
+            out.append(model(x).double())  # (B, C)
+    return torch.cat(out).cpu().numpy()
+
+
+def fit_record(logits: np.ndarray, labels: np.ndarray, split: str, ds: PreparedDataset) -> dict[str, Any]:
+    """Fit T on (logits, labels) of `split` and describe the fit (JSON-serialisable)."""
+    t = fit_temperature(logits, labels)
+    before = calibration_metrics(softmax(logits), labels)
+    after = calibration_metrics(softmax(logits, t), labels)
+    keep = ("ece", "nll", "brier", "mean_confidence", "accuracy")
+    return {"temperature": t, "split": split, "dataset_name": ds.name, "dataset_sha256": ds.sha256,
+            "num_samples": int(len(labels)), "before": {k: before[k] for k in keep},
+            "after": {k: after[k] for k in keep}, "method": METHOD, "code_version": code_version(),
+            "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def fit_on_split(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: str, device: torch.device,
+                 *, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """T for `model` fitted on `split` of `ds`, which must be plan's selection split."""
+    guard_split(split, plan)
+    data = to_device(ds, plan.val, device)  # the selection rows only
+    z = model_logits(model.to(device, memory_format=torch.channels_last), data.x, batch_size=batch_size,
+                     amp_dtype=amp_dtype)
+    return fit_record(z, ds.labels[plan.val], split, ds)
+
+
+def calibrate_run(run_dir: Path, val_data: DeviceSplit, plan: SplitPlan, ds: PreparedDataset, *,
+                  batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any] | None:
+    """End of `fer train`: fit T for the selected checkpoint (best.pt) on the selection split
+    (`val_data`, plan.val's rows, already on the device) and record it in best.pt and
+    train_summary.json. None when the run has no best.pt (no epoch ran)."""
+    guard_split(plan.val_name, plan)
+    path = run_dir / BEST_CHECKPOINT
+    if not path.is_file() or len(val_data) == 0:
+        return None
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path).eval().to(val_data.x.device, memory_format=torch.channels_last)
+    z = model_logits(model, val_data.x, batch_size=batch_size, amp_dtype=amp_dtype)
+    record = fit_record(z, val_data.y.cpu().numpy(), plan.val_name, ds)
+    write_checkpoint_calibration(path, record)
+    return record
+
+
+def write_checkpoint_calibration(path: Path, record: dict[str, Any], out: Path | None = None) -> Path:
+    """best.pt (or any checkpoint) with ckpt["calibration"] = record, atomically, to `out`
+    or in place; the run's train_summary.json beside it gets the record too."""
+    ckpt = load_checkpoint(path)
+    ckpt["calibration"] = record
+    target = out or path
+    save_checkpoint(target, ckpt)
+    summary_path = path.parent / "train_summary.json"
+    if out is None and summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError:
+            return target
+        summary["calibration"] = record
+        atomic_write_json(summary_path, summary)
+    return target
