@@ -190,7 +190,9 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     images = fit(run, emit)
     result = _result(run, plan, info, time.perf_counter() - t_run, images)
     if dist_info.is_main:
-        from fercli.evaluation.calibrate import calibrate_run  # T for best.pt, fitted on plan.val only
+        from fercli.evaluation.calibrate import (
+            calibrate_run,  # T for best.pt, fitted on plan.val only
+        )
 
         calibrate_run(run_dir, val_data, plan, ds, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype)
     distributed.barrier(dist_info)  # the other ranks return once the run's files are written
