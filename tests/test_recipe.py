@@ -119,7 +119,7 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
 
 
 def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
-    """bench/recipes_fer2013.json is run unattended on a lent GPU: every recipe (and the CK+
+    """bench/gpu_check/recipes_fer2013.json is run unattended on a lent GPU: every recipe (and the CK+
     transfer) must parse as `fer train` options (a typo would cost the call) and differ."""
     from typer.main import get_command
 

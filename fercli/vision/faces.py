@@ -105,8 +105,8 @@ def detect_face(grey: np.ndarray, detector: cv2.CascadeClassifier | None = None)
 def resize_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """Resize to size x size with INTER_AREA, whether shrinking or enlarging: what every
     prepared dataset was made with (byte-reproducible, so it stays), and so what predict
-    must do too. (predict used to enlarge faces under 48 px with INTER_LINEAR: the same small
-    face reached the model differently from its training copy.)"""
+    must do too: any other interpolation would show a small face to the model differently from
+    its training copy."""
     if grey.shape[:2] == (size, size):
         return grey.copy()  # never a view that keeps a whole frame alive
     return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
