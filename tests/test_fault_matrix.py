@@ -216,6 +216,11 @@ def _fake_ablation_runs(mp: pytest.MonkeyPatch) -> None:
                 "accuracy": 0.5, "split": "fold 0", "best_epoch": 1, "rerun_reason": None}
 
     mp.setattr(ablate, "_run_one", run_one)
+    # No checkpoint is written by the faked runs, so the look-before-the-leap space check
+    # (tests/test_train_faults.py) has nothing to guard here.
+    from fercli.train import checkpointing
+
+    mp.setattr(checkpointing, "ensure_checkpoint_space", lambda *a, **k: [])
 
 
 def _ablate(stock: Stock, out: Path) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -24,8 +24,8 @@ def calibrate(
     dataset: Optional[str] = typer.Option(None, help="Prepared dataset to fit on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
     fold: Optional[int] = typer.Option(None, help="CK+: the model's test fold, for a model that does not record one (T is fitted on fold K+1)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the calibrated model here: required for an exported .npz (never modified in place); a checkpoint is otherwise updated in place."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print what was fitted and written as JSON."),
+    device: options.Device = "auto",
+    json_out: options.JsonOut = False,
 ) -> None:
     """Fit the temperature T that makes the model's probabilities calibrated, and record it.
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import app
+from fercli.cli import app, options
 
 
 @app.command()
@@ -18,7 +18,7 @@ def serve(
     backend: str = typer.Option("auto", help="auto, torch or onnx, as for `fer predict`."),
     precision: str = typer.Option("auto", help="auto, fp32 or int8 (onnxruntime), as for `fer predict`."),
     tta: str = typer.Option("none", help="Test-time augmentation: none or flip."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: options.Device = "auto",
     max_batch: int = typer.Option(32, help="Most faces classified in one forward pass; requests arriving together share it."),
     max_wait_ms: float = typer.Option(5.0, help="How long the first face of a batch waits for others (ms)."),
     max_body_mb: float = typer.Option(20.0, help="Larger request bodies are refused with 413."),
