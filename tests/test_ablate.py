@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
-    assert result["runs"] == {"total": 4, "cached": 0}
+    assert result["runs"] == {"total": 4, "cached": 0}  # the FER2013-pretrained ladder: 4 rows × 1 fold
     (table,) = result["tables"]
     assert table["dataset"] == "ck+" and table["ladder"] == ablate.SCRATCH_LABEL
     assert table["folds"]["used"] == 1 and "first 1 of" in table["folds"]["label"]
@@ -155,22 +156,30 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained now: never "cached"
 
 
-def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:
-    from fercli.train.config import validate_config
-
-    ck = ablate._resolve_datasets(str(tiny_ck))[0]
-    cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0, 1, 2), device="cpu")
-    assert cfg.init_from == "default" and ablate._transfer(cfg, ck) == (ablate.TRANSFER_RUNG,)
-    assert ablate._transfer(ablate.AblateConfig(init_from=None), ck) == ()
+def test_fer2013_ladder_is_planned_for_ckplus_without_imagenet(tiny_ck: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0,), device="cpu", out=str(tmp_path / "o"))
+    plan = ablate.plan_ablation(cfg)
+    assert not plan.weights_ok and cfg.init_from == "default"
+    k = plan.datasets[0].num_folds
+    # Fold by fold: every row of fold 0 before any of fold 1.
+    assert [(r.fold, r.rung.name) for r in plan.runs[:5]] == [
+        (0, "ResNet34"), (0, "ResNet34_FER2013Pretrain"), (0, "ResNet34_FER2013Pretrain_BCN"),
+        (0, "ResNet34_FER2013Pretrain_BCN_GC"), (1, "ResNet34")]
+    assert len(plan.runs) == 4 * k
+    got = {r.rung.name: (r.tcfg.model, r.tcfg.init_from, r.tcfg.shared_backbone, r.tcfg.pretrained, r.tcfg.optimizer)
+           for r in plan.runs if r.fold == 0}
+    assert got == {"ResNet34": ("resnet34", None, False, False, "adam"),
+                   "ResNet34_FER2013Pretrain": ("resnet34", "default", False, False, "adam"),
+                   "ResNet34_FER2013Pretrain_BCN": ("bcnn-resnet34", "default", False, False, "adam"),
+                   "ResNet34_FER2013Pretrain_BCN_GC": ("bcnn-resnet34", "default", False, False, "adam-gc")}
+    same = {(r.tcfg.epochs, r.tcfg.batch_size, r.tcfg.lr, r.tcfg.schedule) for r in plan.runs}
+    assert len(same) == 1  # one recipe for every row
+    # --init-from none, or a dataset with fixed splits: the from-scratch ladder.
+    scratch = ablate.plan_ablation(dataclasses.replace(cfg, init_from=None))
+    assert {r.rung.name for r in scratch.runs} == {"ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"}
     fer = ablate._Dataset(key="fer2013", ref="fer2013", path=tmp_path, kfold=False, num_folds=0, sha256="")
-    assert ablate._transfer(cfg, fer) == ()  # the FER2013 ladder has no FER2013-pretrained row
-    tcfg = ablate._train_config(cfg, ck, ablate.TRANSFER_RUNG, 1, 0, tmp_path / "r")
-    validate_config(tcfg)
-    assert (tcfg.init_from, tcfg.shared_backbone, tcfg.pretrained, tcfg.optimizer) == ("default", True, False, "adam-gc")
-    assert ablate._train_config(cfg, ck, ablate.SCRATCH_LADDER[2], 1, 0, tmp_path / "s").init_from is None
-    runs = [{"seed": s, "fold": 0, "accuracy": a} for s, a in ((0, 0.90), (1, 0.94), (2, 0.98))]
-    row = ablate._row_result(ck, ablate.TRANSFER_RUNG, ablate.TRANSFER_RUNG.name, runs, "done", None,
-                             ablate.TRANSFER_LABEL)
-    assert row["in_paper"] is False and row["paper_pct"] is None and row["training"] == "FER2013-pretrained"
-    assert row["ours_mean_pct"] == pytest.approx(94.0) and row["ours_std_pct"] == pytest.approx(3.2660, abs=1e-3)
-    assert row["per_seed_mean_pct"] == {"0": pytest.approx(90.0), "1": pytest.approx(94.0), "2": pytest.approx(98.0)}
+    assert ablate._ladder(cfg, fer, False)[1] == ablate.SCRATCH_LABEL
+    assert ablate._ladder(cfg, plan.datasets[0], True) == (ablate.PAPER_LADDER, "paper")

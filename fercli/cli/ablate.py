@@ -52,7 +52,24 @@ def _paper_tables() -> list[Any]:
     return out
 
 
+def _change(r: dict[str, Any]) -> str:
+    """Ours (the paper's) change over the row above; '*' when ours exceeds the fold-to-fold std."""
+    if r["change_pp"] is None:
+        return "—" if r["paper_change_pp"] is None else f"— ({r['paper_change_pp']:+.2f})"
+    mark = "*" if r["change_exceeds_std"] else ""
+    paper_txt = "" if r["paper_change_pp"] is None else f" ({r['paper_change_pp']:+.2f})"
+    return f"{r['change_pp']:+.2f}{mark}{paper_txt}"
+
+
+def _ours(r: dict[str, Any]) -> str:
+    if r["status"] in ("pending", "weights unavailable"):
+        return f"[yellow]{r['status']}[/]"
+    text = f"{_pct(r['ours_mean_pct'])} ± {_pct(r['ours_std_pct'])}" if r["n_runs"] > 1 else _pct(r["ours_mean_pct"])
+    return text + (" [yellow](partial)[/]" if r["status"] == "partial" else "")
+
+
 def _result_tables(result: dict[str, Any]) -> list[Any]:
+    from rich.markup import escape
     from rich.table import Table
 
     from fercli import paper
@@ -66,16 +83,18 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
         title += "; ours = mean ± std over " + ("folds × seeds" if t["folds"] else "seeds")
         tab = Table(title=title, title_justify="left")
         tab.add_column("row", min_width=24)
+        tab.add_column("trunks", no_wrap=True)
         tab.add_column("paper %", justify="right", max_width=13)
         tab.add_column("ours %", justify="right", no_wrap=True)
-        tab.add_column("runs", justify="right", no_wrap=True)
-        tab.add_column("Δ pp", justify="right", no_wrap=True)
+        tab.add_column("folds" if t["folds"] else "runs", justify="right", no_wrap=True)
+        tab.add_column("Δ vs paper", justify="right", no_wrap=True)
+        tab.add_column("change (paper)", justify="right", no_wrap=True)
         section = None
         for r in t["rows"]:
             if r["ladder"] != "paper" and r["ladder"] != section:
                 section = r["ladder"]
                 tab.add_section()
-                tab.add_row(f"[bold]{section}[/]", "", "", "", "")
+                tab.add_row(f"[bold]{escape(section)}[/]", "", "", "", "", "", "")
             if not r["in_paper"]:
                 paper_txt = "— (not in paper)"
             elif r["paper_pct"] is None:
@@ -83,18 +102,17 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
                 footnote = True
             else:
                 paper_txt = f"{r['paper_pct']:.2f}"
-            if r["status"] != "done":
-                ours = f"[yellow]{r['status']}[/]"
-            elif r["n_runs"] > 1:
-                ours = f"{_pct(r['ours_mean_pct'])} ± {_pct(r['ours_std_pct'])}"
-            else:
-                ours = _pct(r["ours_mean_pct"])
+            count = (f"{r['folds_done']}/{t['folds']['planned']}" if t["folds"] and r["n_planned"]
+                     else str(r["n_runs"]))
+            name = r["name"] if not r["paper_row"] or r["paper_row"] == r["name"] else f"{r['name']} (≙ {r['paper_row']})"
             delta = "—" if r["delta_pp"] is None else f"{r['delta_pp']:+.2f}"
-            tab.add_row(r["name"], paper_txt, ours, str(r["n_runs"]), delta)
-        notes = []
+            tab.add_row(name, r["training"] or "", paper_txt, _ours(r), count, delta, _change(r))
+        notes = [f"'pretrained' = {t['pretrained_means']}."]
         if not t["weights"]["available"]:
-            notes.append(f"{t['ladder']}: {t['weights']['reason']}")
-        tab.caption = " ".join(notes) if notes else None
+            notes.append(f"ImageNet weights: {t['weights']['reason']}")
+        notes.append("change = this row's mean − the row above's (the paper's in brackets); "
+                     "* = larger than the fold-to-fold std of either row.")
+        tab.caption = escape(" ".join(notes))
         out.append(tab)
     if footnote:
         out.append(f"* {paper.NOT_TRANSCRIBED_NOTE}")

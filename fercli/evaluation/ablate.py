@@ -58,6 +58,11 @@ class Rung:
     gc: bool
     shared_backbone: bool = False
     init_from: bool = False  # FER2013-pretrained trunks (AblateConfig.init_from), fresh head
+    paper_row: str | None = None  # the paper's Table 5 row this rung stands for (None: its own name)
+
+
+def paper_row(rung: Rung) -> str:
+    return rung.paper_row or rung.name
 
 
 def rung_training(rung: Rung) -> str:
@@ -75,11 +80,20 @@ SCRATCH_LADDER = (
     Rung("ResNet34_BCN", "bcnn-resnet34", False, False),
     Rung("ResNet34_BCN_GC", "bcnn-resnet34", False, True),
 )
-# fercli's rung, not the paper's: CK+ with the trunk of a from-scratch FER2013 model (the shipped
-# one by default: a shared-trunk B-CNN, so this rung is shared-trunk too) instead of ImageNet.
-TRANSFER_RUNG = Rung("ResNet34_FER2013Pretrain_BCN_GC", "bcnn-resnet34", False, True, shared_backbone=True,
-                     init_from=True)
-TRANSFER_LABEL = "FER2013-pretrained (fercli's rung, not in the paper; shared trunk)"
+# CK+ without ImageNet weights: the paper's four rows with "pretrained" meaning FER2013-pretrained,
+# the trunk of a from-scratch FER2013 model (--init-from; the shipped one by default) copied into
+# every trunk the row builds (the resnet34's one, both of the B-CNN's two), the head fresh. The
+# same recipe for every row, so the rows differ only in what the paper's ladder varies.
+FER2013_LADDER = (
+    Rung("ResNet34", "resnet34", False, False),
+    Rung("ResNet34_FER2013Pretrain", "resnet34", False, False, init_from=True, paper_row="ResNet34_Pretrain"),
+    Rung("ResNet34_FER2013Pretrain_BCN", "bcnn-resnet34", False, False, init_from=True,
+         paper_row="ResNet34_Pretrain_BCN"),
+    Rung("ResNet34_FER2013Pretrain_BCN_GC", "bcnn-resnet34", False, True, init_from=True,
+         paper_row="ResNet34_Pretrain_BCN_GC"),
+)
+FER2013_LABEL = ("FER2013-pretrained ladder (ImageNet weights unavailable): 'pretrained' = the trunk of a "
+                 "from-scratch FER2013 model, copied into every trunk (both B-CNN trunks)")
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,9 @@ class AblateConfig:
     threads: int | None = None  # not part of a run's identity: only how fast it runs
     jobs: int = 1  # runs trained at once, each its own process (fercli.train.jobs); not identity
     devices: tuple[str, ...] | None = None  # spread concurrent runs: ("cuda:0", "cuda:1")
-    init_from: str | None = "default"  # CK+: source of the FER2013-pretrained rung; None skips it
+    # CK+ without ImageNet weights: the FER2013 model whose trunk the "pretrained" rows start from
+    # (FER2013_LADDER); None runs the from-scratch ladder instead.
+    init_from: str | None = "default"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -245,16 +261,24 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str, Any]], status: str,
-                reason: str | None, ladder: str) -> dict[str, Any]:
-    cell = paper.table5_value(name, ds.key) if name in {r.name for r in paper.TABLE5.rows} else None
+                reason: str | None, ladder: str, planned: int = 0) -> dict[str, Any]:
+    """One table row. status: done (all `planned` runs finished), partial, pending (none yet),
+    or weights unavailable; mean ± std over the finished runs only."""
+    pname = paper_row(rung) if rung else name
+    cell = paper.table5_value(pname, ds.key) if pname in {r.name for r in paper.TABLE5.rows} else None
     accs = [100 * r["accuracy"] for r in runs]
     mean, std = _stats(accs)
     per_seed: dict[int, list[float]] = {}
+    per_fold: dict[str, list[float]] = {}
     for r in runs:
         per_seed.setdefault(r["seed"], []).append(100 * r["accuracy"])
+        per_fold.setdefault(str(r["fold"]), []).append(100 * r["accuracy"])
+    if status == "done" and planned:
+        status = "done" if len(runs) >= planned else ("partial" if runs else "pending")
     paper_val = cell.value if cell else None
     return {
         "name": name,
+        "paper_row": pname if cell else None,
         "ladder": ladder,
         "model": rung.model if rung else None,
         "pretrained": rung.pretrained if rung else None,
@@ -270,22 +294,89 @@ def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str,
         "ours_std_pct": std,
         "std_over": ("folds x seeds" if ds.kfold else "seeds") + " (population std)",
         "per_seed_mean_pct": {str(s): sum(v) / len(v) for s, v in per_seed.items()},
+        "per_fold_pct": ({f: sum(v) / len(v) for f, v in sorted(per_fold.items(), key=lambda kv: int(kv[0]))}
+                         if ds.kfold else None),
+        "folds_done": len(per_fold) if ds.kfold else None,
         "n_runs": len(runs),
+        "n_planned": planned,
         "delta_pp": (mean - paper_val) if (mean is not None and paper_val is not None) else None,
         "runs": runs,
     }
 
 
-def _transfer(cfg: AblateConfig, ds: _Dataset) -> tuple[Rung, ...]:
-    """The FER2013-pretrained rung runs on k-fold (CK+) datasets when a source is set."""
-    return (TRANSFER_RUNG,) if ds.kfold and cfg.init_from else ()
+def _add_changes(rows: list[dict[str, Any]]) -> None:
+    """Each ladder row's change over the row before it (rows that ran, in ladder order): ours
+    (mean − previous mean), the paper's, and whether ours exceeds the fold-to-fold std (the
+    larger of the two rows' stds) — a change inside that spread is not told apart from noise."""
+    prev: dict[str, Any] | None = None
+    for r in rows:
+        r.update(change_pp=None, paper_change_pp=None, change_exceeds_std=None)
+        if r["status"] == WEIGHTS_UNAVAILABLE:
+            continue
+        if prev is not None:
+            if r["ours_mean_pct"] is not None and prev["ours_mean_pct"] is not None:
+                r["change_pp"] = r["ours_mean_pct"] - prev["ours_mean_pct"]
+                spread = max(r["ours_std_pct"] or 0.0, prev["ours_std_pct"] or 0.0)
+                r["change_exceeds_std"] = abs(r["change_pp"]) > spread if min(r["n_runs"], prev["n_runs"]) > 1 else None
+            if r["paper_pct"] is not None and prev["paper_pct"] is not None:
+                r["paper_change_pp"] = r["paper_pct"] - prev["paper_pct"]
+        prev = r
 
 
-def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
-    """Run (or resume) the ladder on each dataset; write ablation.json/.csv; return the data."""
+def _ladder(cfg: AblateConfig, ds: _Dataset, weights_ok: bool) -> tuple[tuple[Rung, ...], str]:
+    """Which ladder runs: ImageNet weights → the paper's; else on CK+ with a FER2013 source →
+    FER2013-pretrained; else from scratch. Always labelled, never substituted silently."""
+    if weights_ok:
+        return PAPER_LADDER, "paper"
+    if ds.kfold and cfg.init_from:
+        return FER2013_LADDER, FER2013_LABEL
+    return SCRATCH_LADDER, SCRATCH_LABEL
+
+
+def _pretrained_means(cfg: AblateConfig, ladder: str) -> str:
+    if ladder == "paper":
+        return f"ImageNet-pretrained (torchvision resnet34 weights{', ' + str(cfg.weights) if cfg.weights else ''})"
+    if ladder == FER2013_LABEL:
+        src = "the shipped from-scratch FER2013 model" if cfg.init_from == "default" else str(cfg.init_from)
+        return f"FER2013-pretrained: the trunk of {src} (--init-from {cfg.init_from}), in every trunk, head fresh"
+    return "not run: ImageNet weights unavailable (from-scratch ladder)"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    ds: _Dataset
+    rung: Rung
+    seed: int
+    fold: int | None
+    run_dir: Path
+    tcfg: Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    datasets: list[_Dataset]
+    weights_reason: str | None
+    runs: list[PlannedRun]
+
+    @property
+    def weights_ok(self) -> bool:
+        return self.weights_reason is None
+
+
+def _folds(cfg: AblateConfig, ds: _Dataset) -> list[int | None]:
+    if not ds.kfold:
+        return [None]
+    return list(range(ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)))
+
+
+def plan_ablation(cfg: AblateConfig) -> Plan:
+    """Every run of the ablation, checked, before anything trains. On k-fold datasets the order
+    is fold by fold (every row of fold 0, then of fold 1, ...), so a ladder stopped part way has
+    whole folds of every row to compare, not some rows done and others not started."""
     from fercli.model.networks import resolve_pretrained_weights
+    from fercli.train.config import validate_config
 
-    emit = on_event or (lambda kind, info: None)
     if cfg.preset not in PRESETS:
         raise FerError(f"--preset {cfg.preset!r} is not one of: {', '.join(PRESETS)}")
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
@@ -296,42 +387,105 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     root = Path(cfg.out) if cfg.out else Path("runs") / f"ablate-{cfg.dataset.replace('/', '_')}"
     if cfg.out is None and cfg.dataset not in ("fer2013", "ck+", "all"):
         root = Path("runs") / f"ablate-{datasets[0].key}"
-
     weights_reason = None
     try:
         resolve_pretrained_weights(cfg.weights)
     except FerError as exc:
         weights_reason = str(exc)
-    weights_ok = weights_reason is None
 
-    # Plan every run first, so progress shows "k of N" and a bad setting fails before training.
-    plan: list[tuple[_Dataset, Rung, int, int | None, Path, Any]] = []
+    runs: list[PlannedRun] = []
     for ds in datasets:
         ds_root = root / ds.key.replace("+", "plus") if len(datasets) > 1 else root
-        folds: list[int | None] = [None]
-        if ds.kfold:
-            n = ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)
-            folds = list(range(n))
-        ladder = (PAPER_LADDER if weights_ok else SCRATCH_LADDER) + _transfer(cfg, ds)
-        for rung in ladder:
-            for seed in cfg.seeds:
-                for fold in folds:
+        ladder, _ = _ladder(cfg, ds, weights_reason is None)
+        for fold in _folds(cfg, ds):
+            for rung in ladder:
+                for seed in cfg.seeds:
                     run_dir = ds_root / rung.name / f"seed{seed}"
                     if fold is not None:
                         run_dir = run_dir / f"fold{fold}"
-                    tcfg = _train_config(cfg, ds, rung, seed, fold, run_dir)
-                    plan.append((ds, rung, seed, fold, run_dir, tcfg))
-    from fercli.train.config import validate_config
-
-    for *_, tcfg in plan:
-        validate_config(tcfg)
-    if any(rung.init_from for _, rung, *_ in plan):
+                    runs.append(PlannedRun(ds, rung, seed, fold, run_dir,
+                                           _train_config(cfg, ds, rung, seed, fold, run_dir)))
+    for r in runs:
+        validate_config(r.tcfg)
+    if any(r.rung.init_from for r in runs):
         from fercli.model.sources import load_model_source
 
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
+    return Plan(root, datasets, weights_reason, runs)
 
-    decisions = [_decide(cfg, tcfg, run_dir, ds.sha256) for ds, _, _, _, run_dir, tcfg in plan]
-    trained_by_job = [False] * len(plan)
+
+def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+    """Table 5 per dataset from the runs finished so far: rows in the paper's order, each done,
+    partial (with its fold count) or pending."""
+    tables = []
+    for ds in plan.datasets:
+        folds = _folds(cfg, ds)
+        planned = len(folds) * len(cfg.seeds)
+        ladder, label = _ladder(cfg, ds, plan.weights_ok)
+
+        def row(rung: Rung, lab: str, ds: _Dataset = ds, planned: int = planned) -> dict[str, Any]:
+            return _row_result(ds, rung, rung.name, finished.get((ds.key, rung.name), []), "done", None, lab,
+                               planned=planned)
+
+        if label == SCRATCH_LABEL:
+            rows = [row(PAPER_LADDER[0], "paper")]
+            rows += [_row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, plan.weights_reason, "paper")
+                     for rung in PAPER_LADDER[1:]]
+            rows += [row(rung, SCRATCH_LABEL) for rung in SCRATCH_LADDER[1:]]
+        else:
+            rows = [row(rung, "paper" if label == "paper" or not (rung.init_from or rung.pretrained) else label)
+                    for rung in ladder]
+        _add_changes(rows)
+        done_folds = min((r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE), default=0)
+        tables.append({
+            "dataset": ds.key,
+            "dataset_path": str(ds.path),
+            "metric": ("subject-independent k-fold test accuracy (selection on the next fold)" if ds.kfold
+                       else "PrivateTest accuracy of the PublicTest-selected checkpoint"),
+            "ladder": label,
+            "pretrained_means": _pretrained_means(cfg, label),
+            "weights": {"available": plan.weights_ok, "reason": plan.weights_reason},
+            "folds": ({"planned": len(folds), "used": len(folds), "total": ds.num_folds, "done_every_row": done_folds,
+                       "label": _folds_label(len(folds), ds.num_folds, done_folds)} if ds.kfold else None),
+            "rows": rows,
+        })
+    return tables
+
+
+def _folds_label(planned: int, total: int, done: int) -> str:
+    what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
+    return what if done >= planned else f"{done} of {what} done"
+
+
+def _settings(cfg: AblateConfig) -> dict[str, Any]:
+    from fercli.train.config import PAPER_PRESET
+
+    preset = dict(FAST_PRESET if cfg.preset == "fast" else PAPER_PRESET)
+    for k in ("epochs", "batch_size", "lr"):
+        if getattr(cfg, k) is not None:
+            preset[k] = getattr(cfg, k)
+    return {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
+            "folds_limit": cfg.folds_limit, "device": cfg.device}
+
+
+def _result(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "out": str(plan.root),
+        "preset": cfg.preset,
+        "settings": _settings(cfg),
+        "paper": {"citation": paper.CITATION, "url": paper.URL},
+        "tables": build_tables(cfg, plan, finished),
+    }
+
+
+def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
+    """Run (or resume) the ladder on each dataset; write ablation.json/.csv; return the data."""
+    emit = on_event or (lambda kind, info: None)
+    plan = plan_ablation(cfg)
+    decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
+    emit("ablate_plan", {"plan": plan, "decisions": decisions})
+    trained_by_job = [False] * len(plan.runs)
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate
         # processes (a failed one leaves the others alone, and is retried in-process below);
@@ -344,65 +498,27 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         for i, r in zip(todo, rep["results"], strict=True):
             trained_by_job[i] = r.status == "done"
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, (ds, rung, seed, fold, run_dir, _) in enumerate(plan):
-        info = {"index": i + 1, "total": len(plan), "dataset": ds.key, "row": rung.name, "seed": seed, "fold": fold}
-        done.setdefault((ds.key, rung.name), []).append(
-            _run_one(cfg, decisions[i], run_dir, emit, info, trained=trained_by_job[i]))
+    for i, r in enumerate(plan.runs):
+        info = {"index": i + 1, "total": len(plan.runs), "dataset": r.ds.key, "row": r.rung.name, "seed": r.seed,
+                "fold": r.fold}
+        done.setdefault((r.ds.key, r.rung.name), []).append(
+            _run_one(cfg, decisions[i], r.run_dir, emit, info, trained=trained_by_job[i]))
 
-    tables = []
-    for ds in datasets:
-        n_used = (ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)) if ds.kfold else None
-        rows = []
-        for rung in PAPER_LADDER:
-            if rung.pretrained and not weights_ok:
-                rows.append(_row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, weights_reason, "paper"))
-            else:
-                rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, "paper"))
-        if not weights_ok:
-            for rung in SCRATCH_LADDER:
-                if rung.name == "ResNet34":
-                    continue  # shared with the paper ladder's first row
-                rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, SCRATCH_LABEL))
-        for rung in _transfer(cfg, ds):
-            rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, TRANSFER_LABEL))
-        tables.append({
-            "dataset": ds.key,
-            "dataset_path": str(ds.path),
-            "metric": ("subject-independent k-fold test accuracy (selection on the next fold)" if ds.kfold
-                       else "PrivateTest accuracy of the PublicTest-selected checkpoint"),
-            "ladder": "paper" if weights_ok else SCRATCH_LABEL,
-            "weights": {"available": weights_ok, "reason": weights_reason},
-            "folds": ({"used": n_used, "total": ds.num_folds,
-                       "label": (f"first {n_used} of {ds.num_folds} folds (--folds-limit)" if n_used < ds.num_folds
-                                 else f"all {ds.num_folds} folds")} if ds.kfold else None),
-            "rows": rows,
-        })
-    from fercli.train.config import PAPER_PRESET
-
-    preset = dict(FAST_PRESET if cfg.preset == "fast" else PAPER_PRESET)
-    for k in ("epochs", "batch_size", "lr"):
-        if getattr(cfg, k) is not None:
-            preset[k] = getattr(cfg, k)
-    result = {
-        "out": str(root),
-        "preset": cfg.preset,
-        "settings": {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
-                     "folds_limit": cfg.folds_limit, "device": cfg.device},
-        "paper": {"citation": paper.CITATION, "url": paper.URL},
-        "tables": tables,
-        "runs": {"total": len(plan), "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)},
-    }
-    atomic_write_json(root / "ablation.json", result)
-    atomic_write_text(root / "ablation.csv", ablation_csv(result))
-    result["files"] = [str(root / "ablation.json"), str(root / "ablation.csv")]
+    result = _result(cfg, plan, done)
+    result["runs"] = {"total": len(plan.runs),
+                      "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)}
+    atomic_write_json(plan.root / "ablation.json", result)
+    atomic_write_text(plan.root / "ablation.csv", ablation_csv(result))
+    result["files"] = [str(plan.root / "ablation.json"), str(plan.root / "ablation.csv")]
     return result
 
 
 def ablation_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "ladder", "row", "status", "paper_pct", "paper_source", "ours_mean_pct",
-                "ours_std_pct", "n_runs", "delta_pp", "folds"])
+    w.writerow(["dataset", "ladder", "row", "paper_row", "training", "status", "paper_pct", "paper_source",
+                "ours_mean_pct", "ours_std_pct", "n_runs", "folds_done", "delta_pp", "change_pp", "paper_change_pp",
+                "change_exceeds_std", "folds"])
 
     def f(x: float | None) -> str:
         return "" if x is None else f"{x:.2f}"
@@ -410,7 +526,10 @@ def ablation_csv(result: dict[str, Any]) -> str:
     for t in result["tables"]:
         folds = t["folds"]["label"] if t["folds"] else ""
         for r in t["rows"]:
-            w.writerow([t["dataset"], r["ladder"], r["name"], r["status"],
+            w.writerow([t["dataset"], r["ladder"], r["name"], r["paper_row"] or "", r["training"] or "", r["status"],
                         f(r["paper_pct"]) if r["in_paper"] else "", r["paper_source"] or "",
-                        f(r["ours_mean_pct"]), f(r["ours_std_pct"]), r["n_runs"], f(r["delta_pp"]), folds])
+                        f(r["ours_mean_pct"]), f(r["ours_std_pct"]), r["n_runs"],
+                        "" if r["folds_done"] is None else r["folds_done"], f(r["delta_pp"]), f(r["change_pp"]),
+                        f(r["paper_change_pp"]), "" if r["change_exceeds_std"] is None else r["change_exceeds_std"],
+                        folds])
     return buf.getvalue()
