@@ -116,6 +116,7 @@ class AblateConfig:
     # CK+ without ImageNet weights: the FER2013 model whose trunk the "pretrained" rows start from
     # (FER2013_LADDER); None runs the from-scratch ladder instead.
     init_from: str | None = "default"
+    estimate: bool = True  # time a few train steps and report the expected wall time first; not identity
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -183,7 +184,7 @@ def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: 
     return make_train_config(None, **base)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text())
         return obj if isinstance(obj, dict) else None
@@ -191,12 +192,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
-    """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
-    or None when its config, dataset sha256 and code version all agree."""
-    from fercli.provenance import code_version
-
-    info = _read_json(run_dir / "config.json")
+def config_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
+    """Why the run under `run_dir` was not this ablation's run (another config or dataset), or None."""
+    info = read_json(run_dir / "config.json")
     if not info or not isinstance(info.get("config"), dict):
         return "it has no readable config.json"
     saved = info["config"]
@@ -206,7 +204,18 @@ def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     saved_sha = (info.get("dataset") or {}).get("sha256")
     if saved_sha != dataset_sha256:
         return f"its dataset sha256 {str(saved_sha)[:12]}… differs from {dataset_sha256[:12]}…"
-    saved_code, now = info.get("code_version"), code_version()
+    return None
+
+
+def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
+    """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
+    or None when its config, dataset sha256 and code version all agree."""
+    from fercli.provenance import code_version
+
+    problem = config_problem(run_dir, tcfg, dataset_sha256)
+    if problem is not None:
+        return problem
+    saved_code, now = (read_json(run_dir / "config.json") or {}).get("code_version"), code_version()
     if saved_code != now:
         return f"it was trained by code {saved_code}, this is {now}"
     return None
@@ -245,7 +254,7 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = _read_json(run_dir / "metrics.json") if status == "cached" else None
+    metrics = read_json(run_dir / "metrics.json") if status == "cached" else None
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
@@ -469,7 +478,8 @@ def _settings(cfg: AblateConfig) -> dict[str, Any]:
             "folds_limit": cfg.folds_limit, "device": cfg.device}
 
 
-def _result(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+def ladder_result(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]
+                  ) -> dict[str, Any]:
     return {
         "out": str(plan.root),
         "preset": cfg.preset,
@@ -484,7 +494,13 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     emit = on_event or (lambda kind, info: None)
     plan = plan_ablation(cfg)
     decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
-    emit("ablate_plan", {"plan": plan, "decisions": decisions})
+    estimate = None
+    if cfg.estimate and any(d[0] != "cached" for d in decisions):
+        from fercli.evaluation.ablate_estimate import estimate_wall_time
+
+        # Before anything trains: how long it will take (said, never refused: it runs anyway).
+        estimate = estimate_wall_time(plan.runs, [d[0] for d in decisions], cfg.device, on_event=emit)
+        emit("ablate_estimate", estimate)
     trained_by_job = [False] * len(plan.runs)
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate
@@ -504,9 +520,10 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         done.setdefault((r.ds.key, r.rung.name), []).append(
             _run_one(cfg, decisions[i], r.run_dir, emit, info, trained=trained_by_job[i]))
 
-    result = _result(cfg, plan, done)
+    result = ladder_result(cfg, plan, done)
     result["runs"] = {"total": len(plan.runs),
                       "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)}
+    result["estimate"] = estimate
     atomic_write_json(plan.root / "ablation.json", result)
     atomic_write_text(plan.root / "ablation.csv", ablation_csv(result))
     result["files"] = [str(plan.root / "ablation.json"), str(plan.root / "ablation.csv")]
