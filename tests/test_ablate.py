@@ -311,3 +311,24 @@ def test_cli_prints_the_estimate_before_training(tiny_ck: Path, tmp_path: Path, 
     assert "warning: about" in err and "h on the CPU" in err and "It runs anyway" in err
     assert order == ["train"] * 4  # it still runs
     assert err.index("expected wall time") < err.index("wrote ")
+
+
+def test_interrupted_ladder_prints_what_it_has(tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    out = tmp_path / "o"
+    plan = ablate.plan_ablation(ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, folds_limit=2, device="cpu",
+                                                    out=str(out)))
+    _fake_done_run(plan.runs[0], 0.75)  # ResNet34 fold 0 finished earlier
+
+    def stop(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "_run_one", stop)
+    res = runner.invoke(app, ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--folds-limit", "2",
+                              "--device", "cpu", "--out", str(out), "--no-estimate", "--quiet"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted: finished runs are kept" in " ".join(res.stderr.split())
+    text = " ".join(res.stdout.split())
+    assert "75.00 (partial)" in text and "1/2" in text and text.count("pending │") == 3  # rows 2-4
+    assert not (out / "ablation.json").exists()  # no partial file: --progress reads the runs themselves

@@ -236,10 +236,14 @@ def ablate(
         try:
             result = core.run_ablation(cfg, on_event=on_event)
         except KeyboardInterrupt:
-            progress.__exit__(None, None, None)
-            err.print("interrupted: finished runs are kept, the interrupted one resumes; the ladder so far:")
-            _print_progress(cfg, False)
-            raise typer.Exit(130) from None
+            interrupted = True
+        else:
+            interrupted = False
+    if interrupted:
+        # Ctrl-C: say what is done, not nothing (finished runs are kept; the interrupted one resumes).
+        err.print("interrupted: finished runs are kept and the interrupted one resumes on a rerun; so far:")
+        _print_progress(cfg, False)
+        raise typer.Exit(130)
     if json_out:
         report.print_json(result)
         return

@@ -1,39 +1,55 @@
 """`fer ablate`: the paper's Table 5 ladder, trained and evaluated with the same engine.
 
-Rows (the paper's names):
+Rows (the paper's names; the rungs live in fercli.evaluation.ladder):
 
     ResNet34                  resnet34, from scratch, no GC (AdamW on FER2013 / Adam on CK+)
     ResNet34_Pretrain         resnet34, ImageNet-pretrained, no GC
     ResNet34_Pretrain_BCN     bcnn-resnet34 (two trunks), pretrained, no GC
     ResNet34_Pretrain_BCN_GC  bcnn-resnet34, pretrained, AdamW-GC / Adam-GC (OBSR-Net)
 
-When ImageNet weights cannot be had (model.resolve_pretrained_weights raises), the
-pretrained rows are marked "weights unavailable" and the from-scratch ladder runs instead
-(ResNet34 → ResNet34_BCN → ResNet34_BCN_GC), labelled as such everywhere; nothing is
-silently substituted.
+When ImageNet weights cannot be had (model.resolve_pretrained_weights raises), nothing is
+silently substituted; the ladder says what it ran instead, everywhere:
+  - CK+ (k-fold) with a FER2013 source (--init-from, the shipped model by default): the same
+    four rows with FER2013-pretrained trunks (ResNet34_FER2013Pretrain...), the source's trunk
+    copied into every trunk, both of the B-CNN's;
+  - otherwise the pretrained rows are marked "weights unavailable" and the from-scratch ladder
+    runs (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC).
 
 FER2013 reports PrivateTest accuracy of the checkpoint selected on PublicTest; CK+ reports
 subject-independent k-fold accuracy (test fold k, selection fold k+1, the rest trains), mean
 ± std over folds (and seeds). Every (row, seed, fold) run lives in its own run directory
 under --out; a finished one (train_summary.json + metrics.json) is reused, an interrupted
-one (last.pt) is resumed, so an ablation that was stopped picks up where it was.
+one (last.pt) is resumed, so an ablation that was stopped picks up where it was. k-fold runs
+go fold by fold, so a stopped ladder has whole folds of every row; its table shows each row's
+fold count, "partial" or "pending" (fercli.evaluation.ablate_status reads it without training).
 
 No Typer/Rich here: progress goes through the engine's on_event callback.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fercli import paper
 from fercli.errors import FerError
+from fercli.evaluation.ladder import (
+    FER2013_LABEL,
+    FER2013_LADDER,
+    PAPER_LADDER,
+    SCRATCH_LABEL,
+    SCRATCH_LADDER,
+    WEIGHTS_UNAVAILABLE,
+    Rung,
+    ablation_csv,
+    add_changes,
+    folds_label,
+    optimizer_for,
+    row_result,
+)
 from fercli.files import atomic_write_json, atomic_write_text
 
 PRESETS = ("fast", "paper")
@@ -42,58 +58,10 @@ PRESETS = ("fast", "paper")
 # stably; the same for every row, so rows differ only in what the ladder varies), cosine
 # decay over 10 epochs.
 FAST_PRESET = {"batch_size": 64, "lr": 3e-4, "epochs": 10, "schedule": "cosine"}
-SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
-WEIGHTS_UNAVAILABLE = "weights unavailable"
 # Settings a cached run must share with this ablation to be reused.
 _MATCH_KEYS = ("model", "optimizer", "epochs", "batch_size", "lr", "weight_decay", "schedule", "pretrained",
                "shared_backbone", "image_size", "augment", "seed", "fold", "train_subset", "gc_conv_only",
                "init_from")
-
-
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    model: str
-    pretrained: bool  # ImageNet trunks
-    gc: bool
-    shared_backbone: bool = False
-    init_from: bool = False  # FER2013-pretrained trunks (AblateConfig.init_from), fresh head
-    paper_row: str | None = None  # the paper's Table 5 row this rung stands for (None: its own name)
-
-
-def paper_row(rung: Rung) -> str:
-    return rung.paper_row or rung.name
-
-
-def rung_training(rung: Rung) -> str:
-    return "FER2013-pretrained" if rung.init_from else ("ImageNet-pretrained" if rung.pretrained else "from scratch")
-
-
-PAPER_LADDER = (
-    Rung("ResNet34", "resnet34", False, False),
-    Rung("ResNet34_Pretrain", "resnet34", True, False),
-    Rung("ResNet34_Pretrain_BCN", "bcnn-resnet34", True, False),
-    Rung("ResNet34_Pretrain_BCN_GC", "bcnn-resnet34", True, True),
-)
-SCRATCH_LADDER = (
-    Rung("ResNet34", "resnet34", False, False),
-    Rung("ResNet34_BCN", "bcnn-resnet34", False, False),
-    Rung("ResNet34_BCN_GC", "bcnn-resnet34", False, True),
-)
-# CK+ without ImageNet weights: the paper's four rows with "pretrained" meaning FER2013-pretrained,
-# the trunk of a from-scratch FER2013 model (--init-from; the shipped one by default) copied into
-# every trunk the row builds (the resnet34's one, both of the B-CNN's two), the head fresh. The
-# same recipe for every row, so the rows differ only in what the paper's ladder varies.
-FER2013_LADDER = (
-    Rung("ResNet34", "resnet34", False, False),
-    Rung("ResNet34_FER2013Pretrain", "resnet34", False, False, init_from=True, paper_row="ResNet34_Pretrain"),
-    Rung("ResNet34_FER2013Pretrain_BCN", "bcnn-resnet34", False, False, init_from=True,
-         paper_row="ResNet34_Pretrain_BCN"),
-    Rung("ResNet34_FER2013Pretrain_BCN_GC", "bcnn-resnet34", False, True, init_from=True,
-         paper_row="ResNet34_Pretrain_BCN_GC"),
-)
-FER2013_LABEL = ("FER2013-pretrained ladder (ImageNet weights unavailable): 'pretrained' = the trunk of a "
-                 "from-scratch FER2013 model, copied into every trunk (both B-CNN trunks)")
 
 
 @dataclass(frozen=True)
@@ -164,17 +132,12 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
     return out
 
 
-def _optimizer(ds: _Dataset, gc: bool) -> str:
-    base = "adam" if ds.kfold else "adamw"  # the paper: Adam on CK+, AdamW on FER2013
-    return base + ("-gc" if gc else "")
-
-
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
     from fercli.train.config import PAPER_PRESET, make_train_config
 
     base = dict(PAPER_PRESET) if cfg.preset == "paper" else dict(FAST_PRESET)
     base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
-    base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
+    base.update(dataset=ds.ref, model=rung.model, optimizer=optimizer_for(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
                 train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
                 threads=cfg.threads)
@@ -260,76 +223,6 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
             "accuracy": float(metrics["accuracy"]), "split": metrics.get("split"),
             "best_epoch": metrics.get("best_epoch"), "rerun_reason": reason}
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
-
-
-def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str, Any]], status: str,
-                reason: str | None, ladder: str, planned: int = 0) -> dict[str, Any]:
-    """One table row. status: done (all `planned` runs finished), partial, pending (none yet),
-    or weights unavailable; mean ± std over the finished runs only."""
-    pname = paper_row(rung) if rung else name
-    cell = paper.table5_value(pname, ds.key) if pname in {r.name for r in paper.TABLE5.rows} else None
-    accs = [100 * r["accuracy"] for r in runs]
-    mean, std = _stats(accs)
-    per_seed: dict[int, list[float]] = {}
-    per_fold: dict[str, list[float]] = {}
-    for r in runs:
-        per_seed.setdefault(r["seed"], []).append(100 * r["accuracy"])
-        per_fold.setdefault(str(r["fold"]), []).append(100 * r["accuracy"])
-    if status == "done" and planned:
-        status = "done" if len(runs) >= planned else ("partial" if runs else "pending")
-    paper_val = cell.value if cell else None
-    return {
-        "name": name,
-        "paper_row": pname if cell else None,
-        "ladder": ladder,
-        "model": rung.model if rung else None,
-        "pretrained": rung.pretrained if rung else None,
-        "training": rung_training(rung) if rung else None,
-        "shared_backbone": rung.shared_backbone if rung else None,
-        "optimizer": _optimizer(ds, rung.gc) if rung else None,
-        "status": status,
-        "reason": reason,
-        "paper_pct": paper_val,
-        "paper_source": cell.source if cell else None,
-        "in_paper": cell is not None,
-        "ours_mean_pct": mean,
-        "ours_std_pct": std,
-        "std_over": ("folds x seeds" if ds.kfold else "seeds") + " (population std)",
-        "per_seed_mean_pct": {str(s): sum(v) / len(v) for s, v in per_seed.items()},
-        "per_fold_pct": ({f: sum(v) / len(v) for f, v in sorted(per_fold.items(), key=lambda kv: int(kv[0]))}
-                         if ds.kfold else None),
-        "folds_done": len(per_fold) if ds.kfold else None,
-        "n_runs": len(runs),
-        "n_planned": planned,
-        "delta_pp": (mean - paper_val) if (mean is not None and paper_val is not None) else None,
-        "runs": runs,
-    }
-
-
-def _add_changes(rows: list[dict[str, Any]]) -> None:
-    """Each ladder row's change over the row before it (rows that ran, in ladder order): ours
-    (mean − previous mean), the paper's, and whether ours exceeds the fold-to-fold std (the
-    larger of the two rows' stds) — a change inside that spread is not told apart from noise."""
-    prev: dict[str, Any] | None = None
-    for r in rows:
-        r.update(change_pp=None, paper_change_pp=None, change_exceeds_std=None)
-        if r["status"] == WEIGHTS_UNAVAILABLE:
-            continue
-        if prev is not None:
-            if r["ours_mean_pct"] is not None and prev["ours_mean_pct"] is not None:
-                r["change_pp"] = r["ours_mean_pct"] - prev["ours_mean_pct"]
-                spread = max(r["ours_std_pct"] or 0.0, prev["ours_std_pct"] or 0.0)
-                r["change_exceeds_std"] = abs(r["change_pp"]) > spread if min(r["n_runs"], prev["n_runs"]) > 1 else None
-            if r["paper_pct"] is not None and prev["paper_pct"] is not None:
-                r["paper_change_pp"] = r["paper_pct"] - prev["paper_pct"]
-        prev = r
 
 
 def _ladder(cfg: AblateConfig, ds: _Dataset, weights_ok: bool) -> tuple[tuple[Rung, ...], str]:
@@ -434,18 +327,18 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
         ladder, label = _ladder(cfg, ds, plan.weights_ok)
 
         def row(rung: Rung, lab: str, ds: _Dataset = ds, planned: int = planned) -> dict[str, Any]:
-            return _row_result(ds, rung, rung.name, finished.get((ds.key, rung.name), []), "done", None, lab,
+            return row_result(ds, rung, rung.name, finished.get((ds.key, rung.name), []), "done", None, lab,
                                planned=planned)
 
         if label == SCRATCH_LABEL:
             rows = [row(PAPER_LADDER[0], "paper")]
-            rows += [_row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, plan.weights_reason, "paper")
+            rows += [row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, plan.weights_reason, "paper")
                      for rung in PAPER_LADDER[1:]]
             rows += [row(rung, SCRATCH_LABEL) for rung in SCRATCH_LADDER[1:]]
         else:
             rows = [row(rung, "paper" if label == "paper" or not (rung.init_from or rung.pretrained) else label)
                     for rung in ladder]
-        _add_changes(rows)
+        add_changes(rows)
         done_folds = min((r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE), default=0)
         tables.append({
             "dataset": ds.key,
@@ -456,15 +349,10 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
             "pretrained_means": _pretrained_means(cfg, label),
             "weights": {"available": plan.weights_ok, "reason": plan.weights_reason},
             "folds": ({"planned": len(folds), "used": len(folds), "total": ds.num_folds, "done_every_row": done_folds,
-                       "label": _folds_label(len(folds), ds.num_folds, done_folds)} if ds.kfold else None),
+                       "label": folds_label(len(folds), ds.num_folds, done_folds)} if ds.kfold else None),
             "rows": rows,
         })
     return tables
-
-
-def _folds_label(planned: int, total: int, done: int) -> str:
-    what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
-    return what if done >= planned else f"{done} of {what} done"
 
 
 def _settings(cfg: AblateConfig) -> dict[str, Any]:
@@ -528,25 +416,3 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     atomic_write_text(plan.root / "ablation.csv", ablation_csv(result))
     result["files"] = [str(plan.root / "ablation.json"), str(plan.root / "ablation.csv")]
     return result
-
-
-def ablation_csv(result: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "ladder", "row", "paper_row", "training", "status", "paper_pct", "paper_source",
-                "ours_mean_pct", "ours_std_pct", "n_runs", "folds_done", "delta_pp", "change_pp", "paper_change_pp",
-                "change_exceeds_std", "folds"])
-
-    def f(x: float | None) -> str:
-        return "" if x is None else f"{x:.2f}"
-
-    for t in result["tables"]:
-        folds = t["folds"]["label"] if t["folds"] else ""
-        for r in t["rows"]:
-            w.writerow([t["dataset"], r["ladder"], r["name"], r["paper_row"] or "", r["training"] or "", r["status"],
-                        f(r["paper_pct"]) if r["in_paper"] else "", r["paper_source"] or "",
-                        f(r["ours_mean_pct"]), f(r["ours_std_pct"]), r["n_runs"],
-                        "" if r["folds_done"] is None else r["folds_done"], f(r["delta_pp"]), f(r["change_pp"]),
-                        f(r["paper_change_pp"]), "" if r["change_exceeds_std"] is None else r["change_exceeds_std"],
-                        folds])
-    return buf.getvalue()
