@@ -234,7 +234,9 @@ def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
     assert r2["change_pp"] == pytest.approx(10.0) and r2["change_exceeds_std"] is False  # 10 is not > 10
     assert r2["paper_change_pp"] == pytest.approx(97.98 - 97.81)
     assert (r3["status"], r3["folds_done"], r3["ours_mean_pct"]) == ("partial", 1, pytest.approx(95.0))
-    assert r3["change_pp"] == pytest.approx(15.0) and r3["change_exceeds_std"] is None  # one fold: no std to beat
+    # Paired on the folds both rows have (fold 0: 95 − 90), not 95 − row 2's two-fold mean; one fold: no std.
+    assert r3["change_pp"] == pytest.approx(5.0) and r3["change_folds"] == 1 and r3["change_exceeds_std"] is None
+    assert r2["change_folds"] == 2
     assert (r4["status"], r4["n_runs"], r4["ours_mean_pct"], r4["change_pp"]) == ("pending", 0, None, None)
     assert table["folds"]["done_every_row"] == 0 and table["folds"]["label"] == f"0 of all {k} folds done"
     prog = result["progress"]
@@ -332,3 +334,19 @@ def test_interrupted_ladder_prints_what_it_has(tiny_ck: Path, tmp_path: Path, mo
     text = " ".join(res.stdout.split())
     assert "75.00 (partial)" in text and "1/2" in text and text.count("pending │") == 3  # rows 2-4
     assert not (out / "ablation.json").exists()  # no partial file: --progress reads the runs themselves
+
+
+def test_changes_without_folds_compare_means_and_skip_unavailable_rows() -> None:
+    from fercli.evaluation import ladder
+
+    def row(mean: float | None, std: float | None, n: int, status: str = "done") -> dict:
+        return {"status": status, "ours_mean_pct": mean, "ours_std_pct": std, "n_runs": n, "per_fold_pct": None,
+                "paper_pct": None}
+
+    rows = [row(60.0, 1.0, 3), row(None, None, 0, ablate.WEIGHTS_UNAVAILABLE), row(62.5, 2.0, 3), row(63.0, 1.5, 3),
+            row(70.0, None, 1)]
+    ladder.add_changes(rows)
+    assert rows[1]["change_pp"] is None  # not run: skipped, the next row compares with the one before it
+    assert rows[2]["change_pp"] == pytest.approx(2.5) and rows[2]["change_exceeds_std"] is True  # 2.5 > max(1, 2)
+    assert rows[3]["change_pp"] == pytest.approx(0.5) and rows[3]["change_exceeds_std"] is False
+    assert rows[4]["change_pp"] == pytest.approx(7.0) and rows[4]["change_exceeds_std"] is None  # one seed: no std

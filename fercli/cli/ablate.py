@@ -111,7 +111,7 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
             notes.append("Each row stands for the paper's row in the same place (paper % is that row's).")
         if not t["weights"]["available"]:
             notes.append(f"ImageNet weights: {t['weights']['reason'].rstrip('.')}.")
-        notes.append("change = this row's mean − the row above's (the paper's in brackets); "
+        notes.append("change = this row − the row above, over the folds both have (the paper's in brackets); "
                      "* = larger than the fold-to-fold std of either row.")
         tab.caption = escape(" ".join(notes))
         out.append(tab)

@@ -124,20 +124,41 @@ def row_result(ds: Any, rung: Rung | None, name: str, runs: list[dict[str, Any]]
     }
 
 
+def _change(r: dict[str, Any], prev: dict[str, Any]) -> tuple[float | None, bool | None, int]:
+    """(change in points, whether it exceeds the fold-to-fold std, folds compared). On k-fold
+    rows only the folds both rows have count (paired: a partial ladder never compares one row's
+    fold 0 with another's folds 0-5); the std is the larger of the two rows' over those folds,
+    and with one fold there is none to beat (None). Without folds: the two means and stds."""
+    a, b = r.get("per_fold_pct"), prev.get("per_fold_pct")
+    if a is not None and b is not None:
+        common = sorted(set(a) & set(b), key=int)
+        if not common:
+            return None, None, 0
+        mine, theirs = [a[f] for f in common], [b[f] for f in common]
+        change = sum(mine) / len(mine) - sum(theirs) / len(theirs)
+        if len(common) < 2:
+            return change, None, len(common)
+        spread = max(_stats(mine)[1] or 0.0, _stats(theirs)[1] or 0.0)
+        return change, abs(change) > spread, len(common)
+    if r["ours_mean_pct"] is None or prev["ours_mean_pct"] is None:
+        return None, None, 0
+    change = r["ours_mean_pct"] - prev["ours_mean_pct"]
+    if min(r["n_runs"], prev["n_runs"]) < 2:
+        return change, None, 0
+    return change, abs(change) > max(r["ours_std_pct"] or 0.0, prev["ours_std_pct"] or 0.0), 0
+
+
 def add_changes(rows: list[dict[str, Any]]) -> None:
-    """Each ladder row's change over the row before it (rows that ran, in ladder order): ours
-    (mean − previous mean), the paper's, and whether ours exceeds the fold-to-fold std (the
-    larger of the two rows' stds) — a change inside that spread is not told apart from noise."""
+    """Each ladder row's change over the row before it (rows that ran, in ladder order): ours,
+    the paper's, and whether ours exceeds the fold-to-fold std (_change) — a change inside
+    that spread is not told apart from noise."""
     prev: dict[str, Any] | None = None
     for r in rows:
-        r.update(change_pp=None, paper_change_pp=None, change_exceeds_std=None)
+        r.update(change_pp=None, change_folds=0, paper_change_pp=None, change_exceeds_std=None)
         if r["status"] == WEIGHTS_UNAVAILABLE:
             continue
         if prev is not None:
-            if r["ours_mean_pct"] is not None and prev["ours_mean_pct"] is not None:
-                r["change_pp"] = r["ours_mean_pct"] - prev["ours_mean_pct"]
-                spread = max(r["ours_std_pct"] or 0.0, prev["ours_std_pct"] or 0.0)
-                r["change_exceeds_std"] = abs(r["change_pp"]) > spread if min(r["n_runs"], prev["n_runs"]) > 1 else None
+            r["change_pp"], r["change_exceeds_std"], r["change_folds"] = _change(r, prev)
             if r["paper_pct"] is not None and prev["paper_pct"] is not None:
                 r["paper_change_pp"] = r["paper_pct"] - prev["paper_pct"]
         prev = r
@@ -152,8 +173,8 @@ def ablation_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["dataset", "ladder", "row", "paper_row", "training", "status", "paper_pct", "paper_source",
-                "ours_mean_pct", "ours_std_pct", "n_runs", "folds_done", "delta_pp", "change_pp", "paper_change_pp",
-                "change_exceeds_std", "folds"])
+                "ours_mean_pct", "ours_std_pct", "n_runs", "folds_done", "delta_pp", "change_pp", "change_folds",
+                "paper_change_pp", "change_exceeds_std", "folds"])
 
     def f(x: float | None) -> str:
         return "" if x is None else f"{x:.2f}"
@@ -165,6 +186,6 @@ def ablation_csv(result: dict[str, Any]) -> str:
                         f(r["paper_pct"]) if r["in_paper"] else "", r["paper_source"] or "",
                         f(r["ours_mean_pct"]), f(r["ours_std_pct"]), r["n_runs"],
                         "" if r["folds_done"] is None else r["folds_done"], f(r["delta_pp"]), f(r["change_pp"]),
-                        f(r["paper_change_pp"]), "" if r["change_exceeds_std"] is None else r["change_exceeds_std"],
+                        r["change_folds"], f(r["paper_change_pp"]), "" if r["change_exceeds_std"] is None else r["change_exceeds_std"],
                         folds])
     return buf.getvalue()
