@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -74,104 +76,278 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
-    assert result["runs"] == {"total": 4, "cached": 0}
+    assert result["runs"] == {"total": 4, "cached": 0}  # the FER2013-pretrained ladder: 4 rows × 1 fold
+    est = result["estimate"]
+    assert est["runs_to_train"] == 4 and est["seconds"] > 0 and set(est["per_row_seconds"]) == {
+        "ResNet34", "ResNet34_FER2013Pretrain", "ResNet34_FER2013Pretrain_BCN", "ResNet34_FER2013Pretrain_BCN_GC"}
     (table,) = result["tables"]
-    assert table["dataset"] == "ck+" and table["ladder"] == ablate.SCRATCH_LABEL
+    assert table["dataset"] == "ck+" and table["ladder"] == ablate.FER2013_LABEL
+    assert table["pretrained_means"].startswith("FER2013-pretrained: the trunk of the shipped from-scratch")
     assert table["folds"]["used"] == 1 and "first 1 of" in table["folds"]["label"]
     assert table["weights"]["available"] is False and "weights" in table["weights"]["reason"].lower()
     rows = {r["name"]: r for r in table["rows"]}
-    assert list(rows) == ["ResNet34", "ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC",
-                          "ResNet34_BCN", "ResNet34_BCN_GC", "ResNet34_FER2013Pretrain_BCN_GC"]
-    transfer = rows["ResNet34_FER2013Pretrain_BCN_GC"]  # fercli's rung: trunk of the shipped FER2013 model
-    assert transfer["training"] == "FER2013-pretrained" and transfer["ladder"] == ablate.TRANSFER_LABEL
-    assert transfer["in_paper"] is False and transfer["status"] == "done" and transfer["shared_backbone"] is True
-    info = json.loads((Path(transfer["runs"][0]["run_dir"]) / "config.json").read_text())
-    assert info["training"] == "FER2013-pretrained" and info["init_from"]["ref"] == "default"
-    for name in ("ResNet34_Pretrain", "ResNet34_Pretrain_BCN", "ResNet34_Pretrain_BCN_GC"):
-        assert rows[name]["status"] == ablate.WEIGHTS_UNAVAILABLE and rows[name]["n_runs"] == 0
-    assert rows["ResNet34_Pretrain_BCN_GC"]["paper_pct"] == 98.82  # the paper's value is still shown
-    for name in ("ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"):
-        r = rows[name]
-        assert r["status"] == "done" and r["n_runs"] == 1 and 0 <= r["ours_mean_pct"] <= 100
+    assert list(rows) == ["ResNet34", "ResNet34_FER2013Pretrain", "ResNet34_FER2013Pretrain_BCN",
+                          "ResNet34_FER2013Pretrain_BCN_GC"]
+    assert [r["paper_row"] for r in rows.values()] == [r.name for r in ablate.PAPER_LADDER]
+    assert [r["paper_pct"] for r in rows.values()] == [97.81, 97.98, 98.31, 98.82]
+    for name, r in rows.items():
+        assert r["status"] == "done" and r["n_runs"] == 1 and r["folds_done"] == 1 and 0 <= r["ours_mean_pct"] <= 100
         assert r["runs"][0]["split"] == "fold0" and r["runs"][0]["status"] == "trained"
-    assert rows["ResNet34_BCN_GC"]["optimizer"] == "adam-gc" and rows["ResNet34_BCN"]["optimizer"] == "adam"
-    assert rows["ResNet34_BCN"]["in_paper"] is False
+        info = json.loads((Path(r["runs"][0]["run_dir"]) / "config.json").read_text())
+        if name == "ResNet34":
+            assert r["training"] == "from scratch" and info["training"] == "from scratch"
+        else:  # FER2013-pretrained: the shipped model's trunk in every trunk
+            assert r["training"] == "FER2013-pretrained" and info["training"] == "FER2013-pretrained"
+            trunks = 2 if name.endswith(("_BCN", "_BCN_GC")) else 1
+            assert info["init_from"]["ref"] == "default" and info["init_from"]["tensors_copied"] % trunks == 0
+            assert r["shared_backbone"] is False
+    assert rows["ResNet34_FER2013Pretrain_BCN"]["optimizer"] == "adam"
+    assert rows["ResNet34_FER2013Pretrain_BCN_GC"]["optimizer"] == "adam-gc"
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["tables"][0]["rows"][0]["ours_mean_pct"] == rows["ResNet34"]["ours_mean_pct"]
     csv_rows = list(csv.DictReader(io.StringIO((out / "ablation.csv").read_text())))
     assert [r["row"] for r in csv_rows] == list(rows)
-    assert {r["status"] for r in csv_rows[1:4]} == {ablate.WEIGHTS_UNAVAILABLE}
+    assert {r["training"] for r in csv_rows[1:]} == {"FER2013-pretrained"}
 
-    # Rerun: everything comes from the cache, nothing is retrained.
+    # Rerun: everything comes from the cache, nothing is retrained, no estimate is needed.
     before = _mtimes(out)
     assert len(before) == 4
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert _mtimes(out) == before
-    assert "4 of 4 runs reused" in " ".join(res.stderr.split())  # independent of line wrapping
-    text = " ".join(res.stdout.split())  # independent of line wrapping
-    assert "from-scratch ladder (ImageNet weights unavailable)" in text
-    assert "weights unavailable" in text
+    err = " ".join(res.stderr.split())  # independent of line wrapping
+    assert "4 of 4 runs reused" in err and "expected wall time" not in err
+    text = " ".join(res.stdout.split())
+    assert "FER2013-pretrained ladder (ImageNet weights unavailable)" in text
+    assert "'pretrained' = FER2013-pretrained" in text
 
     # An interrupted run (last.pt but no summary) is resumed, not restarted: with --jobs 2 by a
     # scheduler child (the only run that needs training), and reported as resumed, not cached.
-    run = out / "ResNet34_BCN" / "seed0" / "fold0"
+    run = out / "ResNet34_FER2013Pretrain_BCN" / "seed0" / "fold0"
     (run / "train_summary.json").unlink()
     (run / "metrics.json").unlink()
-    res = runner.invoke(app, [*args, "--jobs", "2", "--json"])
+    res = runner.invoke(app, [*args, "--jobs", "2", "--json", "--no-estimate"])
     assert res.exit_code == 0, res.output
     runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
-    assert runs["ResNet34_BCN"][0]["status"] == "resumed"
+    assert runs["ResNet34_FER2013Pretrain_BCN"][0]["status"] == "resumed"
     assert runs["ResNet34"][0]["status"] == "cached"
     assert (run.parent / f"{run.name}.log").is_file() and (run / "train_summary.json").is_file()
     assert not (out / "ResNet34" / "seed0" / "fold0.log").exists()  # cached runs start no child
     assert json.loads((run / "config.json").read_text())["resumes"]  # resumed, not started over
 
     # A cached run is reused only if config, dataset sha256 and code version agree.
-    tcfg = ablate._train_config(ablate.AblateConfig(dataset=str(tiny_ck), epochs=1, train_subset=8,
-                                                    batch_size=4, seeds=(0,), device="cpu"),
-                                ablate._resolve_datasets(str(tiny_ck))[0],
-                                ablate.SCRATCH_LADDER[1], 0, 0, run)
-    sha = ablate._resolve_datasets(str(tiny_ck))[0].sha256
-    assert ablate._reuse_problem(run, tcfg, sha) is None
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), epochs=1, train_subset=8, batch_size=4, seeds=(0,), device="cpu")
+    ck = ablate._resolve_datasets(str(tiny_ck))[0]
+    tcfg = ablate._train_config(cfg, ck, ablate.FER2013_LADDER[2], 0, 0, run)
+    assert ablate._reuse_problem(run, tcfg, ck.sha256) is None
     assert "dataset sha256" in ablate._reuse_problem(run, tcfg, "0" * 64)
     cfg_json = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**cfg_json, "code_version": "0" * 40}))
-    assert "trained by code 0000" in ablate._reuse_problem(run, tcfg, sha)
+    assert "trained by code 0000" in ablate._reuse_problem(run, tcfg, ck.sha256)
+    assert ablate.config_problem(run, tcfg, ck.sha256) is None  # --progress still shows it, by that code
     (run / "config.json").unlink()
-    assert "no readable config.json" in ablate._reuse_problem(run, tcfg, sha)
+    assert "no readable config.json" in ablate._reuse_problem(run, tcfg, ck.sha256)
 
     # Different settings never silently reuse a cached run: it is retrained, and says why.
     # (--jobs children start such a run afresh: tests/test_jobs.py::test_plan_resumes_from_last_checkpoint.)
     before = _mtimes(out)
-    res = runner.invoke(app, [*args, "--lr", "0.01", "--init-from", "none", "--json"])
+    res = runner.invoke(app, [*args, "--lr", "0.01", "--init-from", "none", "--json", "--no-estimate"])
     assert res.exit_code == 0, res.output
     runs = {r["name"]: r["runs"] for r in json.loads(res.stdout)["tables"][0]["rows"]}
-    for name in ("ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"):
-        assert runs[name][0]["status"] == "rerun", runs[name]
-        assert ("no readable config.json" if name == "ResNet34_BCN" else "lr=") in runs[name][0]["rerun_reason"]
-        run_dir = Path(runs[name][0]["run_dir"])
-        key = str(run_dir.relative_to(out) / "train_summary.json")
-        assert _mtimes(out)[key] != before.get(key)  # really retrained
-    assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained: never "cached"
+    assert runs["ResNet34"][0]["status"] == "rerun" and "lr=" in runs["ResNet34"][0]["rerun_reason"]
+    for name in ("ResNet34_BCN", "ResNet34_BCN_GC"):  # the from-scratch ladder: new directories
+        assert runs[name][0]["status"] == "trained", runs[name]
+    key = "ResNet34/seed0/fold0/train_summary.json"
+    assert _mtimes(out)[key] != before[key]  # really retrained
+    assert json.loads(res.stdout)["runs"] == {"total": 3, "cached": 0}  # retrained now: never "cached"
 
 
-def test_transfer_rung_is_planned_for_ckplus_only(tiny_ck: Path, tmp_path: Path) -> None:
-    from fercli.train.config import validate_config
-
-    ck = ablate._resolve_datasets(str(tiny_ck))[0]
-    cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0, 1, 2), device="cpu")
-    assert cfg.init_from == "default" and ablate._transfer(cfg, ck) == (ablate.TRANSFER_RUNG,)
-    assert ablate._transfer(ablate.AblateConfig(init_from=None), ck) == ()
+def test_fer2013_ladder_is_planned_for_ckplus_without_imagenet(tiny_ck: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), seeds=(0,), device="cpu", out=str(tmp_path / "o"))
+    plan = ablate.plan_ablation(cfg)
+    assert not plan.weights_ok and cfg.init_from == "default"
+    k = plan.datasets[0].num_folds
+    # Fold by fold: every row of fold 0 before any of fold 1.
+    assert [(r.fold, r.rung.name) for r in plan.runs[:5]] == [
+        (0, "ResNet34"), (0, "ResNet34_FER2013Pretrain"), (0, "ResNet34_FER2013Pretrain_BCN"),
+        (0, "ResNet34_FER2013Pretrain_BCN_GC"), (1, "ResNet34")]
+    assert len(plan.runs) == 4 * k
+    got = {r.rung.name: (r.tcfg.model, r.tcfg.init_from, r.tcfg.shared_backbone, r.tcfg.pretrained, r.tcfg.optimizer)
+           for r in plan.runs if r.fold == 0}
+    assert got == {"ResNet34": ("resnet34", None, False, False, "adam"),
+                   "ResNet34_FER2013Pretrain": ("resnet34", "default", False, False, "adam"),
+                   "ResNet34_FER2013Pretrain_BCN": ("bcnn-resnet34", "default", False, False, "adam"),
+                   "ResNet34_FER2013Pretrain_BCN_GC": ("bcnn-resnet34", "default", False, False, "adam-gc")}
+    same = {(r.tcfg.epochs, r.tcfg.batch_size, r.tcfg.lr, r.tcfg.schedule) for r in plan.runs}
+    assert len(same) == 1  # one recipe for every row
+    # --init-from none, or a dataset with fixed splits: the from-scratch ladder.
+    scratch = ablate.plan_ablation(dataclasses.replace(cfg, init_from=None))
+    assert {r.rung.name for r in scratch.runs} == {"ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"}
     fer = ablate._Dataset(key="fer2013", ref="fer2013", path=tmp_path, kfold=False, num_folds=0, sha256="")
-    assert ablate._transfer(cfg, fer) == ()  # the FER2013 ladder has no FER2013-pretrained row
-    tcfg = ablate._train_config(cfg, ck, ablate.TRANSFER_RUNG, 1, 0, tmp_path / "r")
-    validate_config(tcfg)
-    assert (tcfg.init_from, tcfg.shared_backbone, tcfg.pretrained, tcfg.optimizer) == ("default", True, False, "adam-gc")
-    assert ablate._train_config(cfg, ck, ablate.SCRATCH_LADDER[2], 1, 0, tmp_path / "s").init_from is None
-    runs = [{"seed": s, "fold": 0, "accuracy": a} for s, a in ((0, 0.90), (1, 0.94), (2, 0.98))]
-    row = ablate._row_result(ck, ablate.TRANSFER_RUNG, ablate.TRANSFER_RUNG.name, runs, "done", None,
-                             ablate.TRANSFER_LABEL)
-    assert row["in_paper"] is False and row["paper_pct"] is None and row["training"] == "FER2013-pretrained"
-    assert row["ours_mean_pct"] == pytest.approx(94.0) and row["ours_std_pct"] == pytest.approx(3.2660, abs=1e-3)
-    assert row["per_seed_mean_pct"] == {"0": pytest.approx(90.0), "1": pytest.approx(94.0), "2": pytest.approx(98.0)}
+    assert ablate._ladder(cfg, fer, False)[1] == ablate.SCRATCH_LABEL
+    assert ablate._ladder(cfg, plan.datasets[0], True) == (ablate.PAPER_LADDER, "paper")
+
+
+def _fake_done_run(run: ablate.PlannedRun, accuracy: float | None, code: str = "c0de", epochs_done: int = 0) -> None:
+    """A run directory as `fer train` + `fer evaluate` leave it: finished with `accuracy`, or
+    (None) interrupted after `epochs_done` epochs."""
+    d = run.run_dir
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": dataclasses.asdict(run.tcfg), "code_version": code,
+                                               "dataset": {"sha256": run.ds.sha256}}))
+    if accuracy is None:
+        (d / "history.csv").write_text("epoch,val_acc\n" + "".join(f"{e},0.5\n" for e in range(1, epochs_done + 1)))
+        return
+    (d / "train_summary.json").write_text(json.dumps({"seconds": 120.0, "best_epoch": 3}))
+    (d / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "split": f"fold{run.fold}", "best_epoch": 3}))
+
+
+def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
+        tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    out = tmp_path / "abl"
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, device="cpu", out=str(out))
+    plan = ablate.plan_ablation(cfg)
+    k = plan.datasets[0].num_folds
+    by = {(r.rung.name, r.fold): r for r in plan.runs}
+    # Two whole folds of rows 1-2, one fold of row 3, row 3's fold 1 interrupted at epoch 4, row 4 pending.
+    for fold, accs in ((0, (0.80, 0.90, 0.95)), (1, (0.60, 0.70, None))):
+        for name, acc in zip(("ResNet34", "ResNet34_FER2013Pretrain", "ResNet34_FER2013Pretrain_BCN"), accs,
+                             strict=True):
+            _fake_done_run(by[(name, fold)], acc, epochs_done=4)
+    before = sorted(str(p) for p in out.rglob("*"))
+    res = runner.invoke(app, ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--device", "cpu",
+                              "--out", str(out), "--progress", "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(str(p) for p in out.rglob("*")) == before  # nothing trained, nothing written
+    result = json.loads(res.stdout)
+    (table,) = result["tables"]
+    rows = {r["name"]: r for r in table["rows"]}
+    r1, r2, r3, r4 = (rows[r.name] for r in ablate.FER2013_LADDER)
+    assert (r1["status"], r1["folds_done"], r1["n_planned"]) == ("partial", 2, k)
+    assert r1["per_fold_pct"] == {"0": pytest.approx(80.0), "1": pytest.approx(60.0)}
+    assert r1["ours_mean_pct"] == pytest.approx(70.0) and r1["ours_std_pct"] == pytest.approx(10.0)
+    assert r2["ours_mean_pct"] == pytest.approx(80.0) and r2["ours_std_pct"] == pytest.approx(10.0)
+    assert r2["change_pp"] == pytest.approx(10.0) and r2["change_exceeds_std"] is False  # 10 is not > 10
+    assert r2["paper_change_pp"] == pytest.approx(97.98 - 97.81)
+    assert (r3["status"], r3["folds_done"], r3["ours_mean_pct"]) == ("partial", 1, pytest.approx(95.0))
+    # Paired on the folds both rows have (fold 0: 95 − 90), not 95 − row 2's two-fold mean; one fold: no std.
+    assert r3["change_pp"] == pytest.approx(5.0) and r3["change_folds"] == 1 and r3["change_exceeds_std"] is None
+    assert r2["change_folds"] == 2
+    assert (r4["status"], r4["n_runs"], r4["ours_mean_pct"], r4["change_pp"]) == ("pending", 0, None, None)
+    assert table["folds"]["done_every_row"] == 0 and table["folds"]["label"] == f"0 of all {k} folds done"
+    prog = result["progress"]
+    assert prog["counts"] == {"done": 5, "started": 1, "pending": 4 * k - 6} and prog["code_versions"] == ["c0de"]
+    started = next(st for st in prog["runs"] if st["state"] == "started")
+    assert (started["row"], started["fold"], started["epochs_done"]) == ("ResNet34_FER2013Pretrain_BCN", 1, 4)
+
+    res = runner.invoke(app, ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--device", "cpu",
+                              "--out", str(out), "--progress"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "pending" in text and "(partial)" in text and f"2/{k}" in text and f"1/{k}" in text
+    assert "70.00 ± 10.00" in text and "+10.00 (+0.17)" in text
+    assert "FER2013-pretrained ladder (ImageNet weights unavailable)" in text
+    assert "ResNet34_FER2013Pretrain_BCN seed 0 fold 1: epoch 4/10" in text
+    assert "trained by code c0de" in text  # runs by other code are shown, and named
+    assert not (tmp_path / "runs").exists()
+
+
+def test_estimate_scales_timed_steps_and_warns_over_an_hour(tiny_ck: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from fercli.evaluation import ablate_estimate
+
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, batch_size=4, folds_limit=2, device="cpu",
+                              out=str(tmp_path / "o"))
+    plan = ablate.plan_ablation(cfg)
+    timed: list[str] = []
+
+    def fake_step(run: ablate.PlannedRun, classes: int, steps: int) -> float:
+        timed.append(run.tcfg.model)
+        return 2.0 if run.tcfg.model == "bcnn-resnet34" else 1.0
+
+    monkeypatch.setattr(ablate_estimate, "_time_step", fake_step)
+    train, val = ablate_estimate.split_sizes(plan.runs[0])
+    manifest = json.loads((tiny_ck / "manifest.json").read_text())
+    n, kf = manifest["num_images"], manifest["num_folds"]
+    assert (train, val) == (n * (kf - 2) // kf, n // kf)
+    per_epoch = math.ceil(train / 4) + val / 4 / 3  # train steps + the selection pass (a third of a step)
+    statuses = ["trained"] * len(plan.runs)
+    statuses[0] = "cached"  # ResNet34 fold 0 is done: not counted
+    est = ablate_estimate.estimate_wall_time(plan.runs, statuses, "cpu")
+    assert timed == ["resnet34", "bcnn-resnet34", "bcnn-resnet34"]  # once per architecture × optimizer
+    assert est["per_row_seconds"]["ResNet34"] == pytest.approx(10 * per_epoch * 1.0)  # one fold left
+    assert est["per_row_seconds"]["ResNet34_FER2013Pretrain_BCN_GC"] == pytest.approx(2 * 10 * per_epoch * 2.0)
+    assert est["seconds"] == pytest.approx(10 * per_epoch * (1 + 2 + 2 * 2 + 2 * 2))
+    assert est["runs_to_train"] == 7 and est["over_an_hour_on_cpu"] is (est["seconds"] > 3600)
+    monkeypatch.setattr(ablate_estimate, "_time_step", lambda run, classes, steps: 600.0)
+    slow = ablate_estimate.estimate_wall_time(plan.runs, statuses, "cpu")
+    assert slow["over_an_hour_on_cpu"] and "--folds-limit" in slow["advice"] and "GPU" in slow["advice"]
+    # A resumed run counts only the epochs it has left.
+    ablate_estimate_runs = plan.runs[:1]
+    _fake_done_run(plan.runs[0], None, epochs_done=7)
+    resumed = ablate_estimate.estimate_wall_time(ablate_estimate_runs, ["resumed"], "cpu")
+    assert resumed["seconds"] == pytest.approx(3 * per_epoch * 600.0)
+
+
+def test_cli_prints_the_estimate_before_training(tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fercli.evaluation import ablate_estimate
+
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(ablate_estimate, "_time_step", lambda run, classes, steps: 400.0)
+    order: list[str] = []
+    monkeypatch.setattr(ablate, "_run_one", lambda *a, **k: (order.append("train"), {
+        "seed": 0, "fold": a[4]["fold"], "run_dir": str(a[2]), "status": "trained", "accuracy": 0.5,
+        "split": "fold0", "best_epoch": 1, "rerun_reason": None})[1])
+    res = runner.invoke(app, ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--folds-limit", "1",
+                              "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    err = " ".join(res.stderr.split())
+    assert "expected wall time: about" in err and "for 4 of 4 runs on cpu" in err
+    assert "warning: about" in err and "h on the CPU" in err and "It runs anyway" in err
+    assert order == ["train"] * 4  # it still runs
+    assert err.index("expected wall time") < err.index("wrote ")
+
+
+def test_interrupted_ladder_prints_what_it_has(tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    out = tmp_path / "o"
+    plan = ablate.plan_ablation(ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, folds_limit=2, device="cpu",
+                                                    out=str(out)))
+    _fake_done_run(plan.runs[0], 0.75)  # ResNet34 fold 0 finished earlier
+
+    def stop(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "_run_one", stop)
+    res = runner.invoke(app, ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--folds-limit", "2",
+                              "--device", "cpu", "--out", str(out), "--no-estimate", "--quiet"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted: finished runs are kept" in " ".join(res.stderr.split())
+    text = " ".join(res.stdout.split())
+    assert "75.00 (partial)" in text and "1/2" in text and text.count("pending │") == 3  # rows 2-4
+    assert not (out / "ablation.json").exists()  # no partial file: --progress reads the runs themselves
+
+
+def test_changes_without_folds_compare_means_and_skip_unavailable_rows() -> None:
+    from fercli.evaluation import ladder
+
+    def row(mean: float | None, std: float | None, n: int, status: str = "done") -> dict:
+        return {"status": status, "ours_mean_pct": mean, "ours_std_pct": std, "n_runs": n, "per_fold_pct": None,
+                "paper_pct": None}
+
+    rows = [row(60.0, 1.0, 3), row(None, None, 0, ablate.WEIGHTS_UNAVAILABLE), row(62.5, 2.0, 3), row(63.0, 1.5, 3),
+            row(70.0, None, 1)]
+    ladder.add_changes(rows)
+    assert rows[1]["change_pp"] is None  # not run: skipped, the next row compares with the one before it
+    assert rows[2]["change_pp"] == pytest.approx(2.5) and rows[2]["change_exceeds_std"] is True  # 2.5 > max(1, 2)
+    assert rows[3]["change_pp"] == pytest.approx(0.5) and rows[3]["change_exceeds_std"] is False
+    assert rows[4]["change_pp"] == pytest.approx(7.0) and rows[4]["change_exceeds_std"] is None  # one seed: no std

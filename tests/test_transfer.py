@@ -51,11 +51,26 @@ def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:
     assert info["code_version"] == _shipped_code() and info["training"] == "from scratch"
 
 
+def test_one_source_trunk_starts_every_trunk() -> None:
+    """The shipped shared-trunk model's one trunk starts a resnet34 and both trunks of a two-trunk
+    B-CNN (Table 5's Pretrain rows), as ImageNet weights do."""
+    src = load_model_source("default").model.trunk_a.state_dict()
+    cfg = config.make_train_config(None, init_from="default")
+    for model in (build_model("resnet34", 7), build_model("bcnn-resnet34", 7)):
+        info = runs._init_trunks(cfg, model)
+        assert info["tensors_copied"] == len(src) * len(model.trunks())
+        for trunk in model.trunks():
+            for k, v in trunk.state_dict().items():
+                assert torch.equal(v, src[k]), k
+    two = build_model("bcnn-resnet34", 7)
+    assert two.trunk_a is not two.trunk_b  # two trunks, each its own copy: they fine-tune apart
+
+
 def test_architecture_mismatch_and_imagenet_mix_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(FerError, match="pass --shared-backbone"):
-        runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("bcnn-resnet34", 7))
-    with pytest.raises(FerError, match="use --arch bcnn-resnet34"):
-        runs._init_trunks(config.make_train_config(None, init_from="default"), build_model("resnet34", 7))
+    from fercli.model.networks import init_trunks_from
+
+    with pytest.raises(FerError, match="ambiguous"):  # two source trunks into one
+        init_trunks_from(build_model("resnet34", 7), build_model("bcnn-resnet34", 7))
     with pytest.raises(FerError, match="cannot be combined"):
         config.validate_config(config.make_train_config(None, init_from="default", pretrained=True))
     ck_run = fake_run(tmp_path / "ckrun", make_ck_like(tmp_path / "ck"))  # a model trained on CK+

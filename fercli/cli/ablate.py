@@ -52,7 +52,24 @@ def _paper_tables() -> list[Any]:
     return out
 
 
+def _change(r: dict[str, Any]) -> str:
+    """Ours (the paper's) change over the row above; '*' when ours exceeds the fold-to-fold std."""
+    if r["change_pp"] is None:
+        return "—" if r["paper_change_pp"] is None else f"— ({r['paper_change_pp']:+.2f})"
+    mark = "*" if r["change_exceeds_std"] else ""
+    paper_txt = "" if r["paper_change_pp"] is None else f" ({r['paper_change_pp']:+.2f})"
+    return f"{r['change_pp']:+.2f}{mark}{paper_txt}"
+
+
+def _ours(r: dict[str, Any]) -> str:
+    if r["status"] in ("pending", "weights unavailable"):
+        return f"[yellow]{r['status']}[/]"
+    text = f"{_pct(r['ours_mean_pct'])} ± {_pct(r['ours_std_pct'])}" if r["n_runs"] > 1 else _pct(r["ours_mean_pct"])
+    return text + (" [yellow](partial)[/]" if r["status"] == "partial" else "")
+
+
 def _result_tables(result: dict[str, Any]) -> list[Any]:
+    from rich.markup import escape
     from rich.table import Table
 
     from fercli import paper
@@ -66,16 +83,18 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
         title += "; ours = mean ± std over " + ("folds × seeds" if t["folds"] else "seeds")
         tab = Table(title=title, title_justify="left")
         tab.add_column("row", min_width=24)
+        tab.add_column("start", no_wrap=True)
         tab.add_column("paper %", justify="right", max_width=13)
         tab.add_column("ours %", justify="right", no_wrap=True)
-        tab.add_column("runs", justify="right", no_wrap=True)
-        tab.add_column("Δ pp", justify="right", no_wrap=True)
+        tab.add_column("folds" if t["folds"] else "runs", justify="right", no_wrap=True)
+        tab.add_column("Δ vs paper", justify="right", no_wrap=True)
+        tab.add_column("change (paper)", justify="right", no_wrap=True)
         section = None
         for r in t["rows"]:
             if r["ladder"] != "paper" and r["ladder"] != section:
                 section = r["ladder"]
                 tab.add_section()
-                tab.add_row(f"[bold]{section}[/]", "", "", "", "")
+                tab.add_row(f"[bold]{escape(section.split(':')[0])}[/]", "", "", "", "", "", "")
             if not r["in_paper"]:
                 paper_txt = "— (not in paper)"
             elif r["paper_pct"] is None:
@@ -83,22 +102,64 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
                 footnote = True
             else:
                 paper_txt = f"{r['paper_pct']:.2f}"
-            if r["status"] != "done":
-                ours = f"[yellow]{r['status']}[/]"
-            elif r["n_runs"] > 1:
-                ours = f"{_pct(r['ours_mean_pct'])} ± {_pct(r['ours_std_pct'])}"
-            else:
-                ours = _pct(r["ours_mean_pct"])
+            count = (f"{r['folds_done']}/{t['folds']['planned']}" if t["folds"] and r["n_planned"]
+                     else str(r["n_runs"]))
             delta = "—" if r["delta_pp"] is None else f"{r['delta_pp']:+.2f}"
-            tab.add_row(r["name"], paper_txt, ours, str(r["n_runs"]), delta)
-        notes = []
+            tab.add_row(r["name"], r["training"] or "", paper_txt, _ours(r), count, delta, _change(r))
+        notes = [f"'pretrained' = {t['pretrained_means']}."]
+        if any(r["paper_row"] and r["paper_row"] != r["name"] for r in t["rows"]):
+            notes.append("Each row stands for the paper's row in the same place (paper % is that row's).")
         if not t["weights"]["available"]:
-            notes.append(f"{t['ladder']}: {t['weights']['reason']}")
-        tab.caption = " ".join(notes) if notes else None
+            notes.append(f"ImageNet weights: {t['weights']['reason'].rstrip('.')}.")
+        notes.append("change = this row − the row above, over the folds both have (the paper's in brackets); "
+                     "* = larger than the fold-to-fold std of either row.")
+        tab.caption = escape(" ".join(notes))
         out.append(tab)
     if footnote:
         out.append(f"* {paper.NOT_TRANSCRIBED_NOTE}")
     return out
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _print_estimate(est: dict[str, Any]) -> None:
+    from fercli.cli import report
+
+    rows = ", ".join(f"{name} {_hours(sec)}" for name, sec in est["per_row_seconds"].items())
+    report.err_console.print(
+        f"expected wall time: about {_hours(est['seconds'])} for {est['runs_to_train']} of {est['runs_total']} runs "
+        f"on {est['device']} (from {est['steps_timed']} timed steps per architecture; {rows})", highlight=False)
+    if est["advice"]:
+        report.err_console.print(f"[yellow]warning:[/] {est['advice']}", highlight=False)
+
+
+def _print_progress(cfg: Any, json_out: bool) -> None:
+    from fercli.cli import report
+    from fercli.evaluation.ablate_status import ladder_progress
+
+    result = ladder_progress(cfg)
+    if json_out:
+        report.print_json(result)
+        return
+    for t in _result_tables(result):
+        report.console.print(t, highlight=False)
+    prog = result["progress"]
+    for st in prog["runs"]:
+        if st["state"] in ("started", "trained", "other"):
+            fold = "" if st["fold"] is None else f" fold {st['fold']}"
+            what = {"started": f"epoch {st['epochs_done']}/{st['epochs']} (running, or interrupted: resumes)",
+                    "trained": "trained, test fold not read yet", "other": f"other settings ({st.get('reason')})"}
+            report.console.print(f"{st['row']} seed {st['seed']}{fold}: {what[st['state']]}", highlight=False)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(prog["counts"].items()))
+    report.console.print(f"{result['out']}: {prog['total']} runs planned: {counts}", highlight=False)
+    other_code = [c for c in prog["code_versions"] if c != prog["this_code"]]
+    if other_code:
+        report.console.print(f"trained by code {', '.join(other_code)} (this is {prog['this_code']}): "
+                             f"`fer ablate` from this code would retrain them", highlight=False)
 
 
 @app.command()
@@ -117,8 +178,10 @@ def ablate(
     threads: options.Threads = None,
     jobs: options.Jobs = 1,
     devices: options.Devices = None,
-    init_from: str = typer.Option("default", "--init-from", help=f"CK+: the FER2013 model whose trunk starts fercli's extra 'FER2013-pretrained' rung ({options.MODEL_REFERENCE}, or 'default': the shipped one); 'none' skips that rung."),
+    init_from: str = typer.Option("default", "--init-from", help="CK+ without ImageNet weights: the from-scratch FER2013 model whose trunk starts every trunk of the 'pretrained' rows (FER2013-pretrained; RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped model); 'none' runs the from-scratch ladder instead."),
     force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
+    progress_only: bool = typer.Option(False, "--progress", help="Show what the ladder under --out has done (rows done, partial with fold counts, pending; runs in flight) and exit: trains and writes nothing."),
+    estimate: bool = typer.Option(True, "--estimate/--no-estimate", help="Before training, time a few steps and print the expected wall time (it runs anyway)."),
     json_out: options.JsonOut = False,
     quiet: options.Quiet = False,
     paper_only: bool = typer.Option(False, "--paper", help="Print all of the paper's Tables 1–5 and its §3.2 settings, and exit (runs nothing)."),
@@ -127,8 +190,11 @@ def ablate(
     (B-CNN) → +gradient centralization, each trained by the same engine as `fer train`.
 
     Finished runs are cached under --out and interrupted ones resume, so rerunning continues
-    where it stopped. Without ImageNet weights the pretrained rows say "weights unavailable"
-    and the from-scratch ladder (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) runs instead.
+    where it stopped; `--progress` shows how far it got. Before training it prints the
+    expected wall time from a few timed steps. Without ImageNet weights, CK+ runs the same four
+    rows with FER2013-pretrained trunks (the shipped from-scratch FER2013 model's trunk in every
+    trunk), labelled so; FER2013 (or --init-from none) runs the from-scratch ladder
+    (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) and marks the pretrained rows "weights unavailable".
     """
     params = dict(locals())
     from fercli import paper
@@ -147,6 +213,10 @@ def ablate(
     cfg = core.AblateConfig(**options.config_values(
         core.AblateConfig, params, seeds=parse_seeds(seeds) or (), devices=parse_devices(devices),
         init_from=None if init_from.lower() == "none" else init_from))
+    if progress_only:
+        _print_progress(cfg, json_out)
+        return
+
     err = report.err_console
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         def on_event(kind: str, info: dict[str, Any]) -> None:
@@ -157,9 +227,21 @@ def ablate(
                     f"{ {'cached': 'cached, not retrained', 'resumed': 'resuming', 'trained': 'training', 'rerun': 'retraining'}[info['status']] }"
                     + (f" ({info['reason']})" if info.get("reason") else ""),
                     highlight=False)
+            if kind == "ablate_estimate" and not json_out:
+                _print_estimate(info)
             progress(kind, info)
 
-        result = core.run_ablation(cfg, on_event=on_event)
+        try:
+            result = core.run_ablation(cfg, on_event=on_event)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+    if interrupted:
+        # Ctrl-C: say what is done, not nothing (finished runs are kept; the interrupted one resumes).
+        err.print("interrupted: finished runs are kept and the interrupted one resumes on a rerun; so far:")
+        _print_progress(cfg, False)
+        raise typer.Exit(130)
     if json_out:
         report.print_json(result)
         return

@@ -1,81 +1,63 @@
 """`fer ablate`: the paper's Table 5 ladder, trained and evaluated with the same engine.
 
-Rows (the paper's names):
+Rows (the paper's names; the rungs live in fercli.evaluation.ladder):
 
     ResNet34                  resnet34, from scratch, no GC (AdamW on FER2013 / Adam on CK+)
     ResNet34_Pretrain         resnet34, ImageNet-pretrained, no GC
     ResNet34_Pretrain_BCN     bcnn-resnet34 (two trunks), pretrained, no GC
     ResNet34_Pretrain_BCN_GC  bcnn-resnet34, pretrained, AdamW-GC / Adam-GC (OBSR-Net)
 
-When ImageNet weights cannot be had (model.resolve_pretrained_weights raises), the
-pretrained rows are marked "weights unavailable" and the from-scratch ladder runs instead
-(ResNet34 → ResNet34_BCN → ResNet34_BCN_GC), labelled as such everywhere; nothing is
-silently substituted.
+When ImageNet weights cannot be had (model.resolve_pretrained_weights raises), nothing is
+silently substituted; the ladder says what it ran instead, everywhere:
+  - CK+ (k-fold) with a FER2013 source (--init-from, the shipped model by default): the same
+    four rows with FER2013-pretrained trunks (ResNet34_FER2013Pretrain...), the source's trunk
+    copied into every trunk, both of the B-CNN's;
+  - otherwise the pretrained rows are marked "weights unavailable" and the from-scratch ladder
+    runs (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC).
 
 FER2013 reports PrivateTest accuracy of the checkpoint selected on PublicTest; CK+ reports
 subject-independent k-fold accuracy (test fold k, selection fold k+1, the rest trains), mean
 ± std over folds (and seeds). Every (row, seed, fold) run lives in its own run directory
 under --out; a finished one (train_summary.json + metrics.json) is reused, an interrupted
-one (last.pt) is resumed, so an ablation that was stopped picks up where it was.
+one (last.pt) is resumed, so an ablation that was stopped picks up where it was. k-fold runs
+go fold by fold, so a stopped ladder has whole folds of every row; its table shows each row's
+fold count, "partial" or "pending" (fercli.evaluation.ablate_status reads it without training).
 
 No Typer/Rich here: progress goes through the engine's on_event callback.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fercli import paper
 from fercli.errors import FerError
+from fercli.evaluation.ladder import (
+    FER2013_LABEL,
+    FER2013_LADDER,
+    PAPER_LADDER,
+    SCRATCH_LABEL,
+    SCRATCH_LADDER,
+    WEIGHTS_UNAVAILABLE,
+    Rung,
+    ablation_csv,
+    add_changes,
+    folds_label,
+    optimizer_for,
+    row_result,
+)
 from fercli.files import atomic_write_many, json_bytes, read_json
 
 # What each row of the ladder sets itself; a --preset (fercli.train.config) gives the rest.
 LADDER_KEYS = ("dataset", "model", "shared_backbone", "pretrained", "init_from", "optimizer")
-SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
-WEIGHTS_UNAVAILABLE = "weights unavailable"
 # Settings a cached run must share with this ablation to be reused.
 _MATCH_KEYS = ("model", "optimizer", "epochs", "batch_size", "lr", "weight_decay", "schedule", "pretrained",
                "shared_backbone", "image_size", "augment", "seed", "fold", "train_subset", "gc_conv_only",
                "init_from", "label_smoothing", "ema", "warmup_epochs", "random_erasing", "mixup", "cutmix",
                "scale_aug", "no_decay_bn_bias")
-
-
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    model: str
-    pretrained: bool  # ImageNet trunks
-    gc: bool
-    shared_backbone: bool = False
-    init_from: bool = False  # FER2013-pretrained trunks (AblateConfig.init_from), fresh head
-
-
-def rung_training(rung: Rung) -> str:
-    return "FER2013-pretrained" if rung.init_from else ("ImageNet-pretrained" if rung.pretrained else "from scratch")
-
-
-PAPER_LADDER = (
-    Rung("ResNet34", "resnet34", False, False),
-    Rung("ResNet34_Pretrain", "resnet34", True, False),
-    Rung("ResNet34_Pretrain_BCN", "bcnn-resnet34", True, False),
-    Rung("ResNet34_Pretrain_BCN_GC", "bcnn-resnet34", True, True),
-)
-SCRATCH_LADDER = (
-    Rung("ResNet34", "resnet34", False, False),
-    Rung("ResNet34_BCN", "bcnn-resnet34", False, False),
-    Rung("ResNet34_BCN_GC", "bcnn-resnet34", False, True),
-)
-# fercli's rung, not the paper's: CK+ with the trunk of a from-scratch FER2013 model (the shipped
-# one by default: a shared-trunk B-CNN, so this rung is shared-trunk too) instead of ImageNet.
-TRANSFER_RUNG = Rung("ResNet34_FER2013Pretrain_BCN_GC", "bcnn-resnet34", False, True, shared_backbone=True,
-                     init_from=True)
-TRANSFER_LABEL = "FER2013-pretrained (fercli's rung, not in the paper; shared trunk)"
 
 
 @dataclass(frozen=True)
@@ -95,7 +77,10 @@ class AblateConfig:
     threads: int | None = None  # not part of a run's identity: only how fast it runs
     jobs: int = 1  # runs trained at once, each its own process (fercli.train.jobs); not identity
     devices: tuple[str, ...] | None = None  # spread concurrent runs: ("cuda:0", "cuda:1")
-    init_from: str | None = "default"  # CK+: source of the FER2013-pretrained rung; None skips it
+    # CK+ without ImageNet weights: the FER2013 model whose trunk the "pretrained" rows start from
+    # (FER2013_LADDER); None runs the from-scratch ladder instead.
+    init_from: str | None = "default"
+    estimate: bool = True  # time a few train steps and report the expected wall time first; not identity
 
 
 @dataclass(frozen=True)
@@ -128,18 +113,12 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
     return out
 
 
-def _optimizer(ds: _Dataset, gc: bool) -> str:
-    from fercli.train.optim import paper_optimizer
-
-    return paper_optimizer(ds.key).removesuffix("-gc") + ("-gc" if gc else "")
-
-
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
     from fercli.train.config import make_train_config
 
     base = _recipe(cfg)
     base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
-    base.update(dataset=ds.ref, model=rung.model, optimizer=_optimizer(ds, rung.gc), pretrained=rung.pretrained,
+    base.update(dataset=ds.ref, model=rung.model, optimizer=optimizer_for(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
                 train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
                 threads=cfg.threads)
@@ -156,7 +135,7 @@ def _recipe(cfg: AblateConfig) -> dict[str, Any]:
     return recipe
 
 
-def _cached_record(path: Path) -> dict[str, Any] | None:
+def cached_record(path: Path) -> dict[str, Any] | None:
     """A cached run's JSON record, or None when it is missing or unreadable: the cache then
     misses and the run is retrained or re-evaluated."""
     try:
@@ -165,12 +144,9 @@ def _cached_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
-    """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
-    or None when its config, dataset sha256 and code version all agree."""
-    from fercli.provenance import code_version
-
-    info = _cached_record(run_dir / "config.json")
+def config_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
+    """Why the run under `run_dir` was not this ablation's run (another config or dataset), or None."""
+    info = cached_record(run_dir / "config.json")
     if not info or not isinstance(info.get("config"), dict):
         return "it has no readable config.json"
     saved = info["config"]
@@ -180,7 +156,18 @@ def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     saved_sha = (info.get("dataset") or {}).get("sha256")
     if saved_sha != dataset_sha256:
         return f"its dataset sha256 {str(saved_sha)[:12]}… differs from {dataset_sha256[:12]}…"
-    saved_code, now = info.get("code_version"), code_version()
+    return None
+
+
+def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
+    """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
+    or None when its config, dataset sha256 and code version all agree."""
+    from fercli.provenance import code_version
+
+    problem = config_problem(run_dir, tcfg, dataset_sha256)
+    if problem is not None:
+        return problem
+    saved_code, now = (cached_record(run_dir / "config.json") or {}).get("code_version"), code_version()
     if saved_code != now:
         return f"it was trained by code {saved_code}, this is {now}"
     return None
@@ -219,7 +206,7 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = _cached_record(run_dir / "metrics.json") if status == "cached" else None
+    metrics = cached_record(run_dir / "metrics.json") if status == "cached" else None
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
@@ -227,55 +214,60 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
             "best_epoch": metrics.get("best_epoch"), "rerun_reason": reason}
 
 
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+def _ladder(cfg: AblateConfig, ds: _Dataset, weights_ok: bool) -> tuple[tuple[Rung, ...], str]:
+    """Which ladder runs: ImageNet weights → the paper's; else on CK+ with a FER2013 source →
+    FER2013-pretrained; else from scratch. Always labelled, never substituted silently."""
+    if weights_ok:
+        return PAPER_LADDER, "paper"
+    if ds.kfold and cfg.init_from:
+        return FER2013_LADDER, FER2013_LABEL
+    return SCRATCH_LADDER, SCRATCH_LABEL
 
 
-def _row_result(ds: _Dataset, rung: Rung | None, name: str, runs: list[dict[str, Any]], status: str,
-                reason: str | None, ladder: str) -> dict[str, Any]:
-    cell = paper.table5_value(name, ds.key) if name in {r.name for r in paper.TABLE5.rows} else None
-    accs = [100 * r["accuracy"] for r in runs]
-    mean, std = _stats(accs)
-    per_seed: dict[int, list[float]] = {}
-    for r in runs:
-        per_seed.setdefault(r["seed"], []).append(100 * r["accuracy"])
-    paper_val = cell.value if cell else None
-    return {
-        "name": name,
-        "ladder": ladder,
-        "model": rung.model if rung else None,
-        "pretrained": rung.pretrained if rung else None,
-        "training": rung_training(rung) if rung else None,
-        "shared_backbone": rung.shared_backbone if rung else None,
-        "optimizer": _optimizer(ds, rung.gc) if rung else None,
-        "status": status,
-        "reason": reason,
-        "paper_pct": paper_val,
-        "paper_source": cell.source if cell else None,
-        "in_paper": cell is not None,
-        "ours_mean_pct": mean,
-        "ours_std_pct": std,
-        "std_over": ("folds x seeds" if ds.kfold else "seeds") + " (population std)",
-        "per_seed_mean_pct": {str(s): sum(v) / len(v) for s, v in per_seed.items()},
-        "n_runs": len(runs),
-        "delta_pp": (mean - paper_val) if (mean is not None and paper_val is not None) else None,
-        "runs": runs,
-    }
+def _pretrained_means(cfg: AblateConfig, ladder: str) -> str:
+    if ladder == "paper":
+        return f"ImageNet-pretrained (torchvision resnet34 weights{', ' + str(cfg.weights) if cfg.weights else ''})"
+    if ladder == FER2013_LABEL:
+        src = "the shipped from-scratch FER2013 model" if cfg.init_from == "default" else str(cfg.init_from)
+        return f"FER2013-pretrained: the trunk of {src} (--init-from {cfg.init_from}), in every trunk, head fresh"
+    return "not run: ImageNet weights unavailable (from-scratch ladder)"
 
 
-def _transfer(cfg: AblateConfig, ds: _Dataset) -> tuple[Rung, ...]:
-    """The FER2013-pretrained rung runs on k-fold (CK+) datasets when a source is set."""
-    return (TRANSFER_RUNG,) if ds.kfold and cfg.init_from else ()
+@dataclass(frozen=True)
+class PlannedRun:
+    ds: _Dataset
+    rung: Rung
+    seed: int
+    fold: int | None
+    run_dir: Path
+    tcfg: Any
 
 
-def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
-    """Run (or resume) the ladder on each dataset; write ablation.json/.csv; return the data."""
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    datasets: list[_Dataset]
+    weights_reason: str | None
+    runs: list[PlannedRun]
+
+    @property
+    def weights_ok(self) -> bool:
+        return self.weights_reason is None
+
+
+def _folds(cfg: AblateConfig, ds: _Dataset) -> list[int | None]:
+    if not ds.kfold:
+        return [None]
+    return list(range(ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)))
+
+
+def plan_ablation(cfg: AblateConfig) -> Plan:
+    """Every run of the ablation, checked, before anything trains. On k-fold datasets the order
+    is fold by fold (every row of fold 0, then of fold 1, ...), so a ladder stopped part way has
+    whole folds of every row to compare, not some rows done and others not started."""
     from fercli.model.networks import resolve_pretrained_weights
+    from fercli.train.config import validate_config
 
-    emit = on_event or (lambda kind, info: None)
     _recipe(cfg)  # an unknown --preset fails here, before any run
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
         raise FerError(f"--folds-limit must be ≥ 1, got {cfg.folds_limit}")
@@ -285,46 +277,106 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     root = Path(cfg.out) if cfg.out else Path("runs") / f"ablate-{cfg.dataset.replace('/', '_')}"
     if cfg.out is None and cfg.dataset not in ("fer2013", "ck+", "all"):
         root = Path("runs") / f"ablate-{datasets[0].key}"
-
     weights_reason = None
     try:
         resolve_pretrained_weights(cfg.weights)
     except FerError as exc:
         weights_reason = str(exc)
-    weights_ok = weights_reason is None
 
-    # Plan every run first, so progress shows "k of N" and a bad setting fails before training.
-    plan: list[tuple[_Dataset, Rung, int, int | None, Path, Any]] = []
+    runs: list[PlannedRun] = []
     for ds in datasets:
         ds_root = root / ds.key.replace("+", "plus") if len(datasets) > 1 else root
-        folds: list[int | None] = [None]
-        if ds.kfold:
-            n = ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)
-            folds = list(range(n))
-        ladder = (PAPER_LADDER if weights_ok else SCRATCH_LADDER) + _transfer(cfg, ds)
-        for rung in ladder:
-            for seed in cfg.seeds:
-                for fold in folds:
+        ladder, _ = _ladder(cfg, ds, weights_reason is None)
+        for fold in _folds(cfg, ds):
+            for rung in ladder:
+                for seed in cfg.seeds:
                     run_dir = ds_root / rung.name / f"seed{seed}"
                     if fold is not None:
                         run_dir = run_dir / f"fold{fold}"
-                    tcfg = _train_config(cfg, ds, rung, seed, fold, run_dir)
-                    plan.append((ds, rung, seed, fold, run_dir, tcfg))
-    from fercli.train.config import validate_config
-
-    for *_, tcfg in plan:
-        validate_config(tcfg)
-    if any(rung.init_from for _, rung, *_ in plan):
+                    runs.append(PlannedRun(ds, rung, seed, fold, run_dir,
+                                           _train_config(cfg, ds, rung, seed, fold, run_dir)))
+    for r in runs:
+        validate_config(r.tcfg)
+    if any(r.rung.init_from for r in runs):
         from fercli.model.sources import load_model_source
 
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
+    return Plan(root, datasets, weights_reason, runs)
 
-    decisions = [_decide(cfg, tcfg, run_dir, ds.sha256) for ds, _, _, _, run_dir, tcfg in plan]
+
+def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+    """Table 5 per dataset from the runs finished so far: rows in the paper's order, each done,
+    partial (with its fold count) or pending."""
+    tables = []
+    for ds in plan.datasets:
+        folds = _folds(cfg, ds)
+        planned = len(folds) * len(cfg.seeds)
+        ladder, label = _ladder(cfg, ds, plan.weights_ok)
+
+        def row(rung: Rung, lab: str, ds: _Dataset = ds, planned: int = planned) -> dict[str, Any]:
+            return row_result(ds, rung, rung.name, finished.get((ds.key, rung.name), []), "done", None, lab,
+                               planned=planned)
+
+        if label == SCRATCH_LABEL:
+            rows = [row(PAPER_LADDER[0], "paper")]
+            rows += [row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, plan.weights_reason, "paper")
+                     for rung in PAPER_LADDER[1:]]
+            rows += [row(rung, SCRATCH_LABEL) for rung in SCRATCH_LADDER[1:]]
+        else:
+            rows = [row(rung, "paper" if label == "paper" or not (rung.init_from or rung.pretrained) else label)
+                    for rung in ladder]
+        add_changes(rows)
+        done_folds = min((r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE), default=0)
+        tables.append({
+            "dataset": ds.key,
+            "dataset_path": str(ds.path),
+            "metric": ("subject-independent k-fold test accuracy (selection on the next fold)" if ds.kfold
+                       else "PrivateTest accuracy of the PublicTest-selected checkpoint"),
+            "ladder": label,
+            "pretrained_means": _pretrained_means(cfg, label),
+            "weights": {"available": plan.weights_ok, "reason": plan.weights_reason},
+            "folds": ({"planned": len(folds), "used": len(folds), "total": ds.num_folds, "done_every_row": done_folds,
+                       "label": folds_label(len(folds), ds.num_folds, done_folds)} if ds.kfold else None),
+            "rows": rows,
+        })
+    return tables
+
+
+def _settings(cfg: AblateConfig) -> dict[str, Any]:
+    preset = _recipe(cfg)
+    return {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
+            "folds_limit": cfg.folds_limit, "device": cfg.device}
+
+
+def ladder_result(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]
+                  ) -> dict[str, Any]:
+    return {
+        "out": str(plan.root),
+        "preset": cfg.preset,
+        "settings": _settings(cfg),
+        "paper": {"citation": paper.CITATION, "url": paper.URL},
+        "tables": build_tables(cfg, plan, finished),
+    }
+
+
+def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
+    """Run (or resume) the ladder on each dataset; write ablation.json/.csv; return the data."""
+    emit = on_event or (lambda kind, info: None)
+    plan = plan_ablation(cfg)
+    decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
     from fercli.train.checkpointing import ensure_checkpoint_space
 
     # The checkpoints of every run still to train must fit on the disk before the first starts.
     ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
-    trained_by_job = [False] * len(plan)
+    estimate = None
+    if cfg.estimate and any(d[0] != "cached" for d in decisions):
+        from fercli.evaluation.ablate_estimate import estimate_wall_time
+
+        # Before anything trains: how long it will take (said, never refused: it runs anyway).
+        estimate = estimate_wall_time(plan.runs, [d[0] for d in decisions], cfg.device, on_event=emit)
+        emit("ablate_estimate", estimate)
+    trained_by_job = [False] * len(plan.runs)
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate
         # processes (a failed one leaves the others alone, and is retried in-process below);
@@ -337,69 +389,18 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         for i, r in zip(todo, rep["results"], strict=True):
             trained_by_job[i] = r.status == "done"
     done: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, (ds, rung, seed, fold, run_dir, _) in enumerate(plan):
-        info = {"index": i + 1, "total": len(plan), "dataset": ds.key, "row": rung.name, "seed": seed, "fold": fold}
-        done.setdefault((ds.key, rung.name), []).append(
-            _run_one(cfg, decisions[i], run_dir, emit, info, trained=trained_by_job[i]))
+    for i, r in enumerate(plan.runs):
+        info = {"index": i + 1, "total": len(plan.runs), "dataset": r.ds.key, "row": r.rung.name, "seed": r.seed,
+                "fold": r.fold}
+        done.setdefault((r.ds.key, r.rung.name), []).append(
+            _run_one(cfg, decisions[i], r.run_dir, emit, info, trained=trained_by_job[i]))
 
-    tables = []
-    for ds in datasets:
-        n_used = (ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)) if ds.kfold else None
-        rows = []
-        for rung in PAPER_LADDER:
-            if rung.pretrained and not weights_ok:
-                rows.append(_row_result(ds, rung, rung.name, [], WEIGHTS_UNAVAILABLE, weights_reason, "paper"))
-            else:
-                rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, "paper"))
-        if not weights_ok:
-            for rung in SCRATCH_LADDER:
-                if rung.name == "ResNet34":
-                    continue  # shared with the paper ladder's first row
-                rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, SCRATCH_LABEL))
-        for rung in _transfer(cfg, ds):
-            rows.append(_row_result(ds, rung, rung.name, done[(ds.key, rung.name)], "done", None, TRANSFER_LABEL))
-        tables.append({
-            "dataset": ds.key,
-            "dataset_path": str(ds.path),
-            "metric": ("subject-independent k-fold test accuracy (selection on the next fold)" if ds.kfold
-                       else "PrivateTest accuracy of the PublicTest-selected checkpoint"),
-            "ladder": "paper" if weights_ok else SCRATCH_LABEL,
-            "weights": {"available": weights_ok, "reason": weights_reason},
-            "folds": ({"used": n_used, "total": ds.num_folds,
-                       "label": (f"first {n_used} of {ds.num_folds} folds (--folds-limit)" if n_used < ds.num_folds
-                                 else f"all {ds.num_folds} folds")} if ds.kfold else None),
-            "rows": rows,
-        })
-    preset = _recipe(cfg)
-    result = {
-        "out": str(root),
-        "preset": cfg.preset,
-        "settings": {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
-                     "folds_limit": cfg.folds_limit, "device": cfg.device},
-        "paper": {"citation": paper.CITATION, "url": paper.URL},
-        "tables": tables,
-        "runs": {"total": len(plan), "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)},
-    }
+    result = ladder_result(cfg, plan, done)
+    result["runs"] = {"total": len(plan.runs),
+                      "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)}
+    result["estimate"] = estimate
     # Both or neither: a full disk leaves the previous pair (or nothing), never a mixture.
-    atomic_write_many([(root / "ablation.json", json_bytes(result)),
-                       (root / "ablation.csv", ablation_csv(result).encode("utf-8"))])
-    result["files"] = [str(root / "ablation.json"), str(root / "ablation.csv")]
+    atomic_write_many([(plan.root / "ablation.json", json_bytes(result)),
+                       (plan.root / "ablation.csv", ablation_csv(result).encode("utf-8"))])
+    result["files"] = [str(plan.root / "ablation.json"), str(plan.root / "ablation.csv")]
     return result
-
-
-def ablation_csv(result: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "ladder", "row", "status", "paper_pct", "paper_source", "ours_mean_pct",
-                "ours_std_pct", "n_runs", "delta_pp", "folds"])
-
-    def f(x: float | None) -> str:
-        return "" if x is None else f"{x:.2f}"
-
-    for t in result["tables"]:
-        folds = t["folds"]["label"] if t["folds"] else ""
-        for r in t["rows"]:
-            w.writerow([t["dataset"], r["ladder"], r["name"], r["status"],
-                        f(r["paper_pct"]) if r["in_paper"] else "", r["paper_source"] or "",
-                        f(r["ours_mean_pct"]), f(r["ours_std_pct"]), r["n_runs"], f(r["delta_pp"]), folds])
-    return buf.getvalue()

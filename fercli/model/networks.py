@@ -472,26 +472,32 @@ def _load_trunk(trunk: nn.Module, state: dict[str, Tensor], path: Path) -> None:
 def init_trunks_from(model: nn.Module, source: nn.Module, what: str = "--init-from") -> int:
     """Copy a trained fercli model's trunks (weights + BatchNorm statistics) into `model`.
 
-    The transfer-learning step of §2.2 with a FER2013 model instead of ImageNet: every trunk
-    of `model` gets the corresponding trunk of `source`; the classifier head (fc) and the
-    input layer are left as built (the head is fresh: the class sets differ). The two must be
-    the same architecture (name and trunk count); the input size may differ (the trunks are
-    convolutional). Returns the number of tensors copied.
+    The transfer-learning step of §2.2 with a FER2013 model instead of ImageNet. As with
+    ImageNet weights, one source trunk starts every trunk of `model`: a resnet34 or a
+    shared-trunk B-CNN source fills a resnet34, a shared-trunk B-CNN, or both trunks of a
+    two-trunk B-CNN (Table 5's "Pretrain" rows). A two-trunk source fills a two-trunk
+    `model` trunk for trunk; into one trunk it is refused (which of the two is ambiguous).
+    The classifier head (fc) and the input layer are left as built (the head is fresh: the
+    class sets differ); the input size may differ (the trunks are convolutional). Returns
+    the number of tensors copied.
     """
     dst_spec, src_spec = dict(getattr(model, "spec", {})), dict(getattr(source, "spec", {}))
 
     def arch(spec: dict) -> str:
         return f"{spec.get('name')}" + (" (shared trunk)" if spec.get("shared_backbone") else "")
 
-    if dst_spec.get("name") != src_spec.get("name"):
-        raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: "
+    dst_trunks, src_trunks = model.trunks(), source.trunks()
+    if len(src_trunks) == 1:
+        pairs = [(dst, src_trunks[0]) for dst in dst_trunks]
+    elif len(src_trunks) == len(dst_trunks):
+        pairs = list(zip(dst_trunks, src_trunks, strict=True))
+    else:
+        raise FerError(f"{what} is {arch(src_spec)} with {len(src_trunks)} trunks, this run builds "
+                       f"{arch(dst_spec)} with {len(dst_trunks)}: which trunk to take is ambiguous; "
                        f"use --arch {src_spec.get('name')}")
-    if bool(dst_spec.get("shared_backbone")) != bool(src_spec.get("shared_backbone")):
-        fix = "pass --shared-backbone" if src_spec.get("shared_backbone") else "drop --shared-backbone"
-        raise FerError(f"{what} is {arch(src_spec)}, this run builds {arch(dst_spec)}: {fix}")
     copied = 0
-    for dst, src in zip(model.trunks(), source.trunks(), strict=True):
+    for dst, src in pairs:
         state = src.state_dict()
-        dst.load_state_dict(state, strict=True)  # same class, same keys and shapes
+        dst.load_state_dict(state, strict=True)  # same trunk class, same keys and shapes
         copied += len(state)
     return copied
