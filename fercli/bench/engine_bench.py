@@ -26,7 +26,7 @@ the same run (8192^3 bf16 on CUDA, 2048^3 bf16 and fp32 on CPU).
 
 Nothing here imports Typer or Rich: progress goes through a callback, results are a dict.
 
-Why one file of ~590 lines: the engine measurement, its reference pipeline and the hardware
+Why one file of ~680 lines: the engine measurement, its reference pipeline and the hardware
 rate are one concern — a speed claim and the baseline it is measured against in the same run —
 and splitting the reference away from the engine would let them drift apart.
 """
@@ -414,24 +414,67 @@ def run_bench(cfg: BenchConfig, on_event: ProgressCallback | None = None) -> dic
         torch.set_num_threads(threads)  # an in-process caller keeps its own setting
 
 
-def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str, Any]:
-    from fercli.data.resident import DeviceSplit
-    from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
+@dataclass(frozen=True)
+class _Plan:
+    """cfg's None defaults resolved for the device the run uses."""
+
+    device: torch.device
+    cap: float | None  # seconds; None: uncapped
+    steps: int
+    warmup: int
+    workers: int
+    infer_batch: int
+    amp_dtype: torch.dtype | None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class _EngineResult:
+    flops: float  # per image, forward + backward
+    ips: float
+    cpu_ms: float
+    steps: int  # timed steps actually run (fewer under a time cap)
+    graphed: bool
+    eager_ips: float | None  # the same engine without the CUDA graph; None when not graphed
+    infer_ms: float | None
+    infer_ips: float | None
+
+
+def _plan(cfg: BenchConfig, device: torch.device) -> _Plan:
+    from fercli.device import autocast_dtype
+
+    cuda = device.type == "cuda"
+    return _Plan(
+        device=device,
+        cap=cfg.time_cap_s if cfg.time_cap_s is not None else (None if cuda else 80.0),
+        steps=cfg.steps or (50 if cuda else 10),
+        warmup=cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 1),
+        workers=cfg.workers if cfg.workers is not None else default_workers(device),
+        infer_batch=cfg.inference_batch or (256 if cuda else 64),
+        amp_dtype=autocast_dtype(device, "auto"),
+    )
+
+
+def _fresh_model(cfg: BenchConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The benchmarked network, seeded so that every pipeline starts from the same weights."""
     from fercli.model.networks import build_model
-    from fercli.train.optim import build_optimizer
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, num_classes, image_size=cfg.image_size, pretrained=False,
+                       shared_backbone=cfg.shared_backbone).to(device)
+
+
+def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str, Any]:
+    from fercli.device import configure_backends, resolve_device
 
     emit = on_event or (lambda kind, info: None)
     device = resolve_device(cfg.device)
     configure_backends(device, deterministic=False)  # what fer train does: cudnn.benchmark, TF32
-    cuda = device.type == "cuda"
-    cap = cfg.time_cap_s if cfg.time_cap_s is not None else (None if cuda else 80.0)
+    plan = _plan(cfg, device)
     t_start = time.perf_counter()
-    steps = cfg.steps or (50 if cuda else 10)
-    warmup = cfg.warmup if cfg.warmup is not None else ((15 if cfg.compile else 10) if cuda else 1)
-    workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    infer_batch = cfg.inference_batch or (256 if cuda else 64)
-    amp_dtype = autocast_dtype(device, "auto")
-    bs = cfg.batch_size
     load_start = _load()
     notes: list[str] = []
 
@@ -439,18 +482,32 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
     data = load_bench_data(cfg)
     if data.note:
         notes.append(data.note)
-    n_needed = max(steps, warmup, 1) * bs
-    xi, yi = tiled(data, max(n_needed, infer_batch), seed=cfg.seed)
-    x = torch.from_numpy(np.ascontiguousarray(xi)).unsqueeze(1).to(device)
+    n_needed = max(plan.steps, plan.warmup, 1) * cfg.batch_size
+    xi, yi = tiled(data, max(n_needed, plan.infer_batch), seed=cfg.seed)
+    x = torch.from_numpy(np.ascontiguousarray(xi)).unsqueeze(1).to(device)  # uint8 (N, 1, H, W)
     y = torch.from_numpy(yi).to(device)
 
-    def fresh_model() -> nn.Module:
-        torch.manual_seed(cfg.seed)
-        return build_model(cfg.model, data.num_classes, image_size=cfg.image_size, pretrained=False,
-                           shared_backbone=cfg.shared_backbone).to(device)
+    eng = _engine_phase(cfg, plan, data, x, y, emit)
+    ref_ips = ref_cpu_ms = None
+    if cfg.reference:
+        ref_ips, ref_cpu_ms = _reference_phase(cfg, plan, data, eng.steps, emit)
 
-    # ---- engine: the project's defaults
-    model = fresh_model().to(memory_format=torch.channels_last)
+    emit("phase", {"name": "matmul peak"})
+    peak_dtype, rates = _matmul_rates(plan)
+    load_end = _load()
+    notes += _run_notes(cfg, plan, load_start, load_end, t_start)
+    return _report(cfg, plan, data, eng, ref_ips, ref_cpu_ms, peak_dtype, rates,
+                   load_start, load_end, t_start, notes)
+
+
+def _engine_phase(cfg: BenchConfig, plan: _Plan, data: BenchData, x: torch.Tensor, y: torch.Tensor,
+                  emit: ProgressCallback) -> _EngineResult:
+    """The project's engine with its defaults: FLOPs, timed steps, eager comparison, inference."""
+    from fercli.data.resident import DeviceSplit
+    from fercli.train.optim import build_optimizer
+
+    cuda, bs, warmup = plan.cuda, cfg.batch_size, plan.warmup
+    model = _fresh_model(cfg, data.num_classes, plan.device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw-gc", model, lr=1e-4, weight_decay=1e-4)
     emit("phase", {"name": "counting FLOPs"})
     fb = min(bs, 8)
@@ -461,88 +518,118 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
     compile_mode = cfg.compile_mode if cfg.compile else None
     # Under a cap each pipeline gets 30% of it for timed steps; the rest is warm-up,
     # inference, FLOP counting and the matmul rate.
-    budget = 0.3 * cap if cap else None
-    step_fn = engine_step(model, optimizer, split, batch_size=bs, amp_dtype=amp_dtype,
+    budget = 0.3 * plan.cap if plan.cap else None
+    step_fn = engine_step(model, optimizer, split, batch_size=bs, amp_dtype=plan.amp_dtype,
                           cuda_graphs=graphed, compile_mode=compile_mode)
     graphed = step_fn.graphed
-    emit("phase", {"name": f"engine: {warmup} warm-up + ≤{steps} timed steps"
+    emit("phase", {"name": f"engine: {warmup} warm-up + ≤{plan.steps} timed steps"
                            + (" (CUDA graph)" if graphed else "")
                            + (f" (torch.compile {cfg.compile_mode})" if cfg.compile else "")})
     engine_ips, engine_cpu_ms, steps = engine_throughput(
-        model, optimizer, step_fn, split, batch_size=bs, steps=steps, warmup=max(warmup, 1 if graphed else 0),
-        amp_dtype=amp_dtype, seed=cfg.seed, budget_s=budget)
+        model, optimizer, step_fn, split, batch_size=bs, steps=plan.steps,
+        warmup=max(warmup, 1 if graphed else 0), amp_dtype=plan.amp_dtype, seed=cfg.seed, budget_s=budget)
     emit("result", {"name": "engine" + (" (graphed)" if graphed else ""), "img_per_s": engine_ips})
-    eager_ips = None
-    if graphed:  # the same engine without the graph, same steps: what the graph buys
-        emodel = fresh_model().to(memory_format=torch.channels_last)
-        eopt = build_optimizer("adamw-gc", emodel, lr=1e-4, weight_decay=1e-4)
-        estep = engine_step(emodel, eopt, split, batch_size=bs, amp_dtype=amp_dtype, cuda_graphs=False)
-        eager_ips, _, _ = engine_throughput(emodel, eopt, estep, split, batch_size=bs, steps=steps,
-                                            warmup=warmup, amp_dtype=amp_dtype, seed=cfg.seed)
-        emit("result", {"name": "engine (eager)", "img_per_s": eager_ips})
-        del emodel, eopt, estep
+    eager_ips = _eager_engine_ips(cfg, plan, data, split, steps, emit) if graphed else None
 
     infer_ms = infer_ips = None
     if cfg.inference:
         emit("phase", {"name": "inference: batch 1 and batched"})
         infer_ms, infer_ips = inference_timing(
-            model, x, amp_dtype=amp_dtype, channels_last=True, batch=infer_batch,
+            model, x, amp_dtype=plan.amp_dtype, channels_last=True, batch=plan.infer_batch,
             reps1=50 if cuda else 5, reps_batched=20 if cuda else 1, warmup=10 if cuda else 1)
     del model, optimizer, step_fn, split
     if cfg.compile:
         torch._dynamo.reset()
     if cuda:
         torch.cuda.empty_cache()
+    return _EngineResult(flops, engine_ips, engine_cpu_ms, steps, graphed, eager_ips, infer_ms, infer_ips)
 
-    # ---- reference: the usual way
-    ref_ips = ref_cpu_ms = None
-    if cfg.reference:
-        emit("phase", {"name": f"reference: DataLoader({workers} workers), {steps} timed steps"})
-        ref_model = fresh_model()
-        ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, weight_decay=1e-4, foreach=False)
-        # The same images as the engine, tiled to cover warm-up + timed steps.
-        ri, ry = tiled(data, (max(warmup, 1) + steps) * bs, seed=cfg.seed)
-        ref_ips, ref_cpu_ms = reference_throughput(
-            ref_model, ref_opt, ri, ry, device, batch_size=bs, steps=steps, warmup=warmup,
-            workers=workers, seed=cfg.seed)
-        emit("result", {"name": "reference", "img_per_s": ref_ips})
-        del ref_model, ref_opt
-        if cuda:
-            torch.cuda.empty_cache()
 
-    # ---- the hardware: dense matmul rates
-    emit("phase", {"name": "matmul peak"})
-    peak_dtype = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
+def _eager_engine_ips(cfg: BenchConfig, plan: _Plan, data: BenchData, split: Any, steps: int,
+                      emit: ProgressCallback) -> float:
+    """The same engine without the CUDA graph, same steps: what the graph buys."""
+    from fercli.train.optim import build_optimizer
+
+    emodel = _fresh_model(cfg, data.num_classes, plan.device).to(memory_format=torch.channels_last)
+    eopt = build_optimizer("adamw-gc", emodel, lr=1e-4, weight_decay=1e-4)
+    estep = engine_step(emodel, eopt, split, batch_size=cfg.batch_size, amp_dtype=plan.amp_dtype,
+                        cuda_graphs=False)
+    eager_ips, _, _ = engine_throughput(emodel, eopt, estep, split, batch_size=cfg.batch_size, steps=steps,
+                                        warmup=plan.warmup, amp_dtype=plan.amp_dtype, seed=cfg.seed)
+    emit("result", {"name": "engine (eager)", "img_per_s": eager_ips})
+    return eager_ips
+
+
+def _reference_phase(cfg: BenchConfig, plan: _Plan, data: BenchData, steps: int,
+                     emit: ProgressCallback) -> tuple[float, float]:
+    """The usual way (DataLoader workers, fp32 eager, per-image transforms): img/s, CPU ms/image."""
+    bs, warmup, workers = cfg.batch_size, plan.warmup, plan.workers
+    emit("phase", {"name": f"reference: DataLoader({workers} workers), {steps} timed steps"})
+    ref_model = _fresh_model(cfg, data.num_classes, plan.device)
+    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, weight_decay=1e-4, foreach=False)
+    # The same images as the engine, tiled to cover warm-up + timed steps.
+    ri, ry = tiled(data, (max(warmup, 1) + steps) * bs, seed=cfg.seed)
+    ref_ips, ref_cpu_ms = reference_throughput(
+        ref_model, ref_opt, ri, ry, plan.device, batch_size=bs, steps=steps, warmup=warmup,
+        workers=workers, seed=cfg.seed)
+    emit("result", {"name": "reference", "img_per_s": ref_ips})
+    del ref_model, ref_opt
+    if plan.cuda:
+        torch.cuda.empty_cache()
+    return ref_ips, ref_cpu_ms
+
+
+def _matmul_rates(plan: _Plan) -> tuple[str, dict[str, float]]:
+    """The hardware's dense matmul TFLOP/s in the dtype the engine trains in."""
+    peak_dtype = "bf16" if plan.amp_dtype == torch.bfloat16 else "fp32"
     # Only the dtype the engine trains in: on a CPU without native bf16 a bf16 matmul is
     # emulated and crawls (12 min on an AVX2-only day), and the engine never uses it there.
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    rates = {peak_dtype: matmul_tflops(device, dtypes[peak_dtype], n=None if cuda else 1024)}
-    peak = rates[peak_dtype]
+    rates = {peak_dtype: matmul_tflops(plan.device, dtypes[peak_dtype], n=None if plan.cuda else 1024)}
+    return peak_dtype, rates
 
-    engine_tflops = flops * engine_ips / 1e12
-    ref_tflops = flops * ref_ips / 1e12 if ref_ips else None
-    load_end = _load()
+
+def _run_notes(cfg: BenchConfig, plan: _Plan, load_start: list[float], load_end: list[float],
+               t_start: float) -> list[str]:
+    """What a reader of the numbers must know: contention, compile time in the timing, the cap."""
+    notes = []
     cpus = os.cpu_count() or 1
-    if not cuda and load_start and max(load_start[0], load_end[0]) > 0.5 * cpus:
+    if not plan.cuda and load_start and max(load_start[0], load_end[0]) > 0.5 * cpus:
         notes.append(f"CPU contended: load average {load_start[0]} at start, {load_end[0]} at end "
                      f"on {cpus} CPUs (other processes were running)")
-    if cuda and cfg.compile and warmup < 3:
+    if plan.cuda and cfg.compile and plan.warmup < 3:
         notes.append("torch.compile with fewer than 3 warm-up steps: compile time is in the timing")
+    cap = plan.cap
     if cap and time.perf_counter() - t_start > cap:
         notes.append(f"took {time.perf_counter() - t_start:.0f} s, over the {cap:.0f} s cap "
                      "(warm-up and inference are not capped)")
+    return notes
+
+
+def _report(cfg: BenchConfig, plan: _Plan, data: BenchData, eng: _EngineResult,
+            ref_ips: float | None, ref_cpu_ms: float | None, peak_dtype: str, rates: dict[str, float],
+            load_start: list[float], load_end: list[float], t_start: float,
+            notes: list[str]) -> dict[str, Any]:
+    """The flat result dict `fer bench --json` prints (one key per number, rounded)."""
+    from fercli.device import device_name
+
+    device, bs, workers = plan.device, cfg.batch_size, plan.workers
+    engine_ips, eager_ips, infer_ms, infer_ips = eng.ips, eng.eager_ips, eng.infer_ms, eng.infer_ips
+    peak = rates[peak_dtype]
+    engine_tflops = eng.flops * engine_ips / 1e12
+    ref_tflops = eng.flops * ref_ips / 1e12 if ref_ips else None
     return {
         "engine_img_per_s": round(engine_ips, 2),
-        "engine_graphed": graphed,
+        "engine_graphed": eng.graphed,
         "engine_eager_img_per_s": round(eager_ips, 2) if eager_ips else None,
         "graph_speedup": round(engine_ips / eager_ips, 3) if eager_ips else None,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "time_cap_s": cap,
+        "time_cap_s": plan.cap,
         "reference_img_per_s": round(ref_ips, 2) if ref_ips else None,
         "speedup": round(engine_ips / ref_ips, 3) if ref_ips else None,
-        "engine_cpu_ms_per_image": round(engine_cpu_ms, 3),
+        "engine_cpu_ms_per_image": round(eng.cpu_ms, 3),
         "reference_cpu_ms_per_image": round(ref_cpu_ms, 3) if ref_cpu_ms is not None else None,
-        "flops_per_image": int(flops),
+        "flops_per_image": int(eng.flops),
         "engine_tflops": round(engine_tflops, 4),
         "reference_tflops": round(ref_tflops, 4) if ref_tflops is not None else None,
         "peak_matmul_tflops": round(peak, 3),
@@ -551,7 +638,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         "reference_fraction_of_peak": round(ref_tflops / peak, 4) if ref_tflops is not None else None,
         "matmul_tflops": {k: round(v, 3) for k, v in rates.items()},
         "inference_ms_per_face_batch1": round(infer_ms, 3) if infer_ms is not None else None,
-        "inference_batch": infer_batch,
+        "inference_batch": plan.infer_batch,
         "inference_img_per_s_batched": round(infer_ips, 1) if infer_ips is not None else None,
         "device": device_name(device),
         "device_type": device.type,
@@ -562,14 +649,14 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         "shared_backbone": cfg.shared_backbone,
         "batch_size": bs,
         "image_size": cfg.image_size,
-        "steps": steps,
-        "warmup": warmup,
+        "steps": eng.steps,
+        "warmup": plan.warmup,
         "engine": {
-            "precision": peak_dtype if amp_dtype else "fp32",
+            "precision": peak_dtype if plan.amp_dtype else "fp32",
             "channels_last": True,
             "optimizer": "adamw-gc (fercli.train.optim.AdamWGC: flat-buffer GC, fused AdamW kernel)",
             "compile": cfg.compile_mode if cfg.compile else None,
-            "cuda_graphs": graphed,
+            "cuda_graphs": eng.graphed,
             "data": "device-resident uint8, full device randperm batches, augment_with on the device",
         },
         "reference": {
@@ -581,7 +668,7 @@ def _run_bench(cfg: BenchConfig, on_event: ProgressCallback | None) -> dict[str,
         } if cfg.reference else None,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu_count": cpus,
+        "cpu_count": os.cpu_count() or 1,
         "platform": platform.platform(),
         "load_average": {"start": load_start, "end": load_end},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -211,7 +211,6 @@ def predict(
     line per face as it goes.
     """
     params = dict(locals())
-    from fercli.cli import report
     from fercli.errors import FerError
     from fercli.infer import predict as core
     from fercli.infer import video
@@ -239,6 +238,13 @@ def predict(
         core.PredictConfig, params, inputs=tuple(str(p) for p in inputs), csv=csv_out))
     with _Progress(quiet=quiet or json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
+    _report_images(result, json_out)
+
+
+def _report_images(result, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+    """The model line and failures on stderr, the tables or JSON on stdout; exit 1 if any failed."""
+    from fercli.cli import report
+
     err = report.err_console
     err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
               f"{_runner_text(result.runner)})[/]",

@@ -88,13 +88,18 @@ def train(
     if nproc is not None:  # before importing torch: this process only launches torchrun
         _launch_torchrun(nproc, nnodes, rdzv_endpoint, node_rank)
         return
-    from fercli.cli import report
-    from fercli.train import distributed, runs
-
     cfg = train_config(params)
     if seeds or jobs > 1 or devices:
         _train_jobs(cfg, seeds, jobs, devices, quiet or json_out, json_out)
         return
+    _train_in_process(cfg, quiet, json_out)
+
+
+def _train_in_process(cfg: Any, quiet: bool, json_out: bool) -> None:
+    """One run (or one per CK+ fold) in this process, or this rank's share under torchrun."""
+    from fercli.cli import report
+    from fercli.train import distributed, runs
+
     main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 reports
     with report.TrainProgress(quiet=quiet or json_out or not main_rank) as progress:
         results = runs.train(cfg, on_event=progress)

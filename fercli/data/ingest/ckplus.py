@@ -80,12 +80,7 @@ def prepare_ckplus(
 ) -> PrepareResult:
     """Prepare CK+ from the raw release, the CK+48 folders, or a zip of either."""
     t0 = time.perf_counter()
-    if peak_frames < 1:
-        raise FerError(f"--peak-frames must be at least 1, got {peak_frames}")
-    if not 8 <= size <= 1024:
-        raise FerError(f"--size must be between 8 and 1024, got {size}")
-    if folds < 2:
-        raise FerError(f"--folds must be at least 2, got {folds}")
+    _check_ck_options(peak_frames, size, folds)
     path, tree = open_src(src, ACCEPTED_CKPLUS, "CK+")
     if tree is None:
         raise FerError(f"{path}: not a known CK+ layout; accepted: " + "; ".join(ACCEPTED_CKPLUS))
@@ -93,39 +88,13 @@ def prepare_ckplus(
     skips = Skips(skip_bad)
     notes: list[str] = []
     classes = list(CKPLUS_CLASSES)
-    try:
-        source_info: dict[str, Any] = {"path": str(path.resolve())}
-        kind, roots = _detect_ck_layout(tree)
-        if kind == "raw":
-            if neutral_first_frame:
-                classes.append("neutral")
-            items, n_seq_labelled = _read_ck_raw(
-                tree, roots[0], roots[1], skips, peak_frames, neutral_first_frame, size, progress
-            )
-            fmt = "ckplus-raw"
-            source_info.update(images_root=roots[0], emotion_root=roots[1])
-        else:
-            if neutral_first_frame:
-                notes.append("--neutral-first-frame ignored: CK+48 holds no neutral frames")
-            items = _read_ck48(tree, roots[0], skips, size, progress)
-            n_seq_labelled = None
-            fmt = "ckplus48"
-            source_info.update(root=roots[0])
-        source_info["format"] = fmt + ("-zip" if tree.kind == "zip" else "")
-        if tree.kind == "zip":
-            source_info["sha256"] = sha256_file(path)
-    finally:
-        tree.close()
+    items, n_seq_labelled, fmt, source_info = _read_ck_source(
+        path, tree, skips, classes, notes, peak_frames, neutral_first_frame, size, progress
+    )
     n = len(items.labels)
     if n == 0:
         raise FerError(f"empty dataset: no CK+ images found in {path}")
-    order = sorted(range(n), key=lambda i: (items.subject[i], items.sequence[i], items.source[i]))
-    images = np.stack([items.images[i] for i in order]).astype(np.uint8)
-    labels = np.array([items.labels[i] for i in order], dtype=np.int64)
-    source = np.array([items.source[i] for i in order], dtype=str)
-    subject = np.array([items.subject[i] for i in order], dtype=str)
-    sequence = np.array([items.sequence[i] for i in order], dtype=str)
-    reasons = [items.reasons[i] for i in order]
+    images, labels, source, subject, sequence, reasons = _ordered(items)
     split = np.full(n, "all", dtype="<U3")
     fold, used_folds = _assign_folds(labels, subject, folds, seed)
     if used_folds != folds:
@@ -157,6 +126,65 @@ def prepare_ckplus(
         manifest_extra=manifest_extra,
     )
     return PrepareResult(out=target, manifest=manifest, seconds=time.perf_counter() - t0)
+
+
+def _check_ck_options(peak_frames: int, size: int, folds: int) -> None:
+    if peak_frames < 1:
+        raise FerError(f"--peak-frames must be at least 1, got {peak_frames}")
+    if not 8 <= size <= 1024:
+        raise FerError(f"--size must be between 8 and 1024, got {size}")
+    if folds < 2:
+        raise FerError(f"--folds must be at least 2, got {folds}")
+
+
+def _read_ck_source(
+    path: Path, tree: Tree, skips: Skips, classes: list[str], notes: list[str], peak_frames: int,
+    neutral_first_frame: bool, size: int, progress: ProgressFn | None,
+) -> tuple[_CkItems, int | None, str, dict[str, Any]]:
+    """Read whichever CK+ layout `tree` holds, then close it.
+
+    Returns the items, the labelled sequences found (raw only, else None), the format name and
+    the manifest's source record. Appends 'neutral' to `classes` and any caveat to `notes`.
+    """
+    try:
+        source_info: dict[str, Any] = {"path": str(path.resolve())}
+        kind, roots = _detect_ck_layout(tree)
+        if kind == "raw":
+            if neutral_first_frame:
+                classes.append("neutral")
+            items, n_seq_labelled = _read_ck_raw(
+                tree, roots[0], roots[1], skips, peak_frames, neutral_first_frame, size, progress
+            )
+            fmt = "ckplus-raw"
+            source_info.update(images_root=roots[0], emotion_root=roots[1])
+        else:
+            if neutral_first_frame:
+                notes.append("--neutral-first-frame ignored: CK+48 holds no neutral frames")
+            items = _read_ck48(tree, roots[0], skips, size, progress)
+            n_seq_labelled = None
+            fmt = "ckplus48"
+            source_info.update(root=roots[0])
+        source_info["format"] = fmt + ("-zip" if tree.kind == "zip" else "")
+        if tree.kind == "zip":
+            source_info["sha256"] = sha256_file(path)
+    finally:
+        tree.close()
+    return items, n_seq_labelled, fmt, source_info
+
+
+def _ordered(
+    items: _CkItems,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """The items as arrays sorted by (subject, sequence, source file): a stable on-disk order."""
+    n = len(items.labels)
+    order = sorted(range(n), key=lambda i: (items.subject[i], items.sequence[i], items.source[i]))
+    images = np.stack([items.images[i] for i in order]).astype(np.uint8)  # (N, size, size)
+    labels = np.array([items.labels[i] for i in order], dtype=np.int64)
+    source = np.array([items.source[i] for i in order], dtype=str)
+    subject = np.array([items.subject[i] for i in order], dtype=str)
+    sequence = np.array([items.sequence[i] for i in order], dtype=str)
+    reasons = [items.reasons[i] for i in order]
+    return images, labels, source, subject, sequence, reasons
 
 
 def _seq_per_class(labels: np.ndarray, sequence: np.ndarray, classes: list[str]) -> dict[str, int]:

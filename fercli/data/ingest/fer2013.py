@@ -241,15 +241,7 @@ def _parse_fer_csv(
     parsed per chunk of 4096 rows with numpy (no per-value Python). Only a chunk that fails
     validation is re-checked row by row to name the culprit line.
     """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n")
-    header = lines[0].strip().decode("utf-8", "replace")
-    if header != FER_CSV_HEADER:
-        shown = header if len(header) <= 60 else header[:57] + "..."
-        raise FerError(f"{where}: line 1: header is {shown!r}, expected {FER_CSV_HEADER!r}")
-    emotions = {str(i).encode(): i for i in range(len(FER2013_CLASSES))}
-    usages = {k.encode(): v for k, v in FER_USAGE_SPLITS.items()}
+    lines = _csv_lines(data, where)
     total = max(len(lines) - 1, 1)
     step = 4096
     images_parts: list[np.ndarray] = []
@@ -269,34 +261,11 @@ def _parse_fer_csv(
     if progress:
         progress(0, total)
     for ln, line in enumerate(lines[1:], start=2):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line or not line.strip():
+        row = _split_row(line, ln, where, skips)
+        if row is None:
             continue
-        i, j = line.find(b","), line.rfind(b",")
-        if i < 0 or i == j:
-            n_fields = line.count(b",") + 1
-            skips.bad(f"{where}: line {ln}",
-                      f"expected 3 fields (emotion,pixels,Usage), got {n_fields}", "malformed row")
-            continue
-        emo = emotions.get(line[:i].strip().strip(b'"'))
-        if emo is None:
-            val = line[:i].strip().decode("utf-8", "replace")[:20]
-            skips.bad(f"{where}: line {ln}", f"emotion {val!r} is not an integer 0-6",
-                      "emotion out of range")
-            continue
-        usage_raw = line[j + 1:].strip().strip(b'"')
-        split = usages.get(usage_raw)
-        if split is None:
-            val = usage_raw.decode("utf-8", "replace")[:30]
-            skips.bad(
-                f"{where}: line {ln}",
-                f"unknown Usage {val!r} (expected Training, PublicTest or PrivateTest)",
-                "unknown Usage",
-            )
-            continue
-        pend_rows.append((ln, emo, split))
-        pend_pix.append(line[i + 1:j].strip().strip(b'"'))
+        pend_rows.append(row[:3])
+        pend_pix.append(row[3])
         if len(pend_rows) == step:
             flush()
             if progress:
@@ -313,6 +282,57 @@ def _parse_fer_csv(
         np.array([f"{label}:{r[0]}" for r in rows], dtype=str),
         [()] * len(rows),
     )
+
+
+def _csv_lines(data: bytes, where: str) -> list[bytes]:
+    """The CSV's lines (BOM dropped), after checking that line 1 is the challenge header."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    header = lines[0].strip().decode("utf-8", "replace")
+    if header != FER_CSV_HEADER:
+        shown = header if len(header) <= 60 else header[:57] + "..."
+        raise FerError(f"{where}: line 1: header is {shown!r}, expected {FER_CSV_HEADER!r}")
+    return lines
+
+
+_EMOTIONS = {str(i).encode(): i for i in range(len(FER2013_CLASSES))}
+_USAGES = {k.encode(): v for k, v in FER_USAGE_SPLITS.items()}
+
+
+def _split_row(line: bytes, ln: int, where: str, skips: Skips) -> tuple[int, int, str, bytes] | None:
+    """(line number, label, split, pixel field) of one data line; None for a blank or bad one.
+
+    A bad line goes to `skips` (an error naming line `ln` unless --skip-bad). The first and
+    last comma delimit the fields, so the pixel field is never scanned here.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line or not line.strip():
+        return None
+    i, j = line.find(b","), line.rfind(b",")
+    if i < 0 or i == j:
+        n_fields = line.count(b",") + 1
+        skips.bad(f"{where}: line {ln}",
+                  f"expected 3 fields (emotion,pixels,Usage), got {n_fields}", "malformed row")
+        return None
+    emo = _EMOTIONS.get(line[:i].strip().strip(b'"'))
+    if emo is None:
+        val = line[:i].strip().decode("utf-8", "replace")[:20]
+        skips.bad(f"{where}: line {ln}", f"emotion {val!r} is not an integer 0-6",
+                  "emotion out of range")
+        return None
+    usage_raw = line[j + 1:].strip().strip(b'"')
+    split = _USAGES.get(usage_raw)
+    if split is None:
+        val = usage_raw.decode("utf-8", "replace")[:30]
+        skips.bad(
+            f"{where}: line {ln}",
+            f"unknown Usage {val!r} (expected Training, PublicTest or PrivateTest)",
+            "unknown Usage",
+        )
+        return None
+    return ln, emo, split, line[i + 1:j].strip().strip(b'"')
 
 
 _PIXEL_CHARS = b"0123456789 \n"
