@@ -217,7 +217,27 @@ def ablate(
         _print_progress(cfg, json_out)
         return
 
+    result, interrupted = _run_with_progress(cfg, quiet, json_out)
     err = report.err_console
+    if interrupted:
+        # Ctrl-C: say what is done, not nothing (finished runs are kept; the interrupted one resumes).
+        err.print("interrupted: finished runs are kept and the interrupted one resumes on a rerun; so far:")
+        _print_progress(cfg, False)
+        raise typer.Exit(130)
+    if json_out:
+        report.print_json(result)
+        return
+    for t in _result_tables(result):
+        report.console.print(t, highlight=False)
+    err.print(f"wrote {', '.join(result['files'])} ({result['runs']['cached']} of {result['runs']['total']} "
+              f"runs reused from cache)", highlight=False)
+
+
+def _run_with_progress(cfg: Any, quiet: bool, json_out: bool) -> tuple[dict[str, Any] | None, bool]:
+    """core.run_ablation with its progress bars and one line per run; (result, interrupted)."""
+    from fercli.cli import report
+    from fercli.evaluation import ablate as core
+
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         def on_event(kind: str, info: dict[str, Any]) -> None:
             if kind == "ablate_run" and not (quiet or json_out):
@@ -232,20 +252,6 @@ def ablate(
             progress(kind, info)
 
         try:
-            result = core.run_ablation(cfg, on_event=on_event)
+            return core.run_ablation(cfg, on_event=on_event), False
         except KeyboardInterrupt:
-            interrupted = True
-        else:
-            interrupted = False
-    if interrupted:
-        # Ctrl-C: say what is done, not nothing (finished runs are kept; the interrupted one resumes).
-        err.print("interrupted: finished runs are kept and the interrupted one resumes on a rerun; so far:")
-        _print_progress(cfg, False)
-        raise typer.Exit(130)
-    if json_out:
-        report.print_json(result)
-        return
-    for t in _result_tables(result):
-        report.console.print(t, highlight=False)
-    err.print(f"wrote {', '.join(result['files'])} ({result['runs']['cached']} of {result['runs']['total']} "
-              f"runs reused from cache)", highlight=False)
+            return None, True
