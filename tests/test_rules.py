@@ -32,12 +32,12 @@ def test_the_papers_optimizers_come_from_one_table(dataset: str, expected: str) 
 
 
 def test_the_ablation_ladder_uses_the_papers_optimizers() -> None:
-    from fercli.evaluation import ablate
+    from fercli.evaluation import ablate, ladder
 
     for key in ("fer2013", "ck+"):
         ds = ablate._Dataset(key=key, ref=key, path=None, kfold=key == "ck+", num_folds=10, sha256="")  # type: ignore[arg-type]
-        assert ablate._optimizer(ds, gc=True) == optim.PAPER_OPTIMIZERS[key]
-        assert ablate._optimizer(ds, gc=False) == optim.PAPER_OPTIMIZERS[key].removesuffix("-gc")
+        assert ladder.optimizer_for(ds, gc=True) == optim.PAPER_OPTIMIZERS[key]
+        assert ladder.optimizer_for(ds, gc=False) == optim.PAPER_OPTIMIZERS[key].removesuffix("-gc")
 
 
 def test_the_paper_preset_is_the_papers_table() -> None:

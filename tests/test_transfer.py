@@ -98,9 +98,10 @@ def test_tiny_transfer_run_on_real_ckplus(ck48: Path, tmp_path: Path) -> None:
     m = json.loads(e.stdout)
     assert m["split"] == "fold3" and m["model"]["training"] == "FER2013-pretrained"
     assert m["paper_per_class"]["table"] == 2
-    # A wrong architecture is one line, exit non-zero, and leaves no run directory.
-    bad_args = [a for a in args if a != "--shared-backbone"]
+    # A source that cannot be read is one line, exit non-zero, and leaves no run directory.
+    bad_args = list(args)
     bad_args[bad_args.index(str(run))] = str(tmp_path / "bad")
+    bad_args[bad_args.index("default")] = str(tmp_path / "no-such-model.pt")
     bad = runner.invoke(app, bad_args)
-    assert bad.exit_code != 0 and "--shared-backbone" in bad.stderr and "Traceback" not in bad.output
+    assert bad.exit_code != 0 and "no-such-model.pt" in bad.stderr and "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists()
