@@ -225,7 +225,7 @@ def _fake_ablation_runs(mp: pytest.MonkeyPatch) -> None:
 
 def _ablate(stock: Stock, out: Path) -> list[str]:
     return ["ablate", "--dataset", str(stock.ck), "--epochs", "1", "--folds-limit", "1", "--seeds", "0",
-            "--device", "cpu", "--out", str(out), "--json"]
+            "--device", "cpu", "--out", str(out), "--json", "--no-estimate"]
 
 
 # Each builder gets (work folder, stock, monkeypatch, mount) and returns a Case.
