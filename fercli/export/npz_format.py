@@ -251,6 +251,15 @@ def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path:
             "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}
 
 
+def _check_copy_target(src: Path, out_path: Path, over_source: str) -> None:
+    """A re-packed copy of `src` goes to another .npz path; `over_source` is the refusal when
+    `out_path` is `src` itself (the input is never modified)."""
+    if out_path.suffix != ".npz":
+        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
+    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
+        raise FerError(over_source)
+
+
 def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any], why: str, how: str,
                    max_shard_mb: float | None = 15.0) -> dict[str, Any]:
     """Re-pack an exported model with some metadata fields corrected (e.g. the code_version a
@@ -258,10 +267,7 @@ def amend_metadata(src: Path | str, out_path: Path | str, changes: dict[str, Any
     entry to `provenance_corrections` naming the recorded value, the new one, why and how, and
     the original archive's sha256. `src` is never modified (write to another path)."""
     src, out_path = Path(src), Path(out_path)
-    if out_path.suffix != ".npz":
-        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
-    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
-        raise FerError(f"{out_path}: write the amended model beside the original, not over it")
+    _check_copy_target(src, out_path, f"{out_path}: write the amended model beside the original, not over it")
     arrays, meta, data = _read_archive(src)
     original = hashlib.sha256(data).hexdigest()
     today = datetime.now(timezone.utc).date().isoformat()
@@ -287,10 +293,7 @@ def with_metadata(src: Path | str, out_path: Path | str, updates: dict[str, Any]
     model gained after export). The weight arrays are copied unchanged; `src` is never
     modified (write to another path)."""
     src, out_path = Path(src), Path(out_path)
-    if out_path.suffix != ".npz":
-        raise FerError(f"--out {out_path}: the exported model must be a .npz file")
-    if out_path.resolve() == Path(str(src).removesuffix(INDEX_SUFFIX)).resolve():
-        raise FerError(f"--out {out_path}: write the new model beside {src}, not over it")
+    _check_copy_target(src, out_path, f"--out {out_path}: write the new model beside {src}, not over it")
     arrays, meta, _ = _read_archive(src)
     meta.update(updates)
     return write_archive(arrays, meta, out_path, max_shard_mb)
