@@ -391,3 +391,42 @@ def test_fused_head_equals_signed_sqrt_then_normalize_values_and_gradients():
     assert torch.isfinite(a.grad).all()
     x = torch.randn(2, 4, 4, dtype=torch.float64).abs().add(0.1).requires_grad_(True)
     assert torch.autograd.gradcheck(normalize_bilinear, (x,))
+
+
+# -----------------------------------------------------------------------------
+# The trunk is torchvision's resnet34 without importing torchvision
+
+
+def test_trunk_is_torchvisions_resnet34_to_the_parameter_and_the_seed():
+    """Same names and shapes (ImageNet weights load strictly), the same init for a seed, and
+    the same features as torchvision's resnet34 up to layer4 with those weights."""
+    from torchvision.models import resnet34
+
+    from fercli.model.networks import ResNet34Trunk
+
+    torch.manual_seed(7)
+    ours = ResNet34Trunk()
+    torch.manual_seed(7)
+    ref = resnet34(weights=None)
+    ref_state = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    state = ours.state_dict()
+    assert list(state) == list(ref_state)
+    for k, v in ref_state.items():
+        assert torch.equal(state[k], v), k
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))
+        assert torch.allclose(ours(x), f, rtol=0, atol=0)
+
+
+def test_loading_the_shipped_model_does_not_import_torchvision():
+    """`fer predict` and the server pay for torch only: torchvision's import is ~2 s."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fercli; r = fercli.Recognizer(device='cpu'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

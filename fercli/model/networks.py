@@ -97,20 +97,68 @@ class FaceInput(nn.Module):
 # ResNet34 trunk (torchvision resnet34 minus avgpool/fc)
 
 
-class ResNet34Trunk(nn.Module):
-    """torchvision's resnet34 up to layer4: (N, 3, S, S) -> (N, 512, S/32, S/32) (ceil).
+class BasicBlock(nn.Module):
+    """ResNet's two-conv residual block: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
 
-    The submodules keep torchvision's names, so an ImageNet state dict (minus fc.*) loads
-    with strict=True. The last map is 2x2 at 48 px, 3x3 at 96 px, 7x7 at 224 px.
+    (N, C_in, H, W) -> (N, planes, H/stride, W/stride); the shortcut is a strided 1x1 conv + BN
+    (`downsample`) where the shape changes, else the identity. torchvision's names and order."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet34Trunk(nn.Module):
+    """ResNet34 (He et al. 2016) up to layer4: (N, 3, S, S) -> (N, 512, S/32, S/32) (ceil).
+
+    Written out here rather than taken from torchvision, whose import alone costs ~2 s in every
+    process that loads a model (`fer predict`, the server). It is torchvision's resnet34 to the
+    parameter: the same submodule names, so an ImageNet state dict (minus fc.*) loads with
+    strict=True, and the same random init drawn in the same order, so a seed gives the very
+    weights torchvision's resnet34(weights=None) gives (tests/test_model.py checks both).
+    The last map is 2x2 at 48 px, 3x3 at 96 px, 7x7 at 224 px.
     """
+
+    STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (planes, blocks, stride)
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet34  # lazy: torchvision import is slowish
-
-        net = resnet34(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = 64
+        for i, (planes, blocks, stride) in enumerate(self.STAGES, start=1):
+            layers = []
+            for b in range(blocks):
+                s = stride if b == 0 else 1
+                down = None
+                if s != 1 or inplanes != planes:  # built before its block, as torchvision does
+                    down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=s, bias=False), nn.BatchNorm2d(planes))
+                layers.append(BasicBlock(inplanes, planes, s, down))
+                inplanes = planes
+            setattr(self, f"layer{i}", nn.Sequential(*layers))
+        # torchvision builds its 1000-class fc here; drawing the same numbers (and dropping
+        # them) keeps the random stream, and so the init below, identical to its resnet34.
+        nn.Linear(TRUNK_CHANNELS, 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, S/4, S/4)
@@ -215,7 +263,7 @@ class FerNet(nn.Module):
 
 
 class ResNet34Classifier(FerNet):
-    """Baseline: torchvision resnet34 (global average pooling) with a num_classes fc head."""
+    """Baseline: ResNet34 (global average pooling) with a num_classes fc head."""
 
     def __init__(self, num_classes: int, image_size: int = 48) -> None:
         super().__init__()
