@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -75,12 +76,21 @@ def _unpack_once(pack: Path, tool: Path, dest: Path, done: Path) -> None:
 
 @pytest.fixture(scope="session")
 def fer2013_prepared(fer2013_folders: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The real FER2013 prepared once per session from the image folders (decoding its 35,887
-    JPEGs takes ~10 s): the PrepareResult, whose .out is the prepared directory. Tests read it
-    and never write to it."""
+    """The real FER2013 prepared once per test run from the image folders (decoding its 35,887
+    JPEGs takes ~10 s): the PrepareResult, whose .out is the prepared directory. Under
+    pytest-xdist the workers share one copy in the run's common temp folder: the first
+    prepares it under a lock, the others read what it wrote. Tests never write to it."""
     from fercli.data.ingest import prepare_fer2013
 
-    return prepare_fer2013(fer2013_folders, out=tmp_path_factory.mktemp("fer2013-real") / "folders")
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by this run's workers
+    done = root / "fer2013-real.pickle"  # the first worker's PrepareResult, for the others
+    with open(root / "fer2013-real.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            result = prepare_fer2013(fer2013_folders, out=root / "fer2013-real" / "folders")
+            done.write_bytes(pickle.dumps(result))
+        return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(autouse=True)
