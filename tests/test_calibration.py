@@ -185,6 +185,11 @@ def test_training_records_t_fitted_on_the_selection_split(tmp_path: Path, monkey
     assert m["temperature_source"] == "recorded in the model" and m["argmax_identical"] is True
     assert set(m["before"]) >= {"ece", "mce", "nll", "brier"} and m["bins"] == 15
     assert (res.run_dir / "reliability.png").stat().st_size > 1000 and (res.run_dir / "confusion.png").is_file()
+    lo, hi = m["after"]["ece_ci95"]
+    assert lo <= m["after"]["ece"] <= hi
+    table = runner.invoke(app, ["evaluate", str(res.run_dir), "--device", "cpu"])
+    assert table.exit_code == 0 and "ECE % (95% CI)" in table.stdout
+    assert f"{100 * m['after']['ece']:.2f} ({100 * lo:.2f}–{100 * hi:.2f})" in table.stdout
     # with TTA, T divides each view's logits before the views are averaged, as fer predict does
     flip = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), tta="flip", device="cpu", write=False))
     rows = ds.indices("private_test")
@@ -338,3 +343,22 @@ def test_shipped_model_records_t_from_public_test_and_keeps_every_label() -> Non
     assert len(set(plain.argmax(1).tolist())) >= 2
     assert np.array_equal(plain.argmax(1), warm.argmax(1))
     assert warm.max(1).mean() < plain.max(1).mean()  # less confident, same labels
+
+
+def test_ece_interval_holds_the_ece_is_seeded_and_narrows_with_more_faces() -> None:
+    """The bootstrap's bin sums give the ECE itself on the identity resample (checked through
+    a one-face-per-draw case), the interval brackets the ECE, a seed repeats it exactly, and
+    100x the faces of the same distribution narrow it."""
+    p, y = _hand_example()
+    # every resample of one face is that face: the interval collapses onto its ECE
+    assert cal.ece_interval(p[:1], y[:1]) == pytest.approx((cal.ece(p[:1], y[:1]),) * 2, abs=1e-12)
+    z, yy = _calibrated_split(n=20000)
+    over = cal.softmax(2.0 * z)  # overconfident: a clear, non-zero ECE
+    small, large = (over[:200], yy[:200]), (over, yy)
+    lo, hi = cal.ece_interval(*small)
+    assert lo <= cal.ece(*small) <= hi
+    assert cal.ece_interval(*small) == (lo, hi) and cal.ece_interval(*small, seed=1) != (lo, hi)
+    lo2, hi2 = cal.ece_interval(*large)
+    assert lo2 <= cal.ece(*large) <= hi2 and (hi2 - lo2) < (hi - lo) / 4
+    assert cal.calibration_metrics(*small)["ece_ci95"] == [lo, hi]
+    assert all(np.isnan(cal.ece_interval(p[:0], y[:0])))
