@@ -13,7 +13,8 @@ from fercli.cli import app, options
 def _line(r: dict[str, Any]) -> str:
     c = r["calibration"]
     b, a = c["before"], c["after"]
-    return (f"{r['model']}: T = {c['temperature']:.4f} fitted on {c['split']} ({c['num_samples']} faces): "
+    fit = f"not fitted ({c['unidentifiable']})" if c.get("unidentifiable") else "fitted"
+    return (f"{r['model']}: T = {c['temperature']:.4f} {fit} on {c['split']} ({c['num_samples']} faces): "
             f"ECE {100 * b['ece']:.2f}% -> {100 * a['ece']:.2f}%, NLL {b['nll']:.4f} -> {a['nll']:.4f}; "
             f"wrote {', '.join(r['written'])}")
 

@@ -31,7 +31,12 @@ from torch import nn
 from fercli.data.prepared import PreparedDataset
 from fercli.data.resident import DeviceSplit, SplitPlan, to_device
 from fercli.errors import FerError
-from fercli.evaluation.calibration import calibration_metrics, fit_temperature, softmax
+from fercli.evaluation.calibration import (
+    TEMPERATURE_BOUNDS,
+    calibration_metrics,
+    fit_temperature,
+    softmax,
+)
 from fercli.files import atomic_write_json
 from fercli.model.checkpoints import (
     BEST_CHECKPOINT,
@@ -75,15 +80,24 @@ def model_logits(model: nn.Module, x_uint8: torch.Tensor, *, batch_size: int = 2
 
 
 def fit_record(logits: np.ndarray, labels: np.ndarray, split: str, ds: PreparedDataset) -> dict[str, Any]:
-    """Fit T on (logits, labels) of `split` and describe the fit (JSON-serialisable)."""
-    t = fit_temperature(logits, labels)
+    """Fit T on (logits, labels) of `split` and describe the fit (JSON-serialisable).
+
+    A fit at a bound of TEMPERATURE_BOUNDS has no minimum to find: with no misclassified face
+    in the split (a CK+ selection fold often has none), the NLL keeps falling as T -> 0, and a
+    T of 0.01 would make every wrong answer on other faces near-certain. Such a split cannot
+    pin T down, so the record keeps T = 1 (the model's own probabilities) and says why."""
+    fitted = fit_temperature(logits, labels)
+    t = 1.0 if fitted in TEMPERATURE_BOUNDS else fitted
     before = calibration_metrics(softmax(logits), labels)
     after = calibration_metrics(softmax(logits, t), labels)
     keep = ("ece", "nll", "brier", "mean_confidence", "accuracy")
     return {"temperature": t, "split": split, "dataset_name": ds.name, "dataset_sha256": ds.sha256,
             "num_samples": int(len(labels)), "before": {k: before[k] for k in keep},
             "after": {k: after[k] for k in keep}, "method": METHOD, "code_version": code_version(),
-            "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"unidentifiable": f"the NLL of {split} is least at the bound T = {fitted:g} (errors on it: "
+                                  f"{int(np.sum(np.argmax(logits, axis=1) != labels))}); T = 1 kept"}
+               if fitted != t else {})}
 
 
 def fit_on_split(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: str, device: torch.device,

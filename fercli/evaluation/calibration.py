@@ -42,7 +42,7 @@ from fercli.errors import FerError
 
 ECE_BINS = 15
 ECE_RESAMPLES = 1000  # bootstrap resamples for the ECE's 95 % interval (seeded: deterministic)
-TEMPERATURE_BOUNDS = (0.01, 100.0)  # a fit at a bound says the split cannot pin T down
+TEMPERATURE_BOUNDS = (0.01, 100.0)  # a fit at a bound: the split cannot pin T down (calibrate.fit_record keeps T = 1)
 _BISECTION_STEPS = 200  # log-beta interval of width ~9.2 halved 200 times: far below float64 spacing
 _BOOTSTRAP_DRAWS = 4_000_000  # face draws held at once by ece_interval (~100 MB)
 _TINY = 1e-300  # log(0) guard for the NLL

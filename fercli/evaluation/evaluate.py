@@ -182,6 +182,8 @@ def _calibration(src: ModelSource, ds: PreparedDataset, plan: SplitPlan, split_n
              "bins": ECE_BINS, "before": calibration_metrics(before, y), "after": calibration_metrics(after, y),
              "argmax_identical": bool(np.array_equal(before.argmax(1), after.argmax(1))),
              "reliability": {"before": reliability_bins(before, y), "after": reliability_bins(after, y)}}
+    if record.get("unidentifiable"):
+        block["unidentifiable"] = record["unidentifiable"]
     if record.get("split") == split_name:
         block["note"] = f"T was fitted on {split_name} itself: the after-T numbers are in-sample"
     return block, before, after
