@@ -15,7 +15,7 @@ install: $(STAMP)
 ## Full test suite: math, CLI and real-data tests (real-data ones skip without ../shared/datasets).
 ## TEST_WORKERS pytest-xdist workers share the cores (tests/conftest.py gives each its share);
 ## worksteal keeps them busy to the end, though a few tests take a minute. 3 on 2 cores fills
-## the gaps while tests wait on child processes (measured 239 s vs 262 s with 2, 427 s serial).
+## the gaps while tests wait on child processes (times: docs/development.md).
 ## TEST_WORKERS=0: serial.
 ## Test temp files (checkpoints of hundreds of MB, written and fsynced) go to RAM when /dev/shm
 ## has 8 GB free: the disk's write-back is then no part of the suite's time. TEST_TMPDIR= keeps TMPDIR.

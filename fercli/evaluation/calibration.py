@@ -23,7 +23,8 @@ Metrics (probabilities p (N, C), labels y (N,)):
     ECE 95 % interval: the 2.5th and 97.5th percentiles of the ECE over ECE_RESAMPLES
           bootstrap resamples of the faces (Efron's percentile bootstrap). An ECE moves by
           sampling alone, the more the fewer faces (a CK+ fold holds ~100), so a difference
-          well inside the interval says little.
+          well inside the interval says little. Resampling adds noise to every bin, so the
+          interval leans above a small ECE rather than centring on it.
 
 Only numpy and torch here: the inference code (fercli.infer, fercli.export) imports
 TemperatureScaled and temperature_of without pulling in datasets or training.
