@@ -420,13 +420,14 @@ def test_trunk_is_torchvisions_resnet34_to_the_parameter_and_the_seed():
         assert torch.allclose(ours(x), f, rtol=0, atol=0)
 
 
-def test_loading_the_shipped_model_does_not_import_torchvision():
-    """`fer predict` and the server pay for torch only: torchvision's import is ~2 s."""
+def test_loading_the_shipped_model_imports_neither_torchvision_nor_dynamo():
+    """`fer predict` and the server pay for torch only: torchvision's import, and torch._dynamo's
+    (which the meta device's random init pulls in), each cost seconds."""
     import subprocess
     import sys
 
     code = ("import sys, fercli; r = fercli.Recognizer(device='cpu'); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision' or m.startswith('torch._dynamo')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -123,8 +123,8 @@ class BasicBlock(nn.Module):
 class ResNet34Trunk(nn.Module):
     """ResNet34 (He et al. 2016) up to layer4: (N, 3, S, S) -> (N, 512, S/32, S/32) (ceil).
 
-    Written out here rather than taken from torchvision, whose import alone costs ~2 s in every
-    process that loads a model (`fer predict`, the server). It is torchvision's resnet34 to the
+    Written out here rather than taken from torchvision, whose import about doubles torch's own
+    in every process that loads a model (`fer predict`, the server). It is torchvision's resnet34 to the
     parameter: the same submodule names, so an ImageNet state dict (minus fc.*) loads with
     strict=True, and the same random init drawn in the same order, so a seed gives the very
     weights torchvision's resnet34(weights=None) gives (tests/test_model.py checks both).
@@ -153,6 +153,8 @@ class ResNet34Trunk(nn.Module):
         # torchvision builds its 1000-class fc here; drawing the same numbers (and dropping
         # them) keeps the random stream, and so the init below, identical to its resnet34.
         nn.Linear(TRUNK_CHANNELS, 1000)
+        if self.conv1.weight.is_meta:  # model_from_spec(empty=True): every weight is loaded next, and
+            return  # torch's meta-device normal_ imports torch._dynamo (~1.4 s) for nothing
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
