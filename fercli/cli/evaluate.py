@@ -58,8 +58,8 @@ def _calibration_table(m: dict[str, Any]) -> Any:
         rows.append((f"fold {i}, after T={f['calibration']['temperature']:.3f}", f["calibration"]["after"]))
     for name, c in rows:
         ci = c.get("ece_ci95") or [None, None]
-        t.add_row(name, f"{_pct(c['ece'])} ({_pct(ci[0])}–{_pct(ci[1])})", _pct(c["mce"]), f"{c['nll']:.4f}", f"{c['brier']:.4f}",
-                  _pct(c["mean_confidence"]), _pct(c["accuracy"]))
+        t.add_row(name, f"{_pct(c['ece'])} ({_pct(ci[0])}–{_pct(ci[1])})", _pct(c["mce"]), f"{c['nll']:.4f}",
+                  f"{c['brier']:.4f}", _pct(c["mean_confidence"]), _pct(c["accuracy"]))
     if cal.get("note"):
         t.caption = cal["note"]
     return t

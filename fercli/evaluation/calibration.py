@@ -145,16 +145,21 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(((p - onehot) ** 2).sum(axis=1)))
 
 
+def _top1_bins(probs: np.ndarray, labels: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per face: top-1 probability (N,), whether it is right (N,) bool, and its bin (N,)."""
+    p = np.asarray(probs, dtype=np.float64)
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == np.asarray(labels, dtype=np.int64)
+    # ceil(conf * B) - 1: conf exactly b/B goes to bin b-1, as the half-open (lo, hi] says
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    return conf, correct, idx
+
+
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
     """One entry per equal-width bin of the top-1 probability: its edges, how many faces fell
     in it, their accuracy and mean confidence (None for an empty bin). Bin b holds
     confidences in (b/B, (b+1)/B]; the top-1 probability of C classes is ≥ 1/C > 0."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    conf = p.max(axis=1)
-    correct = p.argmax(axis=1) == y
-    # ceil(conf * B) - 1: conf exactly b/B goes to bin b-1, as the half-open (lo, hi] says
-    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    conf, correct, idx = _top1_bins(probs, labels, bins)
     out = []
     for b in range(bins):
         m = idx == b
@@ -178,14 +183,10 @@ def ece_interval(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS,
     Per resample r, with s = N face indices drawn with replacement, bin sums replace the bin
     means: ECE_r = sum_b |sum_{i in B_b} correct_i - sum_{i in B_b} conf_i| / N, which is
     sum_b |B_b|/N |acc(B_b) - conf(B_b)| (the ece() above) with the means multiplied out."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    n = len(y)
+    n = len(labels)
     if n == 0:
         return (float("nan"), float("nan"))
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)  # as reliability_bins
+    conf, correct, idx = _top1_bins(probs, labels, bins)
     diff = correct - conf  # (N,)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(resamples, _BOOTSTRAP_DRAWS // n))  # resamples at a time: bounded memory
@@ -210,7 +211,8 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     probability of probabilities (N, C)."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    return {"ece": ece(p, y, bins), "ece_ci95": list(ece_interval(p, y, bins)), "mce": mce(p, y, bins), "nll": nll(p, y), "brier": brier(p, y),
+    return {"ece": ece(p, y, bins), "ece_ci95": list(ece_interval(p, y, bins)), "mce": mce(p, y, bins),
+            "nll": nll(p, y), "brier": brier(p, y),
             "accuracy": float(np.mean(p.argmax(axis=1) == y)) if len(y) else float("nan"),
             "mean_confidence": float(p.max(axis=1).mean()) if len(y) else float("nan"),
             "bins": bins, "num_samples": int(len(y))}
