@@ -194,6 +194,8 @@ def test_training_records_t_fitted_on_the_selection_split(tmp_path: Path, monkey
     table = runner.invoke(app, ["evaluate", str(res.run_dir), "--device", "cpu"])
     assert table.exit_code == 0 and "ECE % (95% CI)" in table.stdout
     assert f"{100 * m['after']['ece']:.2f} ({100 * lo:.2f}–{100 * hi:.2f})" in table.stdout
+    mid, p95 = m["after"]["ece_if_calibrated"]
+    assert 0 <= mid <= p95 and f"{100 * mid:.2f} / {100 * p95:.2f}" in table.stdout
     # with TTA, T divides each view's logits before the views are averaged, as fer predict does
     flip = evaluation.evaluate_target(evaluation.EvaluateConfig(target=str(res.run_dir), tta="flip", device="cpu", write=False))
     rows = ds.indices("private_test")
@@ -367,6 +369,25 @@ def test_ece_interval_holds_the_ece_is_seeded_and_narrows_with_more_faces() -> N
     assert lo2 <= cal.ece(*large) <= hi2 and (hi2 - lo2) < (hi - lo) / 4
     assert cal.calibration_metrics(*small)["ece_ci95"] == [lo, hi]
     assert all(np.isnan(cal.ece_interval(p[:0], y[:0])))
+
+
+def test_ece_if_calibrated_is_the_finite_sample_floor_and_flags_a_miscalibrated_model() -> None:
+    """Consistency resampling: by hand on one face, zero for certain forecasts, shrinking with
+    more faces; a model calibrated by construction stays under its 95th percentile, and an
+    overconfident one with the same ranking lands far above its own."""
+    # one face at 0.5: every drawn label is right or wrong with |1 - 0.5| = |0 - 0.5| = 0.5
+    assert cal.ece_if_calibrated(np.array([[0.5, 0.5]])) == (0.5, 0.5)
+    assert cal.ece_if_calibrated(np.eye(3)[[0, 2, 1, 1]]) == (0.0, 0.0)  # certain: always right
+    z, y = _calibrated_split(n=20000)
+    p, over = cal.softmax(z), cal.softmax(2.0 * z)
+    mid_small, _ = cal.ece_if_calibrated(p[:200])
+    mid_large, p95 = cal.ece_if_calibrated(p[:5000])
+    assert 0 < mid_large < mid_small / 4  # 25x the faces: about 5x less binning noise
+    assert cal.ece(p[:5000], y[:5000]) <= p95  # truly calibrated: inside what chance allows
+    assert cal.ece(over[:5000], y[:5000]) > 3 * cal.ece_if_calibrated(over[:5000])[1]
+    assert cal.ece_if_calibrated(p[:200]) == cal.ece_if_calibrated(p[:200])  # seeded
+    assert cal.calibration_metrics(p[:200], y[:200])["ece_if_calibrated"] == list(cal.ece_if_calibrated(p[:200]))
+    assert all(np.isnan(cal.ece_if_calibrated(p[:0])))
 
 
 def test_a_split_without_errors_cannot_pin_t_and_keeps_t_1() -> None:

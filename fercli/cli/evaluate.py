@@ -51,14 +51,16 @@ def _calibration_table(m: dict[str, Any]) -> Any:
     else:
         t_text = "T per fold, each fitted on its selection fold: " + ", ".join(f"{t:.3f}" for t in cal["temperatures"])
     t = Table(title=f"calibration on {m['split']}: {t_text}", title_justify="left")
-    for col in ("", "ECE % (95% CI)", "MCE %", "NLL", "Brier", "mean top-1 %", "accuracy %"):
+    for col in ("", "ECE % (95% CI)", "ECE % if calibrated (50th / 95th)", "MCE %", "NLL", "Brier", "mean top-1 %", "accuracy %"):
         t.add_column(col, justify="right" if col else "left")
     rows = [("before T", cal["before"]), ("after T", cal["after"])]
     for i, f in enumerate(m.get("per_fold") or []):
         rows.append((f"fold {i}, after T={f['calibration']['temperature']:.3f}", f["calibration"]["after"]))
     for name, c in rows:
         ci = c.get("ece_ci95") or [None, None]
-        t.add_row(name, f"{_pct(c['ece'])} ({_pct(ci[0])}–{_pct(ci[1])})", _pct(c["mce"]), f"{c['nll']:.4f}",
+        floor = c.get("ece_if_calibrated") or [None, None]
+        t.add_row(name, f"{_pct(c['ece'])} ({_pct(ci[0])}–{_pct(ci[1])})", f"{_pct(floor[0])} / {_pct(floor[1])}",
+                  _pct(c["mce"]), f"{c['nll']:.4f}",
                   f"{c['brier']:.4f}", _pct(c["mean_confidence"]), _pct(c["accuracy"]))
     if cal.get("note"):
         t.caption = cal["note"]
