@@ -190,19 +190,35 @@ def _diagnose(exc: BaseException, folders: tuple[Path, ...]) -> tuple[int, str |
     text = str(exc)
     if not (isinstance(exc, RuntimeError) and any(m in text for m in _TORCH_WRITE_FAILURES)):
         return None
-    folder = folders[0]
+    err = _folder_fault(folders[0])
+    if err is not None:
+        return err, None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return 0, f"torch.save: {first[:120]}"
+
+
+def _folder_fault(folder: Path) -> int | None:
+    """The errno a write into `folder` would meet, read off the file system's state: gone,
+    read-only, (nearly) full, not writable; None when nothing stands in the way."""
     if not folder.exists():
-        return errno.ENOENT, None
+        return errno.ENOENT
     with contextlib.suppress(OSError):
         st = os.statvfs(folder)
         if st.f_flag & os.ST_RDONLY:
-            return errno.EROFS, None
+            return errno.EROFS
         if st.f_bavail * st.f_frsize < _FULL_BELOW:
-            return errno.ENOSPC, None
+            return errno.ENOSPC
     if not os.access(folder, os.W_OK):
-        return errno.EACCES, None
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return 0, f"torch.save: {first[:120]}"
+        return errno.EACCES
+    return None
+
+
+def silent_write_fault(path: Path | str, tmp: Path | str) -> WriteFault | None:
+    """For a writer that reports no error (OpenCV's VideoWriter fails to open, or drops frames
+    on a full disk and exits cleanly) and left no good temp file `tmp` for `path`: the fault
+    that the state of tmp's folder explains, or None when it explains none."""
+    err = _folder_fault(Path(tmp).parent)
+    return None if err is None else WriteFault(path, err)
 
 
 def _raise_fault(path: Path, diagnosis: tuple[int, str | None], needed: int | None, exc: BaseException) -> None:

@@ -286,6 +286,29 @@ def real_predict_annotate_read_only(t: Path, s: Stock, mp: pytest.MonkeyPatch, m
                 fs / "annotated" / "astronaut.jpg", intact)
 
 
+def real_predict_video_annotate_disk_full(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
+    """OpenCV's video writer raises nothing on a full disk: the file read back must catch it."""
+    from tests.test_video import face_frames, write_clip
+
+    clip = write_clip(t / "clip.mp4", face_frames(12))
+    fs = mount(t / "fs", "64k")
+    intact = _previous(fs / "annotated" / "clip.mp4")
+    mount.fill(fs)
+    return Case(["predict", str(clip), "--model", str(s.run), "--device", "cpu", "--json", "--detector", "haar",
+                 "--annotate", str(fs / "annotated")], WORDS[errno.ENOSPC], fs / "annotated" / "clip.mp4", intact)
+
+
+def real_predict_video_annotate_disk_fills_midway(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
+    """The writer opens, then drops every frame past the 64 kB and still exits cleanly."""
+    from tests.test_video import face_frames, write_clip
+
+    clip = write_clip(t / "clip.mp4", face_frames(30))
+    fs = mount(t / "fs", "64k")
+    intact = _previous(fs / "annotated" / "clip.mp4")
+    return Case(["predict", str(clip), "--model", str(s.run), "--device", "cpu", "--json", "--detector", "haar",
+                 "--annotate", str(fs / "annotated")], WORDS[errno.ENOSPC], fs / "annotated" / "clip.mp4", intact)
+
+
 def real_ablate_json_read_only(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
     _fake_ablation_runs(mp)
     fs = mount(t / "fs", "64k")
@@ -416,7 +439,8 @@ CASES: dict[str, Callable[[Path, Stock, pytest.MonkeyPatch, Mounts], Case]] = {
     f.__name__: f for f in (
         real_prepare_ck_full_disk, real_prepare_out_on_read_only, real_export_npz_full_disk,
         real_export_shards_disk_full_midway, real_evaluate_metrics_full_disk, real_predict_csv_read_only,
-        real_predict_annotate_read_only, real_ablate_json_read_only, prepare_disk_full, prepare_quota_exceeded,
+        real_predict_annotate_read_only, real_predict_video_annotate_disk_full,
+        real_predict_video_annotate_disk_fills_midway, real_ablate_json_read_only, prepare_disk_full, prepare_quota_exceeded,
         prepare_read_only, prepare_permission_denied, prepare_folder_deleted_while_running, export_npz_read_only, export_shards_disk_full_midway,
         export_onnx_disk_full, evaluate_metrics_disk_full, evaluate_png_permission_denied,
         predict_annotate_permission_denied, predict_csv_quota_exceeded, ablate_csv_disk_full,

@@ -212,3 +212,14 @@ def test_headless_camera_prints_rows_until_ctrl_c(classifier: FaceClassifier, mo
 def test_opencv_here_is_headless() -> None:
     """opencv-python-headless has no GUI: --camera must fall back to rows, not crash."""
     assert video.has_display() is False
+
+
+def test_mp4_index_check_reads_a_whole_file_and_refuses_a_cut_one(clip: Path, tmp_path: Path) -> None:
+    """The box walk that decides whether the annotated file may be opened (an index-less mp4
+    makes ffmpeg print to stderr): a finished clip has its 'moov'; cut short, or empty, not."""
+    assert video._mp4_has_index(clip)
+    data = clip.read_bytes()
+    for n, cut in ((0, "empty"), (len(data) - 9, "cut"), (len(data) // 2, "half")):
+        (tmp_path / f"{cut}.mp4").write_bytes(data[:n])
+        assert not video._mp4_has_index(tmp_path / f"{cut}.mp4"), cut
+

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from fercli.errors import FerError
-from fercli.files import atomic_save, atomic_write_text
+from fercli.files import atomic_save, atomic_write_text, silent_write_fault
 from fercli.infer.config import PredictConfig
 from fercli.infer.recognizer import Recognizer
 from fercli.infer.recognizer import validate as validate_predict
@@ -356,7 +356,8 @@ def _stream(cfg: VideoConfig, rec: Recognizer, cap: Capture, tmp_video: Path | N
                 if tmp_video is not None:
                     writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, st.size)
                     if not writer.isOpened():
-                        raise FerError(f"--annotate {target}: OpenCV cannot write an mp4 video here")
+                        raise (silent_write_fault(target or tmp_video, tmp_video)
+                               or FerError(f"--annotate {target}: OpenCV cannot write an mp4 video here"))
             if idx % cfg.every == 0:
                 ts = (time.perf_counter() - t0) if cfg.camera else idx / fps
                 last = _analyse(rec, frame, idx, ts, tracker)
@@ -382,7 +383,48 @@ def _stream(cfg: VideoConfig, rec: Recognizer, cap: Capture, tmp_video: Path | N
                        "its header announces")
     if tmp_video is not None and writer is None:
         raise FerError(f"{name}: no frame to write to {target}")
+    if tmp_video is not None:
+        _check_written(tmp_video, target, st.n_read)
     return st
+
+
+def _mp4_has_index(path: Path) -> bool:
+    """Whether the MP4's top-level boxes (4-byte big-endian size, 4-byte type; size 1: a 64-bit
+    size follows; size 0: to the end) fit the file and include the 'moov' index, which the
+    writer adds last, on release."""
+    end = path.stat().st_size
+    types = []
+    with open(path, "rb") as fh:
+        pos = 0
+        while pos + 8 <= end:
+            fh.seek(pos)
+            head = fh.read(16)
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if size == 1 and len(head) == 16:
+                size = int.from_bytes(head[8:16], "big")
+            elif size == 0:
+                size = end - pos
+            if size < 8 or pos + size > end:
+                return False
+            types.append(kind)
+            pos += size
+    return pos == end and b"moov" in types
+
+
+def _check_written(tmp_video: Path, target: Path | None, frames: int) -> None:
+    """OpenCV's writer raises nothing when a write fails: a full disk leaves an mp4 without its
+    index (unreadable) and exit code 0. Read the finished file's frame count back before it is
+    renamed into place; atomic_save removes it when this raises."""
+    kept = 0
+    if _mp4_has_index(tmp_video):  # else ffmpeg would print "moov atom not found" to stderr
+        cap = cv2.VideoCapture(str(tmp_video))
+        try:
+            kept = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+        finally:
+            cap.release()
+    if kept < frames:
+        raise (silent_write_fault(target or tmp_video, tmp_video)
+               or FerError(f"{target or tmp_video}: OpenCV's video writer kept {kept} of {frames} frames", exit_code=1))
 
 
 def _name(cfg: VideoConfig) -> str:
