@@ -2,7 +2,10 @@
 
 Everything the tool writes goes to a temporary sibling first and is renamed into place, so a
 kill (SIGKILL, power loss) leaves either the old complete file or the new complete file,
-never a mixture. Temp names start with `.fer-tmp-` so a leftover is easy to recognise.
+never a mixture. Temp names start with `.fer-tmp-` so a leftover is easy to recognise, then
+name their writer (a hash of the host name and the process id): a kill leaves its temp behind,
+and sweep_stale_temps removes those whose writer is gone (`fer train` does so in its run
+directory before it writes).
 
 A write the machine refuses (full disk or quota, read-only file system, no permission, a folder
 deleted under the running job, torch.save's zip-writer error) removes its temp file and raises
@@ -17,7 +20,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import traceback
 import warnings
@@ -28,6 +33,55 @@ from typing import Any
 from fercli.errors import FerError
 
 TMP_PREFIX = ".fer-tmp-"
+_OWNED_TEMP = re.compile(r"^\.fer-tmp-([0-9a-f]{6})-(\d+)-")  # host hash, pid
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _tmp_prefix(name: str = "") -> str:
+    """`.fer-tmp-<host hash>-<pid>-<name>`: the writer in the name, for sweep_stale_temps."""
+    return f"{TMP_PREFIX}{_host_tag()}-{os.getpid()}-{name}"
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive under another user (or not a pid we can ask about): keep
+    return False
+
+
+def sweep_stale_temps(folder: Path | str) -> list[tuple[str, int]]:
+    """Remove the temp files and folders in `folder` that a writer on this machine left when it
+    was killed (SIGKILL, OOM, power loss: no chance to clean up), i.e. whose process is gone.
+    A live writer's temp, another machine's (a shared folder) and one without a writer in its
+    name are kept. Returns (name, bytes) of what was removed; a folder that cannot be read
+    gives []."""
+    host, removed = _host_tag(), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _OWNED_TEMP.match(entry.name)
+        if not m or m.group(1) != host or int(m.group(2)) == os.getpid() or not _process_gone(int(m.group(2))):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+                shutil.rmtree(path)
+            else:
+                size = entry.stat(follow_symlinks=False).st_size
+                path.unlink()
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove: leave it
+        removed.append((entry.name, size))
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -277,7 +331,7 @@ def atomic_write_many(items: list[tuple[Path | str, bytes]]) -> None:
         for path, data in items:
             current = path
             ensure_writable_parent(path)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=path.parent)
             temps.append((Path(tmp), path))
             try:
                 _write_all(fd, data)
@@ -330,7 +384,7 @@ def atomic_save(path: Path | str, size_hint: int | None = None) -> Iterator[Path
     path = Path(path)
     ensure_writable_parent(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         _raise_fault(path, (exc.errno or 0, None), size_hint, exc)
     os.close(fd)
@@ -367,7 +421,7 @@ def atomic_directory(target: Path | str, force: bool = False, size_hint: int | N
         raise FerError(f"output {target} already exists (use --force to replace it)")
     ensure_writable_parent(target)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target.name + "-"), dir=target.parent))
     except OSError as exc:
         _raise_fault(target, (exc.errno or 0, None), size_hint, exc)
     try:
@@ -377,7 +431,7 @@ def atomic_directory(target: Path | str, force: bool = False, size_hint: int | N
         if target.exists():
             if not force:
                 raise FerError(f"output {target} appeared while writing (another process?)")
-            trash = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=_tmp_prefix("old-"), dir=target.parent))
             os.rename(target, trash / "old")
             os.rename(tmp, target)
             shutil.rmtree(trash, ignore_errors=True)

@@ -626,6 +626,40 @@ def test_sigkill_while_writing_leaves_the_old_or_the_new_file(tmp_path, moment):
     assert target.read_bytes() == (b"new" * 100_000 if moment == "after-rename" else b"old")
     temps = [p.name for p in tmp_path.iterdir() if p.name.startswith(files.TMP_PREFIX)]
     assert len(temps) == (0 if moment == "after-rename" else 1), temps  # a kill cannot clean up; the name says so
+    # the name carries the killed writer, so the sweep knows the temp is stale and removes it alone
+    swept = files.sweep_stale_temps(tmp_path)
+    assert [n for n, _ in swept] == temps and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert target.read_bytes() == (b"new" * 100_000 if moment == "after-rename" else b"old")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process
+    return proc.pid
+
+
+def test_sweep_removes_only_temps_whose_writer_on_this_machine_is_gone(tmp_path):
+    host, dead = files._host_tag(), _dead_pid()
+    other_host = "0" * 6 if host != "0" * 6 else "1" * 6
+    stale_file = tmp_path / f".fer-tmp-{host}-{dead}-abc.pt"
+    stale_file.write_bytes(b"x" * 5000)
+    stale_dir = tmp_path / f".fer-tmp-{host}-{dead}-data-xyz"
+    (stale_dir / "sub").mkdir(parents=True)
+    (stale_dir / "sub" / "a.npz").write_bytes(b"y" * 300)
+    kept = [tmp_path / f".fer-tmp-{host}-{os.getpid()}-mine.json",  # this process: still writing
+            tmp_path / f".fer-tmp-{host}-{os.getppid()}-parent.json",  # a live process
+            tmp_path / f".fer-tmp-{other_host}-{dead}-shared.json",  # another machine's pid space
+            tmp_path / ".fer-tmp-k2j3h4.json",  # no writer in the name: cannot tell
+            tmp_path / "last.pt"]
+    for p in kept:
+        p.write_bytes(b"z")
+    assert sorted(files.sweep_stale_temps(tmp_path)) == sorted([(stale_file.name, 5000), (stale_dir.name, 300)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+    assert files.sweep_stale_temps(tmp_path / "missing") == []
+    # what the writers create carries this process's name
+    with files.atomic_save(tmp_path / "new.bin") as tmp:
+        assert tmp.name.startswith(f".fer-tmp-{host}-{os.getpid()}-")
+        tmp.write_bytes(b"1")
 
 
 def test_real_disk_full_reports_what_is_needed(tmp_path, mount):

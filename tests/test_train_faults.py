@@ -14,6 +14,7 @@ import errno
 import hashlib
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import namedtuple
@@ -25,6 +26,7 @@ from test_engine import make_fer_like, tiny_cfg
 from typer.testing import CliRunner
 
 from fercli.cli import app
+from fercli import files
 from fercli.errors import FerError
 from fercli.files import TMP_PREFIX, atomic_save
 from fercli.model import checkpoints
@@ -186,6 +188,10 @@ def test_a_full_disk_at_last_pt_stops_the_run_and_resume_finishes(tmp_path, monk
     assert _temp_leftovers(out) == [] and not (out / "train_summary.json").exists()
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", real)  # space freed
+    # what a writer killed mid-checkpoint would have left: the resume sweeps it before its space check
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f"{TMP_PREFIX}{files._host_tag()}-{dead.pid}-last.pt").write_bytes(b"\0" * 100_000)
     res = runner.invoke(app, _train_args(ds, out, "--resume"))
     assert res.exit_code == 0, res.output
     last = checkpoints.load_checkpoint(out / "last.pt")
@@ -344,3 +350,14 @@ def test_a_real_disk_filling_up_mid_run_then_resume(tmp_path, small_disk, monkey
     res = runner.invoke(app, _train_args(ds, out, "--freeze-backbone", "--resume"))
     assert res.exit_code == 0, res.output
     assert checkpoints.load_checkpoint(out / "last.pt")["epoch"] == 1 and _temp_leftovers(disk) == []
+
+
+def test_the_progress_report_says_what_the_sweep_removed(capsys):
+    from fercli.cli import report
+
+    with report.TrainProgress(quiet=False) as progress:
+        progress("swept_temps", {"run_dir": "/runs/a", "files": [".fer-tmp-x"], "bytes": 2_500_000})
+    assert "removed 1 temporary file(s), 2.5 MB, that a killed writer left in /runs/a" in capsys.readouterr().err
+    with report.TrainProgress(quiet=True) as progress:
+        progress("swept_temps", {"run_dir": "/runs/a", "files": [".fer-tmp-x"], "bytes": 2_500_000})
+    assert "removed" not in capsys.readouterr().err

@@ -67,7 +67,11 @@ class TrainProgress:
         if not self.started:
             p.start()
             self.started = True
-        if kind == "run_start":
+        if kind == "swept_temps":
+            if not p.disable:
+                err_console.print(f"removed {len(info['files'])} temporary file(s), {info['bytes'] / 1e6:,.1f} MB, that "
+                                  f"a killed writer left in {info['run_dir']}", highlight=False, soft_wrap=True)
+        elif kind == "run_start":
             self.steps = info["steps_per_epoch"]
             if self.epoch_task is not None:
                 p.remove_task(self.epoch_task)

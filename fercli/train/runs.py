@@ -32,7 +32,7 @@ from fercli.data.prepared import PreparedDataset, load_prepared
 from fercli.data.resident import plan_splits, to_device
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.files import atomic_write_json, read_json
+from fercli.files import atomic_write_json, read_json, sweep_stale_temps
 from fercli.model.checkpoints import LAST_CHECKPOINT, load_checkpoint
 from fercli.provenance import code_version
 from fercli.train import distributed
@@ -123,6 +123,7 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
         runs = [dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}")) for f in range(int(ds.fold.max()) + 1)]
     try:
         if distributed.env_rank() == 0:
+            _sweep_run_dirs(runs, ds.name, on_event)  # before the space check: a killed write's temp counts as used
             ensure_checkpoint_space(runs, num_classes=len(ds.classes))
         results = [_train_run(sub, ds, on_event) for sub in runs]
         if root is not None and distributed.current().is_main:
@@ -130,6 +131,17 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     finally:
         distributed.teardown(distributed.current())
     return results
+
+
+def _sweep_run_dirs(runs: list[TrainConfig], dataset_name: str, on_event: ProgressCallback | None) -> None:
+    """Remove what killed writers left in the run directories (a SIGKILL during a checkpoint
+    write leaves a temp as large as the checkpoint): files.sweep_stale_temps."""
+    for sub in runs:
+        run_dir = Path(sub.out) if sub.out else default_run_dir(sub, dataset_name)
+        removed = sweep_stale_temps(run_dir)
+        if removed and on_event is not None:
+            on_event("swept_temps", {"run_dir": str(run_dir), "files": [n for n, _ in removed],
+                                     "bytes": sum(b for _, b in removed)})
 
 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
