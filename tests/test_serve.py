@@ -204,6 +204,13 @@ def test_testclient_answers_as_the_python_api_and_serves_model_health_page(clien
     assert client.get("/static/app.js").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(spec["paths"])
+    # /docs: the schema as one page that loads nothing from elsewhere (no script, no CDN)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+    assert "default-src 'self'" in docs.headers["content-security-policy"]
+    assert "<code>/v1/predict</code>" in docs.text and "Faces and expressions in one image" in docs.text
+    assert "multipart field `file`" in docs.text and "<script" not in docs.text and "https://" not in docs.text
+    assert client.get("/redoc").status_code == 404
 
     # Lower caps from the config: pixels (read from the header) and body size give 413; the
     # one-request-at-a-time server (the benchmark's reference) answers the same JSON.
@@ -291,3 +298,15 @@ def test_live_server_api_then_load_32_clients_15_s(server) -> None:  # type: ign
     # Steady: no more than 64 MB above the warmed-up size, and the second half grows less
     # than 32 MB (a leak of one decoded photo per request would add ~1.5 MB per request).
     assert rss[2] - rss[0] < 64 * 1024 and rss[2] - rss[1] < 32 * 1024, f"RSS kB start/middle/end: {rss}"
+
+
+def test_api_docs_page_escapes_what_the_schema_says() -> None:
+    from fercli.serve.apidocs import render_api_docs
+
+    page = render_api_docs({"info": {"title": "t<x>", "version": "1"}, "paths": {"/a": {"get": {
+        "summary": "<script>alert(1)</script>", "parameters": [{"name": "q&", "in": "query", "required": True,
+                                                               "schema": {"type": "array", "items": {"type": "string"}}}],
+        "responses": {"200": {"description": "ok"}}}}}})
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<code>q&amp;</code>" in page and "array of string" in page and "t&lt;x&gt; 1" in page
+

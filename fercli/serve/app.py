@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect
 
 from fercli import __version__
 from fercli.errors import FerError
+from fercli.serve.apidocs import render_api_docs
 from fercli.serve.batching import MicroBatcher
 from fercli.serve.config import ServeConfig, validate
 from fercli.vision.images import BadImage, image_size
@@ -190,7 +191,8 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
     """The app for `cfg`; the model is loaded here, once (or `recognizer` is used as given)."""
     validate(cfg)
     service = Service(cfg, recognizer if recognizer is not None else _load_recognizer(cfg))
-    app = FastAPI(title="fer serve", version=__version__,
+    # docs_url=None: FastAPI's Swagger page loads its script from a CDN; /docs below needs nothing
+    app = FastAPI(title="fer serve", version=__version__, docs_url=None, redoc_url=None,
                   description="Facial expression recognition (OBSR-Net bilinear ResNet34) over HTTP.")
     app.state.service = service
     app.router.on_shutdown.append(service.close)
@@ -221,6 +223,10 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(render_api_docs(app.openapi()), headers={"Content-Security-Policy": PAGE_CSP})
 
     return app
 
