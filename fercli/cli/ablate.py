@@ -94,7 +94,8 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
             if r["ladder"] != "paper" and r["ladder"] != section:
                 section = r["ladder"]
                 tab.add_section()
-                tab.add_row(f"[bold]{escape(section.split(':')[0])}[/]", "", "", "", "", "", "")
+                # "FER2013-pretrained ladder": its "(ImageNet weights unavailable)" is in the caption
+                tab.add_row(f"[bold]{escape(section.split(':')[0].split(' (')[0])}[/]", "", "", "", "", "", "")
             if not r["in_paper"]:
                 paper_txt = "— (not in paper)"
             elif r["paper_pct"] is None:
@@ -146,7 +147,7 @@ def _print_progress(cfg: Any, json_out: bool) -> None:
         report.print_json(result)
         return
     for t in _result_tables(result):
-        report.console.print(t, highlight=False)
+        report.print_table(t)
     prog = result["progress"]
     for st in prog["runs"]:
         if st["state"] in ("started", "trained", "other"):
@@ -206,7 +207,7 @@ def ablate(
             report.print_json(paper.as_dict())
             return
         for t in _paper_tables():
-            report.console.print(t, highlight=False)
+            report.print_table(t)
         return
     from fercli.train.jobs import parse_devices, parse_seeds
 
@@ -228,7 +229,7 @@ def ablate(
         report.print_json(result)
         return
     for t in _result_tables(result):
-        report.console.print(t, highlight=False)
+        report.print_table(t)
     err.print(f"wrote {', '.join(result['files'])} ({result['runs']['cached']} of {result['runs']['total']} "
               f"runs reused from cache)", highlight=False)
 

@@ -67,7 +67,7 @@ def bench(
     if json_out:
         report.print_json(result)
         return
-    report.console.print(_table(result))
+    report.print_table(_table(result))
     for note in result["notes"]:
         report.console.print(f"[yellow]note:[/] {note}")
 

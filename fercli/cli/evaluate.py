@@ -51,7 +51,7 @@ def _calibration_table(m: dict[str, Any]) -> Any:
     else:
         t_text = "T per fold, each fitted on its selection fold: " + ", ".join(f"{t:.3f}" for t in cal["temperatures"])
     t = Table(title=f"calibration on {m['split']}: {t_text}", title_justify="left")
-    for col in ("", "ECE % (95% CI)", "ECE % if calibrated (50th / 95th)", "MCE %", "NLL", "Brier", "mean top-1 %", "accuracy %"):
+    for col in ("", "ECE % (95% CI)", "ECE % if calibrated", "MCE %", "NLL", "Brier", "mean top-1 %", "accuracy %"):
         t.add_column(col, justify="right" if col else "left")
     rows = [("before T", cal["before"]), ("after T", cal["after"])]
     for i, f in enumerate(m.get("per_fold") or []):
@@ -62,8 +62,10 @@ def _calibration_table(m: dict[str, Any]) -> Any:
         t.add_row(name, f"{_pct(c['ece'])} ({_pct(ci[0])}–{_pct(ci[1])})", f"{_pct(floor[0])} / {_pct(floor[1])}",
                   _pct(c["mce"]), f"{c['nll']:.4f}",
                   f"{c['brier']:.4f}", _pct(c["mean_confidence"]), _pct(c["accuracy"]))
-    if cal.get("note"):
-        t.caption = cal["note"]
+    t.caption = " ".join([*([cal["note"] + "."] if cal.get("note") else []),
+                          "ECE % if calibrated: the median / 95th percentile of the ECE that a model calibrated by "
+                          "construction would show with these probabilities on as many faces; an ECE above the "
+                          "95th percentile is more than binning noise."])
     return t
 
 
@@ -98,10 +100,10 @@ def evaluate(
     if json_out:
         report.print_json(m)
         return
-    report.console.print(_per_class_table(m), highlight=False)
+    report.print_table(_per_class_table(m))
     for t in report.metrics_tables(m)[1:]:  # the confusion matrix (+ the k-fold table)
-        report.console.print(t)
-    report.console.print(_calibration_table(m), highlight=False)
+        report.print_table(t)
+    report.print_table(_calibration_table(m))
     model = m["model"]
     report.console.print(f"model: {model['path']} ({model['kind']}, {model['training']}, trained on "
                          f"{model.get('trained_on_device') or 'unknown device'}, code {model.get('code_version')}); "

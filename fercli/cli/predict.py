@@ -157,7 +157,7 @@ def _predict_video(cfg, json_out: bool, quiet: bool) -> None:  # type: ignore[no
             report.console.print(f"{result.source}: emotion share over {len(result.faces)} face row(s) in "
                                  f"{result.frames_analysed} analysed frame(s), {result.tracks} track(s)",
                                  highlight=False, soft_wrap=True)
-            report.console.print(_summary_table(result), highlight=False)
+            report.print_table(_summary_table(result))
         else:
             report.console.print(f"{result.source}: no face found in {result.frames_analysed} analysed frame(s)",
                                  highlight=False)
@@ -255,7 +255,10 @@ def _report_images(result, json_out: bool) -> None:  # type: ignore[no-untyped-d
         report.print_json([r.as_dict() for r in result.images])
     else:
         for table in _tables(result):
-            report.console.print(table, highlight=False, soft_wrap=isinstance(table, str))
+            if isinstance(table, str):
+                report.console.print(table, highlight=False, soft_wrap=True)
+            else:
+                report.print_table(table)
         n_img = len(result.images)
         report.console.print(
             f"{result.num_faces} face(s) in {n_img - len(result.failed)} image(s)"

@@ -30,6 +30,20 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def print_table(table: Any, target: Console | None = None) -> None:
+    """Print a table as wide as its cells need, even past a narrower terminal (or the 80
+    columns of a pipe): squeezed below that, Rich collapses whole columns to nothing (the
+    Table 5 ladder lost its row names at 80 columns). A wrapped line is ugly; a lost column
+    is wrong. Anything else prints as given."""
+    from rich.measure import Measurement
+
+    out = target or console
+    need = Measurement.get(out, out.options.update_width(10_000), table).maximum if isinstance(table, Table) else 0
+    if need > out.width:  # Console.print(width=) cannot exceed the console's own width: a wider console, same file
+        out = Console(file=out.file, width=need, color_system=out.color_system, force_terminal=out.is_terminal)
+    out.print(table, highlight=False)
+
+
 def pct(x: float | None) -> str:
     return "—" if x is None or x != x else f"{100 * x:.2f}"
 

@@ -111,7 +111,7 @@ def _train_in_process(cfg: Any, quiet: bool, json_out: bool) -> None:
                             "test_split": r.test_split, "images_per_second": r.images_per_second,
                             "seconds": r.seconds, "device": r.device, "history": r.history} for r in results])
         return
-    report.console.print(report.train_summary_table(results))
+    report.print_table(report.train_summary_table(results))
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir
     report.console.print(f"Next: [bold]fer evaluate {root}[/]")
 
