@@ -31,9 +31,26 @@ def _git(args: list[str], cwd: Path) -> str:
                           timeout=10).stdout.strip()
 
 
+_THIS_PROCESS: str | None = None  # code_version() as this process first saw it
+
+
 def code_version(package_dir: Path | None = None) -> str:
-    """`<commit>[+dirty]` of fercli's own checkout, else `unknown (fercli <version>)`."""
-    here = (package_dir or PACKAGE_DIR).resolve()
+    """`<commit>[+dirty]` of fercli's own checkout, else `unknown (fercli <version>)`.
+
+    Without an argument (this process's own code) it is read once, at the first call, and
+    kept: a process runs the code it imported, so a commit or an edit made while it runs (a
+    ladder of 40 runs takes hours) must not relabel its later runs. Long commands call it
+    as they start (runs.train, the ablation's plan)."""
+    global _THIS_PROCESS
+    if package_dir is None:
+        if _THIS_PROCESS is None:
+            _THIS_PROCESS = _checkout_version(PACKAGE_DIR)
+        return _THIS_PROCESS
+    return _checkout_version(package_dir)
+
+
+def _checkout_version(package_dir: Path) -> str:
+    here = package_dir.resolve()
     unknown = f"unknown (fercli {__version__})"
     try:
         top = _git(["rev-parse", "--show-toplevel"], here)

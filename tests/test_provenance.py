@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,30 @@ def test_untracked_module_counts_as_dirty(tmp_path: Path) -> None:
     assert SHA.fullmatch(clean) and not clean.endswith("+dirty"), clean
     (clone / "fercli" / "new_module.py").write_text("X = 1\n")  # never `git add`ed
     assert provenance.code_version(clone / "fercli") == clean + "+dirty"
+
+
+@needs_checkout
+def test_a_process_keeps_the_version_of_the_code_it_imported(tmp_path: Path) -> None:
+    """A commit made in the checkout while a process runs (a long ablation did get 4 labels
+    for one process's runs) does not relabel that process's later records; the checkout itself,
+    asked by path, does change."""
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", "--no-hardlinks", str(REPO), str(clone))
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from fercli import provenance\n"
+        "first = provenance.code_version()\n"
+        "clone = Path(sys.argv[1])\n"
+        "(clone / 'NOTES').write_text('x')\n"
+        "subprocess.run(['git', 'add', 'NOTES'], cwd=clone, check=True)\n"
+        "subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'n'], cwd=clone, check=True)\n"
+        "print(first, provenance.code_version(), provenance.code_version(clone / 'fercli'))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(clone)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(clone)}, check=True).stdout.split()
+    first, again, on_disk = out
+    assert SHA.fullmatch(first) and again == first
+    assert on_disk == _git(clone, "rev-parse", "HEAD") != first
 
 
 @pytest.mark.slow
