@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     """Train one run (or every CK+ fold with fold=-1); returns one result per fold.
 
     Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk."""
-    code_version()  # taken now, as the code is imported: every run of this process records it
+    code_version()  # read here, as the code is imported: every run of this process records it
     validate_config(cfg)
     ds = load_prepared(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
