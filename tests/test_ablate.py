@@ -253,8 +253,8 @@ def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
     assert "pending" in text and "(partial)" in text and f"2/{k}" in text and f"1/{k}" in text
     assert "70.00 ± 10.00" in text and "+10.00 (+0.17)" in text
     assert "FER2013-pretrained ladder" in text and "ImageNet weights for resnet34 not found" in text
-    # on an 80-column console every column is there (Rich squeezed the row names and the paper's
-    # column to nothing): each row by name, beside the paper's number
+    # on an 80-column console every column is there (Rich, left to fit 80, squeezes the row names
+    # and the paper's column to nothing): each row by name, beside the paper's number
     from fercli.cli import report
 
     monkeypatch.setattr(report.console, "_width", 80)

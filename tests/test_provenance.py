@@ -78,9 +78,9 @@ def test_untracked_module_counts_as_dirty(tmp_path: Path) -> None:
 
 @needs_checkout
 def test_a_process_keeps_the_version_of_the_code_it_imported(tmp_path: Path) -> None:
-    """A commit made in the checkout while a process runs (a long ablation did get 4 labels
-    for one process's runs) does not relabel that process's later records; the checkout itself,
-    asked by path, does change."""
+    """A commit made in the checkout while a process runs (a 40-run ablation takes hours)
+    does not relabel that process's later records; the checkout itself, asked by path, does
+    change."""
     clone = tmp_path / "clone"
     _git(tmp_path, "clone", "-q", "--no-hardlinks", str(REPO), str(clone))
     script = (

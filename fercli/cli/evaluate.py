@@ -84,7 +84,9 @@ def evaluate(
     Table 1 (FER2013) / Table 2 (CK+), macro-F1 and the confusion matrix (Fig. 9).
 
     Calibration: ECE (15 bins), MCE, NLL and Brier before and after the model's temperature T
-    (the one it records, else fitted now on its selection split; see `fer calibrate`).
+    (the one it records, else fitted for this evaluation on its selection split; see `fer
+    calibrate`). Each ECE comes with its 95 % bootstrap interval and the ECE a calibrated model
+    would show on as many faces (median / 95th percentile): above that is more than binning noise.
 
     FER2013 reports PrivateTest (checkpoints were selected on PublicTest). A run directory gets
     metrics.json, confusion.png and reliability.png (or --out DIR, for any target); an exported

@@ -33,8 +33,8 @@ def print_json(obj: Any) -> None:
 def print_table(table: Any, target: Console | None = None) -> None:
     """Print a table as wide as its cells need, even past a narrower terminal (or the 80
     columns of a pipe): squeezed below that, Rich collapses whole columns to nothing (the
-    Table 5 ladder lost its row names at 80 columns). A wrapped line is ugly; a lost column
-    is wrong. Anything else prints as given."""
+    Table 5 ladder's row names, at 80 columns). A wrapped line is ugly; a lost column is
+    wrong. Anything else prints as given."""
     from rich.measure import Measurement
 
     out = target or console

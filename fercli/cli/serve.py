@@ -27,7 +27,8 @@ def serve(
     workers_detect: int = typer.Option(2, help="Threads decoding and detecting faces; 0 = one request at a time, unbatched (needs --max-batch 1; a baseline for benchmarks)."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ) -> None:
-    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a web page at /.
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a web page at /,
+    and the API reference at /docs (a plain page from /openapi.json: it opens offline).
 
     POST an image as the raw body or as the multipart field `file`; the answer is one image of
     `fer predict --json`. Faces of requests arriving together are classified in one batched

@@ -68,7 +68,7 @@ def train(
     node_rank: Optional[int] = typer.Option(None, help="With --nnodes > 1: this machine's rank, 0..nnodes-1."),
     shard_data: Optional[bool] = typer.Option(None, "--shard-data", help="Data parallel: each process holds only its 1/N of the training images (less device memory; each shuffles its own shard, so the data order differs from one process)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (several seeds or folds: one directory per run below it). \\[default: runs/<dataset>-<arch>-<optimizer>-<time>]"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch checkpoint. Temp files that a killed run left in it are removed first."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
     preset: options.Preset = None,
     old_model: Annotated[Optional[str], typer.Option(
