@@ -25,8 +25,8 @@ import torch
 from test_engine import make_fer_like, tiny_cfg
 from typer.testing import CliRunner
 
-from fercli.cli import app
 from fercli import files
+from fercli.cli import app
 from fercli.errors import FerError
 from fercli.files import TMP_PREFIX, atomic_save
 from fercli.model import checkpoints

@@ -92,20 +92,17 @@ def choose(held_out: dict[str, dict[str, float]]) -> str:
 def selection_logits(model_ref: str, dataset: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Raw logits (N, C) and labels of the model's selection split, as `fer calibrate` reads them."""
     from fercli.data.prepared import load_prepared
-    from fercli.data.resident import plan_splits, to_device
+    from fercli.data.resident import plan_splits
     from fercli.device import autocast_dtype, resolve_device
-    from fercli.evaluation.calibrate import guard_split, model_logits
+    from fercli.evaluation import calibrate
     from fercli.model.sources import load_model_source
-    import torch
 
-    src = load_model_source(model_ref)
     ds = load_prepared(dataset)
     plan = plan_splits(ds, None)
-    guard_split(plan.val_name, plan)
     device = resolve_device("auto")
-    z = model_logits(src.model.to(device, memory_format=torch.channels_last), to_device(ds, plan.val, device).x,
-                     amp_dtype=autocast_dtype(device, "auto"))
-    return z, ds.labels[plan.val], plan.val_name
+    z, y = calibrate.selection_logits(load_model_source(model_ref).model, ds, plan, plan.val_name, device,
+                                      amp_dtype=autocast_dtype(device, "auto"))
+    return z, y, plan.val_name
 
 
 def main() -> None:

@@ -100,14 +100,21 @@ def fit_record(logits: np.ndarray, labels: np.ndarray, split: str, ds: PreparedD
                if fitted != t else {})}
 
 
-def fit_on_split(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: str, device: torch.device,
-                 *, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """T for `model` fitted on `split` of `ds`, which must be plan's selection split."""
+def selection_logits(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: str, device: torch.device,
+                     *, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (N, C) and labels (N,) of `split` of `ds`, which must be plan's selection split."""
     guard_split(split, plan)
     data = to_device(ds, plan.val, device)  # the selection rows only
     z = model_logits(model.to(device, memory_format=torch.channels_last), data.x, batch_size=batch_size,
                      amp_dtype=amp_dtype)
-    return fit_record(z, ds.labels[plan.val], split, ds)
+    return z, ds.labels[plan.val]
+
+
+def fit_on_split(model: nn.Module, ds: PreparedDataset, plan: SplitPlan, split: str, device: torch.device,
+                 *, batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """T for `model` fitted on `split` of `ds`, which must be plan's selection split."""
+    z, y = selection_logits(model, ds, plan, split, device, batch_size=batch_size, amp_dtype=amp_dtype)
+    return fit_record(z, y, split, ds)
 
 
 def calibrate_run(run_dir: Path, val_data: DeviceSplit, plan: SplitPlan, ds: PreparedDataset, *,

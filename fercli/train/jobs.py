@@ -200,7 +200,7 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
     from fercli.data.prepared import load_prepared
     from fercli.files import atomic_write_json
     from fercli.train.config import resolve_optimizer, validate_config
-    from fercli.train.runs import default_run_dir
+    from fercli.train.runs import run_dir_for
 
     validate_config(cfg)
     ds = load_prepared(cfg.dataset)
@@ -210,7 +210,7 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
         if "train" in set(ds.split.tolist()):
             raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
         folds = list(range(int(ds.fold.max()) + 1))
-    root = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+    root = run_dir_for(cfg, ds.name)
     seeds = seeds or (cfg.seed,)
     cfgs, bases = [], []
     for seed in seeds:

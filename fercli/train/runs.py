@@ -66,7 +66,10 @@ _DEFAULTS = dataclasses.asdict(TrainConfig())
 _NO_BEST = {"epoch": -1, "val_acc": -1.0, "val_loss": float("inf")}
 
 
-def default_run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
+def run_dir_for(cfg: TrainConfig, dataset_name: str) -> Path:
+    """--out, else a new runs/<dataset>-<model>-<optimizer>-<time> folder."""
+    if cfg.out:
+        return Path(cfg.out)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{dataset_name}-{cfg.model}-{cfg.optimizer}-{stamp}"
 
@@ -120,11 +123,11 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     if cfg.fold == -1:
         if "train" in set(ds.split.tolist()):
             raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
-        root = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+        root = run_dir_for(cfg, ds.name)
         runs = [dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}")) for f in range(int(ds.fold.max()) + 1)]
     try:
         if distributed.env_rank() == 0:
-            _sweep_run_dirs(runs, ds.name, on_event)  # before the space check: a killed write's temp counts as used
+            _sweep_run_dirs(runs, on_event)  # before the space check: a killed write's temp counts as used
             ensure_checkpoint_space(runs, num_classes=len(ds.classes))
         results = [_train_run(sub, ds, on_event) for sub in runs]
         if root is not None and distributed.current().is_main:
@@ -134,11 +137,14 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     return results
 
 
-def _sweep_run_dirs(runs: list[TrainConfig], dataset_name: str, on_event: ProgressCallback | None) -> None:
+def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) -> None:
     """Remove what killed writers left in the run directories (a SIGKILL during a checkpoint
-    write leaves a temp as large as the checkpoint): files.sweep_stale_temps."""
+    write leaves a temp as large as the checkpoint): files.sweep_stale_temps. A run without
+    --out gets a new folder: nothing to sweep."""
     for sub in runs:
-        run_dir = Path(sub.out) if sub.out else default_run_dir(sub, dataset_name)
+        if not sub.out:
+            continue
+        run_dir = Path(sub.out)
         removed = sweep_stale_temps(run_dir)
         if removed and on_event is not None:
             on_event("swept_temps", {"run_dir": str(run_dir), "files": [n for n, _ in removed],
@@ -171,7 +177,7 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     every rank runs this; only rank 0 validates, writes and reports."""
     device, dist_info = _join(cfg)
     emit = (on_event or _quiet) if dist_info.is_main else _quiet
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, ds.name)
+    run_dir = run_dir_for(cfg, ds.name)
     _check_run_dir(cfg, run_dir)
     plan, n_train, train_data, val_data = _device_data(cfg, ds, device, dist_info)
     model, optimizer, ema, init_source = _build(cfg, ds, device, dist_info)
