@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fercli.errors import FerError
-from fercli.evaluation.plots import plot_emotions
 from fercli.infer import recognizer as _core
 from fercli.infer.recognizer import Face
+from fercli.plots import plot_emotions
 
 if TYPE_CHECKING:
     import pandas as pd

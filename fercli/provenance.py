@@ -83,3 +83,12 @@ def now_utc() -> str:
 def stamp(**extra: Any) -> dict[str, Any]:
     """The provenance block every checkpoint and export carries."""
     return {"code_version": code_version(), "fercli_version": __version__, **extra}
+
+
+def training_label(config: dict[str, Any]) -> str:
+    """What the trunks started from, as every report must say it (never guessed)."""
+    if config.get("init_from"):
+        return "FER2013-pretrained"
+    if config.get("pretrained") or config.get("weights"):
+        return "ImageNet-pretrained"
+    return "from scratch"

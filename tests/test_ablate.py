@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fercli import paper
+from fercli.ablation import ablate
 from fercli.cli import app
 from fercli.data.ingest import prepare_ckplus
 from fercli.errors import FerError
-from fercli.evaluation import ablate
 from fercli.train import jobs
 from tests.fixtures import make_ckplus48_tree
 
@@ -269,7 +269,7 @@ def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
 
 def test_estimate_scales_timed_steps_and_warns_over_an_hour(tiny_ck: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from fercli.evaluation import ablate_estimate
+    from fercli.ablation import ablate_estimate
 
     monkeypatch.setenv("FER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -307,7 +307,7 @@ def test_estimate_scales_timed_steps_and_warns_over_an_hour(tiny_ck: Path, tmp_p
 
 
 def test_cli_prints_the_estimate_before_training(tiny_ck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fercli.evaluation import ablate_estimate
+    from fercli.ablation import ablate_estimate
 
     monkeypatch.setenv("FER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -348,7 +348,7 @@ def test_interrupted_ladder_prints_what_it_has(tiny_ck: Path, tmp_path: Path, mo
 
 
 def test_changes_without_folds_compare_means_and_skip_unavailable_rows() -> None:
-    from fercli.evaluation import ladder
+    from fercli.ablation import ladder
 
     def row(mean: float | None, std: float | None, n: int, status: str = "done") -> dict:
         return {"status": status, "ours_mean_pct": mean, "ours_std_pct": std, "n_runs": n, "per_fold_pct": None,

@@ -20,6 +20,8 @@ from fercli.evaluation import calibrate as calibrate_mod
 from fercli.evaluation import calibration as cal
 from fercli.infer.classifier import FaceClassifier, make_classifier
 from fercli.infer.config import PredictConfig
+from fercli.model import inference
+from fercli.model import temperature as temp
 from fercli.model.checkpoints import load_checkpoint
 from tests.test_engine import make_fer_like, tiny_cfg
 from tests.test_export import CLASSES, make_run
@@ -63,7 +65,7 @@ def _calibrated_split(n: int = 20000, c: int = 7, seed: int = 0) -> tuple[np.nda
     """Logits whose softmax is exactly the probability the labels are drawn from."""
     rng = np.random.default_rng(seed)
     z = rng.normal(0, 2.0, (n, c))
-    p = cal.softmax(z)
+    p = temp.softmax(z)
     y = (rng.random((n, 1)) > p.cumsum(axis=1)).sum(axis=1)
     return z, y
 
@@ -71,40 +73,40 @@ def _calibrated_split(n: int = 20000, c: int = 7, seed: int = 0) -> tuple[np.nda
 def test_fitted_temperature_undoes_overconfidence_and_lowers_nll() -> None:
     z, y = _calibrated_split()
     over = 3.0 * z  # the same ranking, three times too sharp: overconfident
-    t = cal.fit_temperature(over, y)
+    t = temp.fit_temperature(over, y)
     assert t == pytest.approx(3.0, rel=0.05)
-    before, after = cal.softmax(over), cal.softmax(over, t)
+    before, after = temp.softmax(over), temp.softmax(over, t)
     assert cal.nll(after, y) < cal.nll(before, y) - 0.1
     assert cal.ece(after, y) < 0.02 < 0.1 < cal.ece(before, y)
     assert np.array_equal(before.argmax(1), after.argmax(1))  # labels never change
     # T is the minimum of the NLL, not merely an improvement
     for f in (0.99, 1.01):
-        assert cal.nll(cal.softmax(over, t * f), y) > cal.nll(after, y)
+        assert cal.nll(temp.softmax(over, t * f), y) > cal.nll(after, y)
     # underconfident logits get T < 1
-    assert cal.fit_temperature(0.5 * z, y) == pytest.approx(0.5, rel=0.05)
+    assert temp.fit_temperature(0.5 * z, y) == pytest.approx(0.5, rel=0.05)
 
 
 def test_fit_is_deterministic_shift_invariant_and_bounded() -> None:
     z, y = _calibrated_split(n=2000, seed=1)
-    t = cal.fit_temperature(2 * z, y)
-    assert cal.fit_temperature(2 * z, y) == t
+    t = temp.fit_temperature(2 * z, y)
+    assert temp.fit_temperature(2 * z, y) == t
     shift = np.random.default_rng(2).normal(0, 50, (len(y), 1))
-    assert cal.fit_temperature(2 * z + shift, y) == pytest.approx(t, rel=1e-9)  # log-probs fit alike
+    assert temp.fit_temperature(2 * z + shift, y) == pytest.approx(t, rel=1e-9)  # log-probs fit alike
     # labels the logits always get right: the sharper the better, down to the lower bound
     sep = np.eye(3)[np.arange(30) % 3] * 5.0
-    assert cal.fit_temperature(sep, np.arange(30) % 3) == cal.TEMPERATURE_BOUNDS[0]
+    assert temp.fit_temperature(sep, np.arange(30) % 3) == temp.TEMPERATURE_BOUNDS[0]
     with pytest.raises(FerError, match="NaN"):
-        cal.fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
+        temp.fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
     with pytest.raises(FerError, match="N > 0"):
-        cal.fit_temperature(np.zeros((0, 3)), np.zeros(0))
+        temp.fit_temperature(np.zeros((0, 3)), np.zeros(0))
 
 
 def test_temperature_of_metadata() -> None:
-    assert cal.temperature_of(None) == 1.0 and cal.temperature_of({"calibration": None}) == 1.0
-    assert cal.temperature_of({"calibration": {"temperature": 1.5, "split": "public_test"}}) == 1.5
+    assert temp.temperature_of(None) == 1.0 and temp.temperature_of({"calibration": None}) == 1.0
+    assert temp.temperature_of({"calibration": {"temperature": 1.5, "split": "public_test"}}) == 1.5
     for bad in (0, -1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(FerError, match="temperature"):
-            cal.temperature_of({"calibration": {"temperature": bad}})
+            temp.temperature_of({"calibration": {"temperature": bad}})
 
 
 def test_temperature_scaled_divides_logits_and_keeps_labels() -> None:
@@ -112,14 +114,14 @@ def test_temperature_scaled_divides_logits_and_keeps_labels() -> None:
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7)).eval()
     x = torch.rand(5, 1, 48, 48)
     with torch.no_grad():
-        assert torch.allclose(cal.TemperatureScaled(net, 2.5)(x), net(x) / 2.5)
+        assert torch.allclose(inference.TemperatureScaled(net, 2.5)(x), net(x) / 2.5)
     faces = (np.random.default_rng(0).random((6, 48, 48)) * 255).astype(np.uint8)
     plain = FaceClassifier(net, CLASSES, torch.device("cpu")).predict_proba(faces)
     warm = FaceClassifier(net, CLASSES, torch.device("cpu"), temperature=2.5).predict_proba(faces)
     with torch.no_grad():
         logits = net(torch.from_numpy(faces).unsqueeze(1).float() / 255).double().numpy()
-    np.testing.assert_allclose(warm, cal.softmax(logits, 2.5), atol=1e-6)
-    np.testing.assert_allclose(plain, cal.softmax(logits), atol=1e-6)  # T = 1: unchanged
+    np.testing.assert_allclose(warm, temp.softmax(logits, 2.5), atol=1e-6)
+    np.testing.assert_allclose(plain, temp.softmax(logits), atol=1e-6)  # T = 1: unchanged
     assert np.array_equal(plain.argmax(1), warm.argmax(1))
 
 
@@ -176,8 +178,8 @@ def test_training_records_t_fitted_on_the_selection_split(tmp_path: Path, monkey
     model = model_from_checkpoint(ckpt).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(ds.images[rows]).unsqueeze(1).float() / 255).double().numpy()
-    fitted = cal.fit_temperature(logits, ds.labels[rows])
-    if fitted in cal.TEMPERATURE_BOUNDS:  # 12 faces after one tiny epoch: the split may not pin T down
+    fitted = temp.fit_temperature(logits, ds.labels[rows])
+    if fitted in temp.TEMPERATURE_BOUNDS:  # 12 faces after one tiny epoch: the split may not pin T down
         assert rec["temperature"] == 1.0 and f"T = {fitted:g}" in rec["unidentifiable"]
     else:
         assert rec["temperature"] == pytest.approx(fitted, rel=1e-6) and "unidentifiable" not in rec
@@ -228,8 +230,8 @@ def test_t_survives_export_onnx_and_predict(tmp_path: Path) -> None:
     export_model(run, tmp_path / "m.npz", dtype="float32")
     assert load_exported(tmp_path / "m.npz")[1]["calibration"] == record
     export_onnx(tmp_path / "m.npz", tmp_path / "m.onnx", dtype="float32")
-    want = cal.softmax(logits, 2.75)
-    assert not np.allclose(want, cal.softmax(logits), atol=1e-3)  # T visibly changes them
+    want = temp.softmax(logits, 2.75)
+    assert not np.allclose(want, temp.softmax(logits), atol=1e-3)  # T visibly changes them
     onnx_clf = OnnxClassifier(tmp_path / "m.onnx")
     assert onnx_clf.meta["calibration"]["temperature"] == 2.75
     np.testing.assert_allclose(onnx_clf.predict_proba(faces), want, atol=1e-5)
@@ -256,7 +258,7 @@ def test_t_survives_export_onnx_and_predict(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     make_run(plain)
     clf, _, _ = make_classifier(PredictConfig(inputs=(), model=str(plain), backend="torch", device="cpu"))
-    np.testing.assert_allclose(clf.predict_proba(faces), cal.softmax(logits), atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(faces), temp.softmax(logits), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -316,18 +318,18 @@ def test_kfold_reports_each_folds_t_and_the_pooled_calibration(tmp_path: Path, m
     ys, before, after = [], [], []
     for k, model in enumerate(models):
         val, test = (np.flatnonzero(ds.fold == f) for f in ((k + 1) % 3, k))
-        logits = {name: calibrate_mod.model_logits(model, torch.from_numpy(ds.images[rows]).unsqueeze(1))
+        logits = {name: inference.model_logits(model, torch.from_numpy(ds.images[rows]).unsqueeze(1))
                   for name, rows in (("val", val), ("test", test))}
-        fitted = cal.fit_temperature(logits["val"], ds.labels[val])
-        t = 1.5 if k == 2 else 1.0 if fitted in cal.TEMPERATURE_BOUNDS else fitted  # a bound: T = 1 kept
+        fitted = temp.fit_temperature(logits["val"], ds.labels[val])
+        t = 1.5 if k == 2 else 1.0 if fitted in temp.TEMPERATURE_BOUNDS else fitted  # a bound: T = 1 kept
         assert pooled["temperatures"][k] == pytest.approx(t, rel=1e-6)
         fold = m["per_fold"][k]["calibration"]
         assert fold["temperature_source"] == ("recorded in the model" if k == 2 else
                                               "fitted now on the selection split (not saved: `fer calibrate` records it)")
-        assert fold["after"]["ece"] == pytest.approx(cal.ece(cal.softmax(logits["test"], t), ds.labels[test]), abs=1e-6)
+        assert fold["after"]["ece"] == pytest.approx(cal.ece(temp.softmax(logits["test"], t), ds.labels[test]), abs=1e-6)
         ys.append(ds.labels[test])
-        before.append(cal.softmax(logits["test"]))
-        after.append(cal.softmax(logits["test"], t))
+        before.append(temp.softmax(logits["test"]))
+        after.append(temp.softmax(logits["test"], t))
     y = np.concatenate(ys)
     assert pooled["before"]["nll"] == pytest.approx(cal.nll(np.concatenate(before), y), rel=1e-6)
     assert pooled["after"]["ece"] == pytest.approx(cal.ece(np.concatenate(after), y), abs=1e-6)
@@ -340,14 +342,14 @@ def test_kfold_reports_each_folds_t_and_the_pooled_calibration(tmp_path: Path, m
 
 def test_shipped_model_records_t_from_public_test_and_keeps_every_label() -> None:
     from fercli.export.onnx_format import sample_calibration_faces
-    from fercli.model.sources import load_model_source
+    from fercli.infer.sources import load_model_source
 
     src = load_model_source("default")
     rec = src.calibration
     assert rec is not None, "the shipped model records no temperature (fer calibrate default --out ...)"
     assert rec["split"] == "public_test" and rec["num_samples"] == 3589
     assert rec["dataset_sha256"] == src.dataset_sha256  # the dataset version it was trained on
-    t = cal.temperature_of(src.meta)
+    t = temp.temperature_of(src.meta)
     assert t > 1.0  # the model was overconfident: T softens it
     faces = sample_calibration_faces(48)
     plain = FaceClassifier(src.model, src.classes, torch.device("cpu")).predict_proba(faces)
@@ -365,7 +367,7 @@ def test_ece_interval_holds_the_ece_is_seeded_and_narrows_with_more_faces() -> N
     # every resample of one face is that face: the interval collapses onto its ECE
     assert cal.ece_interval(p[:1], y[:1]) == pytest.approx((cal.ece(p[:1], y[:1]),) * 2, abs=1e-12)
     z, yy = _calibrated_split(n=20000)
-    over = cal.softmax(2.0 * z)  # overconfident: a clear, non-zero ECE
+    over = temp.softmax(2.0 * z)  # overconfident: a clear, non-zero ECE
     small, large = (over[:200], yy[:200]), (over, yy)
     lo, hi = cal.ece_interval(*small)
     assert lo <= cal.ece(*small) <= hi
@@ -384,7 +386,7 @@ def test_ece_if_calibrated_is_the_finite_sample_floor_and_flags_a_miscalibrated_
     assert cal.ece_if_calibrated(np.array([[0.5, 0.5]])) == (0.5, 0.5)
     assert cal.ece_if_calibrated(np.eye(3)[[0, 2, 1, 1]]) == (0.0, 0.0)  # certain: always right
     z, y = _calibrated_split(n=20000)
-    p, over = cal.softmax(z), cal.softmax(2.0 * z)
+    p, over = temp.softmax(z), temp.softmax(2.0 * z)
     mid_small, _ = cal.ece_if_calibrated(p[:200])
     mid_large, p95 = cal.ece_if_calibrated(p[:5000])
     assert 0 < mid_large < mid_small / 4  # 25x the faces: about 5x less binning noise
@@ -405,10 +407,10 @@ def test_a_split_without_errors_cannot_pin_t_and_keeps_t_1() -> None:
     ds = SimpleNamespace(name="toy", sha256="0" * 64)
     z = np.tile(np.array([[3.0, 0.0, 0.0]]), (12, 1))
     y = np.zeros(12, dtype=np.int64)
-    assert cal.fit_temperature(z, y) == cal.TEMPERATURE_BOUNDS[0]
+    assert temp.fit_temperature(z, y) == temp.TEMPERATURE_BOUNDS[0]
     rec = fit_record(z, y, "fold2", ds)  # type: ignore[arg-type]
     assert rec["temperature"] == 1.0 and "T = 0.01" in rec["unidentifiable"] and "errors on it: 0" in rec["unidentifiable"]
     assert rec["after"] == rec["before"]
     y[0] = 1  # one error: a proper minimum inside the bounds
     rec = fit_record(z, y, "fold2", ds)  # type: ignore[arg-type]
-    assert cal.TEMPERATURE_BOUNDS[0] < rec["temperature"] < cal.TEMPERATURE_BOUNDS[1] and "unidentifiable" not in rec
+    assert temp.TEMPERATURE_BOUNDS[0] < rec["temperature"] < temp.TEMPERATURE_BOUNDS[1] and "unidentifiable" not in rec

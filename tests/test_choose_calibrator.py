@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.release import choose_calibrator as cc
-from fercli.evaluation.calibration import softmax
+from fercli.model.temperature import softmax
 
 
 def _draw(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:

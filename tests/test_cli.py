@@ -180,8 +180,8 @@ def test_old_model_spelling_still_works_with_one_warning_line(tmp_path):
 def test_one_preset_vocabulary_for_train_and_ablate(tmp_path):
     import re
 
+    from fercli.ablation import ablate
     from fercli.cli.train import train_config
-    from fercli.evaluation import ablate
     from fercli.train import config
 
     help_text = next(p.help for p in _all_commands()["train"].params if "--preset" in p.opts)

@@ -16,10 +16,10 @@ from fercli.data import resident as data
 from fercli.data.prepared import FER2013_CLASSES, load_prepared
 from fercli.errors import FerError
 from fercli.evaluation import evaluate as evaluation
-from fercli.model import checkpoints
+from fercli.model import checkpoints, inference
 from fercli.model.networks import build_model
 from fercli.provenance import code_version
-from fercli.train import config, engine, runs
+from fercli.train import config, runs
 from tests.fixtures import make_ck_like, make_fer_like, tiny_cfg
 
 # ----------------------------------------------------------------------------- augmentation
@@ -159,7 +159,7 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path, monkeypatch):
     assert all(torch.equal(ckpt["model"][k], live[k].cpu()) for k in live)  # bit-exact, BN stats included
     x = torch.from_numpy(load_prepared(ds_path).images[:6]).unsqueeze(1)
     # Same weights; the trained model is channels_last, so kernels differ in float rounding only.
-    torch.testing.assert_close(engine.predict_logits(loaded, x), engine.predict_logits(trained, x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(inference.predict_logits(loaded, x), inference.predict_logits(trained, x), rtol=1e-4, atol=1e-4)
     assert ckpt["classes"] == list(FER2013_CLASSES) and ckpt["epoch"] == 0
 
 
@@ -218,15 +218,15 @@ def test_tta_averages_the_views_it_names():
             return model(v).float().softmax(1)
 
     # Compared as probabilities: predict_logits clamps them at 1e-12 before the log.
-    plain = engine.predict_logits(model, x, tta="none").exp()
+    plain = inference.predict_logits(model, x, tta="none").exp()
     torch.testing.assert_close(plain, probs(xf))
-    flip = engine.predict_logits(model, x, tta="flip").exp()
+    flip = inference.predict_logits(model, x, tta="flip").exp()
     torch.testing.assert_close(flip, (probs(xf) + probs(xf.flip(3))) / 2)
     # ten-crop: the four corners and the centre at 90% (43 px of 48), each also mirrored.
     c = 43
     crops = [xf[..., :c, :c], xf[..., :c, -c:], xf[..., -c:, :c], xf[..., -c:, -c:], xf[..., 2:2 + c, 2:2 + c]]
     want = sum(probs(v) + probs(v.flip(3)) for v in crops) / 10
-    torch.testing.assert_close(engine.predict_logits(model, x, tta="ten-crop").exp(), want)
+    torch.testing.assert_close(inference.predict_logits(model, x, tta="ten-crop").exp(), want)
     assert not torch.allclose(flip, plain)  # the views really differ
 
 

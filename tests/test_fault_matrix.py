@@ -209,7 +209,7 @@ def _predict(stock: Stock, *extra: str) -> list[str]:
 
 def _fake_ablation_runs(mp: pytest.MonkeyPatch) -> None:
     """Ablate's training and evaluation replaced by a result: the case is about its JSON/CSV."""
-    from fercli.evaluation import ablate
+    from fercli.ablation import ablate
 
     def run_one(cfg, decision, run_dir, emit, info, trained=False):  # type: ignore[no-untyped-def]
         return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": "trained",

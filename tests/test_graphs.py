@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercli.data.resident import DeviceSplit, augment_with
+from fercli.model import inference
 from fercli.train import engine
 from fercli.train.optim import build_optimizer
 
@@ -150,8 +151,8 @@ def test_compile_step_matches_eager_on_cpu():
 
 def test_graphed_inference_runs_eager_off_cuda_and_matches_the_model():
     model = tiny_net().eval()
-    wrapped = engine.GraphedInference(model, amp_dtype=None).eval()
+    wrapped = inference.GraphedInference(model, amp_dtype=None).eval()
     x = tiny_data(n=3).x
-    a = engine.predict_logits(model, x, batch_size=2)
-    b = engine.predict_logits(wrapped, x, batch_size=2)  # what FaceClassifier hands predict_logits
+    a = inference.predict_logits(model, x, batch_size=2)
+    b = inference.predict_logits(wrapped, x, batch_size=2)  # what FaceClassifier hands predict_logits
     assert torch.equal(a, b) and wrapped.graphs == {}  # CPU: nothing captured

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from fercli import provenance
 from fercli.errors import FerError
 from fercli.train import config, runs
 from fercli.train.optim import build_optimizer
@@ -88,7 +89,7 @@ def test_ckplus_transfer_preset_is_the_measured_ck_recipe(tmp_path: Path) -> Non
         if key in ("device", "out", "fold", "threads", "eval_batch_size"):
             continue  # where and how fast it ran, and which fold: not the recipe
         assert getattr(cfg, key) == value, key
-    assert rec["training"] == config.training_label(rec["config"]) == "FER2013-pretrained"
+    assert rec["training"] == provenance.training_label(rec["config"]) == "FER2013-pretrained"
     from typer.testing import CliRunner
 
     from fercli.cli import app

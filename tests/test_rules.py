@@ -32,7 +32,7 @@ def test_the_papers_optimizers_come_from_one_table(dataset: str, expected: str) 
 
 
 def test_the_ablation_ladder_uses_the_papers_optimizers() -> None:
-    from fercli.evaluation import ablate, ladder
+    from fercli.ablation import ablate, ladder
 
     for key in ("fer2013", "ck+"):
         ds = ablate._Dataset(key=key, ref=key, path=None, kfold=key == "ck+", num_folds=10, sha256="")  # type: ignore[arg-type]

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
+from fercli.infer.sources import default_model_path, load_model_source
 from fercli.model.networks import build_model
-from fercli.model.sources import default_model_path, load_model_source
 from fercli.train import config, runs
 from tests.fixtures import fake_run, make_ck_like
 

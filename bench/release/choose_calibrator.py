@@ -29,7 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fercli.evaluation.calibration import ece, fit_temperature, nll, softmax  # noqa: E402
+from fercli.evaluation.calibration import ece, nll  # noqa: E402
+from fercli.model.temperature import fit_temperature, softmax  # noqa: E402
 
 SEEDS = range(20)
 TIE = 1e-4
@@ -95,7 +96,7 @@ def selection_logits(model_ref: str, dataset: str) -> tuple[np.ndarray, np.ndarr
     from fercli.data.resident import plan_splits
     from fercli.device import autocast_dtype, resolve_device
     from fercli.evaluation import calibrate
-    from fercli.model.sources import load_model_source
+    from fercli.infer.sources import load_model_source
 
     ds = load_prepared(dataset)
     plan = plan_splits(ds, None)

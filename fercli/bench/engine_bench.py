@@ -364,8 +364,8 @@ def reference_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, ima
 def inference_timing(model: nn.Module, x: torch.Tensor, *, amp_dtype: torch.dtype | None,
                      channels_last: bool, batch: int, reps1: int, reps_batched: int,
                      warmup: int) -> tuple[float, float]:
-    """(median ms per face at batch 1, img/s at `batch`) through engine.predict_logits."""
-    from fercli.train.engine import predict_logits
+    """(median ms per face at batch 1, img/s at `batch`) through model.inference.predict_logits."""
+    from fercli.model.inference import predict_logits
 
     device = x.device
     model.eval()

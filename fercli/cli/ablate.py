@@ -139,8 +139,8 @@ def _print_estimate(est: dict[str, Any]) -> None:
 
 
 def _print_progress(cfg: Any, json_out: bool) -> None:
+    from fercli.ablation.ablate_status import ladder_progress
     from fercli.cli import report
-    from fercli.evaluation.ablate_status import ladder_progress
 
     result = ladder_progress(cfg)
     if json_out:
@@ -199,8 +199,8 @@ def ablate(
     """
     params = dict(locals())
     from fercli import paper
+    from fercli.ablation import ablate as core
     from fercli.cli import report
-    from fercli.evaluation import ablate as core
 
     if paper_only:
         if json_out:
@@ -236,8 +236,8 @@ def ablate(
 
 def _run_with_progress(cfg: Any, quiet: bool, json_out: bool) -> tuple[dict[str, Any] | None, bool]:
     """core.run_ablation with its progress bars and one line per run; (result, interrupted)."""
+    from fercli.ablation import ablate as core
     from fercli.cli import report
-    from fercli.evaluation import ablate as core
 
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         def on_event(kind: str, info: dict[str, Any]) -> None:

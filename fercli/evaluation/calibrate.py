@@ -31,12 +31,7 @@ from torch import nn
 from fercli.data.prepared import PreparedDataset
 from fercli.data.resident import DeviceSplit, SplitPlan, to_device
 from fercli.errors import FerError
-from fercli.evaluation.calibration import (
-    TEMPERATURE_BOUNDS,
-    calibration_metrics,
-    fit_temperature,
-    softmax,
-)
+from fercli.evaluation.calibration import calibration_metrics
 from fercli.files import atomic_write_json
 from fercli.model.checkpoints import (
     BEST_CHECKPOINT,
@@ -44,10 +39,12 @@ from fercli.model.checkpoints import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from fercli.model.inference import model_logits
+from fercli.model.temperature import TEMPERATURE_BOUNDS, fit_temperature, softmax
 from fercli.provenance import code_version
 
 METHOD = ("temperature scaling: one T for all classes, p = softmax(logits / T), T minimising the "
-          "NLL of the selection split (exact bisection on dNLL/d(1/T); fercli.evaluation.calibration)")
+          "NLL of the selection split (exact bisection on dNLL/d(1/T); fercli.model.temperature)")
 
 
 def guard_split(split: str, plan: SplitPlan) -> None:
@@ -57,26 +54,6 @@ def guard_split(split: str, plan: SplitPlan) -> None:
                        f"are selected and T is fitted on {plan.val_name} only)")
     if split != plan.val_name:
         raise FerError(f"the temperature is fitted on the selection split {plan.val_name}, not {split}")
-
-
-@torch.inference_mode()
-def model_logits(model: nn.Module, x_uint8: torch.Tensor, *, batch_size: int = 256,
-                 amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Raw logits (N, C) float64 of uint8 faces (N, 1, H, W), batched, no TTA: what T divides.
-
-    Not engine.predict_logits: that returns log-probabilities clamped at 1e-12, which is
-    harmless for labels and losses but would distort the fit for a large T (a clamped -27.6
-    divided by T=30 is not the true -300/30)."""
-    if x_uint8.shape[0] == 0:
-        raise FerError("no faces to compute calibration logits on (empty split)")
-    model.eval()
-    on = amp_dtype is not None  # the caller's autocast (fercli.device.autocast_dtype), as predict_logits
-    out = []
-    for s in range(0, x_uint8.shape[0], batch_size):
-        x = x_uint8[s:s + batch_size].float().div_(255).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=x.device.type, dtype=amp_dtype or torch.float32, enabled=on):
-            out.append(model(x).double())  # (B, C)
-    return torch.cat(out).cpu().numpy()
 
 
 def fit_record(logits: np.ndarray, labels: np.ndarray, split: str, ds: PreparedDataset) -> dict[str, Any]:

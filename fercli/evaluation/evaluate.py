@@ -1,6 +1,6 @@
 """`fer evaluate`: any model on any prepared dataset, k-fold aggregation, the paper beside it.
 
-Targets (fercli.model.sources): a run directory (its best.pt, selected on validation), a CK+ k-fold
+Targets (fercli.infer.sources): a run directory (its best.pt, selected on validation), a CK+ k-fold
 root (every fold, then mean ± std and pooled), a `.pt` checkpoint, an exported `.npz` (or its
 shards), or `default` (the shipped model).
 
@@ -29,26 +29,24 @@ from fercli.data.prepared import PreparedDataset, load_prepared
 from fercli.data.resident import DeviceSplit, SplitPlan, plan_splits, to_device
 from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.evaluation.calibrate import fit_on_split, model_logits
+from fercli.evaluation.calibrate import fit_on_split
 from fercli.evaluation.calibration import (
     ECE_BINS,
-    TemperatureScaled,
     calibration_metrics,
     reliability_bins,
-    softmax,
-    temperature_of,
 )
 from fercli.evaluation.metrics import aggregate_folds, classification_metrics
 from fercli.files import atomic_write_json
-from fercli.model.checkpoints import BEST_CHECKPOINT
-from fercli.model.sources import (
+from fercli.infer.sources import (
     ModelSource,
     is_exported_ref,
     load_checkpoint_source,
     load_exported_source,
     resolve_ref,
 )
-from fercli.train.engine import TTA_MODES, predict_logits
+from fercli.model.checkpoints import BEST_CHECKPOINT
+from fercli.model.inference import TTA_MODES, TemperatureScaled, model_logits, predict_logits
+from fercli.model.temperature import softmax, temperature_of
 
 
 @dataclass(frozen=True)
@@ -206,7 +204,7 @@ def _write_outputs(out: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", out)
     try:
-        from fercli.evaluation.plots import plot_confusion, plot_reliability
+        from fercli.plots import plot_confusion, plot_reliability
 
         plot_confusion(out["confusion"], out["classes"], folder / "confusion.png",
                        f"{out['split']}: accuracy {100 * out['accuracy']:.2f}%")

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercli.errors import FerError
-from fercli.evaluation.calibration import temperature_of
+from fercli.model.temperature import temperature_of
 from fercli.vision.faces import FACE_SIZE
 
 ONNX_FORMAT = "fercli-onnx-v1"
@@ -75,7 +75,7 @@ class ProbsGraph(nn.Module):
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         from fercli.model.networks import BilinearResNet34, signed_sqrt
 
-        x = faces.float() / 255.0  # (N, 1, 48, 48) in [0, 1], as engine.predict_logits
+        x = faces.float() / 255.0  # (N, 1, 48, 48) in [0, 1], as model.inference.predict_logits
         m = self.model
         if isinstance(m, BilinearResNet34):
             b = m.bilinear(x)  # (N, 512, 512), eq. (1)-(2)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from fercli.errors import FerError
-from fercli.evaluation.calibration import TemperatureScaled, check_temperature, temperature_of
+from fercli.model.inference import GraphedInference, TemperatureScaled, predict_logits
+from fercli.model.temperature import check_temperature, temperature_of
 from fercli.vision.faces import FACE_SIZE
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class FaceClassifier:
 
     On the CPU it can run the model frozen into TorchScript (see JIT_MIN_FACES and
     docs/benchmarks.md); on CUDA it replays CUDA graphs of the bf16 forward, one per batch
-    shape (engine.GraphedInference: batch 1 is launch-bound there). fp32 on the CPU: bf16
+    shape (model.inference.GraphedInference: batch 1 is launch-bound there). fp32 on the CPU: bf16
     autocast measured no faster at batch 1 there.
     """
 
@@ -81,7 +82,7 @@ class FaceClassifier:
         self.optimize = optimize if device.type == "cpu" else "eager"
         self._frozen: torch.nn.Module | None = None
         self._frozen_error: str | None = None
-        self._graphed: Any = None  # CUDA: engine.GraphedInference, built on first use
+        self._graphed: Any = None  # CUDA: model.inference.GraphedInference, built on first use
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "channels_last": self.channels_last,
@@ -107,8 +108,6 @@ class FaceClassifier:
 
     def _runner(self, n_forward_faces: int) -> torch.nn.Module:
         if self.device.type == "cuda":
-            from fercli.train.engine import GraphedInference
-
             if self._graphed is None:
                 self._graphed = GraphedInference(self.model, self.amp_dtype)
             return self._graphed  # type: ignore[no-any-return]
@@ -118,8 +117,6 @@ class FaceClassifier:
 
     def predict_proba(self, faces: np.ndarray, *, tta: str = "none", batch_size: int = 64) -> np.ndarray:
         """uint8 faces (N, 48, 48) -> probabilities (N, C) float64, each row summing to 1."""
-        from fercli.train.engine import predict_logits
-
         if faces.shape[0] == 0:
             return np.zeros((0, len(self.classes)))
         if faces.shape[1:] != (FACE_SIZE, FACE_SIZE):

@@ -140,7 +140,7 @@ def validate(cfg: PredictConfig) -> None:
     """One-line FerError for any setting out of range (named as its `fer predict` option)."""
     import math
 
-    from fercli.train.engine import TTA_MODES
+    from fercli.model.inference import TTA_MODES
 
     if cfg.backend not in BACKENDS:
         raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")

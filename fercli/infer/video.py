@@ -486,7 +486,7 @@ def run_video(
         if cfg.csv is not None:
             atomic_write_text(Path(cfg.csv).expanduser(), frame_csv(df))
         if cfg.plot is not None:
-            from fercli.evaluation.plots import plot_emotions
+            from fercli.plots import plot_emotions
 
             plot_emotions(df, Path(cfg.plot).expanduser(), title=result.source)
     return result

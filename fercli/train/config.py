@@ -31,7 +31,7 @@ class TrainConfig:
     image_size: int = 48
     pretrained: bool = True
     weights: str | None = None
-    # FER2013-pretrained trunks: RUN_DIR | CHECKPOINT.pt | EXPORT.npz | "default" (fercli.model.sources);
+    # FER2013-pretrained trunks: RUN_DIR | CHECKPOINT.pt | EXPORT.npz | "default" (fercli.infer.sources);
     # the classifier head stays freshly initialised. Excludes --pretrained (ImageNet).
     init_from: str | None = None
     # Recipe options for the from-scratch search; the defaults keep the measured behaviour.
@@ -92,7 +92,7 @@ CKPLUS_TRANSFER_PRESET = {"dataset": "ck+", "model": "bcnn-resnet34", "shared_ba
                           "weight_decay": 1e-4, "batch_size": 32, "epochs": 16, "schedule": "cosine",
                           "image_size": 48, "label_smoothing": 0.1, "ema": 0.99}
 # `--preset NAME` in `fer train` and `fer ablate` (which keeps each row's own architecture,
-# optimizer and starting weights: fercli.evaluation.ablate).
+# optimizer and starting weights: fercli.ablation.ablate).
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "paper": PAPER_PRESET, "short": SHORT_PRESET,
     "fer2013-scratch": FER2013_SCRATCH_PRESET, "ckplus-transfer": CKPLUS_TRANSFER_PRESET,
@@ -119,13 +119,6 @@ def make_train_config(preset: str | None = None, **explicit: Any) -> TrainConfig
     return TrainConfig(**values)
 
 
-def training_label(config: dict[str, Any]) -> str:
-    """What the trunks started from, as every report must say it (never guessed)."""
-    if config.get("init_from"):
-        return "FER2013-pretrained"
-    if config.get("pretrained") or config.get("weights"):
-        return "ImageNet-pretrained"
-    return "from scratch"
 
 
 def resolve_optimizer(cfg: TrainConfig, dataset_name: str) -> TrainConfig:

@@ -1,4 +1,5 @@
-"""The hot loops: one train step, one epoch, batched inference with TTA.
+"""The hot loops: one train step, one epoch, and validation (the forward pass with TTA is
+fercli.model.inference.predict_logits).
 
     DeviceSplit (uint8 on the device, fercli.data.resident)
       → x.float()/255 → augment_batch → channels_last
@@ -32,6 +33,7 @@ from torch import nn
 
 from fercli.data.resident import DeviceSplit, augment_with
 from fercli.errors import FerError
+from fercli.model.inference import autocast, predict_logits
 from fercli.train.optim import graph_capturable, use_tensor_lr
 from fercli.train.regularize import (
     ERASE_DRAWS,
@@ -43,12 +45,6 @@ from fercli.train.regularize import (
     mixed_cross_entropy,
     mixup_lambdas,
 )
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):  # type: ignore[no-untyped-def]
-    # cache=False inside CUDA graphs: autocast's weight-cast cache must not outlive a capture.
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
-                          enabled=dtype is not None, cache_enabled=cache)
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -125,7 +121,7 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         # Under a graph the grads stay allocated (graph memory) and are zeroed in place.
         self.optimizer.zero_grad(set_to_none=not self.graphed)
-        with _autocast(self.device, self.amp_dtype, cache=not self.graphed):
+        with autocast(self.device, self.amp_dtype, cache=not self.graphed):
             logits = self.forward(x)  # (B, C)
             if self.mixup > 0 or self.cutmix > 0:
                 loss = mixed_cross_entropy(logits.float(), y, lam, self.label_smoothing)
@@ -264,55 +260,6 @@ def train_one_epoch(
     return {"loss": float(loss_sum) / steps, "acc": float(correct) / seen, "images": seen}
 
 
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    x_uint8: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    amp_dtype: torch.dtype | None = None,
-    tta: str = "none",
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Batched inference over uint8 (N, 1, H, W); returns float32 log-probabilities (N, C).
-
-    tta: none | flip (average with the mirrored face) | ten-crop (4 corners + centre at
-    90% size, each also mirrored; the model resizes crops back to its input size).
-    """
-    if tta not in TTA_MODES:
-        raise FerError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}")
-    model.eval()
-    device = x_uint8.device
-    out = []
-    for s in range(0, x_uint8.shape[0], batch_size):
-        x = x_uint8[s:s + batch_size].float().div_(255)
-        views = _tta_views(x, tta)
-        probs = 0
-        for v in views:
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp_dtype):
-                logits = model(v)
-            probs = probs + logits.float().softmax(1)
-        out.append((probs / len(views)).clamp_min(1e-12).log())
-    return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-TTA_MODES = ("none", "flip", "ten-crop")
-
-
-def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
-    if tta == "none":
-        return [x]
-    if tta == "flip":
-        return [x, x.flip(3)]
-    h, w = x.shape[-2:]
-    ch, cw = round(h * 0.9), round(w * 0.9)
-    crops = [x[..., :ch, :cw], x[..., :ch, w - cw:], x[..., h - ch:, :cw], x[..., h - ch:, w - cw:],
-             x[..., (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]]
-    return crops + [c.flip(3) for c in crops]
-
-
 def evaluate(
     model: nn.Module, data: DeviceSplit, *, batch_size: int = 256,
     amp_dtype: torch.dtype | None = None, tta: str = "none", channels_last: bool = False,
@@ -344,46 +291,3 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
                      augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
                      label_smoothing=label_smoothing, model=model, random_erasing=random_erasing,
                      mixup=mixup, cutmix=cutmix, ema=ema, scale_aug=scale_aug)
-
-
-class GraphedInference:
-    """A model's inference forward replayed from CUDA graphs, one per input shape (at most
-    `max_shapes`; other shapes and non-CUDA inputs run eager). Batch 1 on a GPU is launch
-    bound: ~10³ small kernels per face, replayed as one graph (`fer predict --device cuda`).
-
-    Returns a copy of the graph's output, so results stay valid after the next call.
-    """
-
-    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None, max_shapes: int = 4) -> None:
-        self.model, self.amp_dtype, self.max_shapes = model, amp_dtype, max_shapes
-        self.graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
-
-    def eval(self) -> GraphedInference:
-        self.model.eval()
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.stride(), x.dtype)
-        entry = self.graphs.get(key)
-        if entry is None:
-            if x.device.type != "cuda" or len(self.graphs) >= self.max_shapes:
-                return self.model(x)
-            entry = self.graphs[key] = self._capture(x)
-        graph, static_x, static_out = entry
-        static_x.copy_(x)
-        graph.replay()
-        return static_out.clone()
-
-    def _capture(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        static_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        static_x.copy_(x)
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side), _autocast(x.device, self.amp_dtype, cache=False):
-            for _ in range(2):  # cuDNN autotuning and lazy init outside the capture
-                self.model(static_x)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), _autocast(x.device, self.amp_dtype, cache=False):
-            static_out = self.model(static_x)
-        return graph, static_x, static_out

@@ -34,13 +34,12 @@ from fercli.device import autocast_dtype, configure_backends, device_name, resol
 from fercli.errors import FerError
 from fercli.files import atomic_write_json, read_json, sweep_stale_temps
 from fercli.model.checkpoints import LAST_CHECKPOINT, load_checkpoint
-from fercli.provenance import code_version
+from fercli.provenance import code_version, training_label
 from fercli.train import distributed
 from fercli.train.checkpointing import Cadence, Checkpointer, ensure_checkpoint_space
 from fercli.train.config import (
     TrainConfig,
     resolve_optimizer,
-    training_label,
     validate_config,
 )
 from fercli.train.engine import make_train_step
@@ -153,8 +152,8 @@ def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) 
 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
     """--init-from: copy a FER2013 model's trunks into `model` (fresh head); its provenance."""
+    from fercli.infer.sources import load_model_source
     from fercli.model.networks import init_trunks_from
-    from fercli.model.sources import load_model_source
 
     src = load_model_source(cfg.init_from, "--init-from")
     if not str(src.dataset_name or "").lower().startswith("fer2013"):
@@ -383,7 +382,7 @@ def _result(run: Run, plan: Any, run_info: dict[str, Any], seconds: float, image
                            seconds=seconds, images_per_second=images / max(seconds, 1e-9))
     if run.history:
         try:
-            from fercli.evaluation.plots import plot_loss_curve
+            from fercli.plots import plot_loss_curve
 
             plot_loss_curve(run.history, run.run_dir / "loss_curve.png")
         except ImportError:  # matplotlib missing: the CSV still has everything

@@ -6,7 +6,7 @@ train, and scales them by the epochs and images each run has left. The selection
 epoch counts as a forward pass (a third of a train step per image). It is an estimate: on a
 shared machine the load changes while the ladder runs.
 
-Takes the ladder's planned runs (fercli.evaluation.ablate.PlannedRun: ds, rung, run_dir, tcfg)
+Takes the ladder's planned runs (fercli.ablation.ablate.PlannedRun: ds, rung, run_dir, tcfg)
 without importing that module, which calls this one. No Typer/Rich here.
 """
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from fercli.errors import FerError
 from fercli.files import read_json, sha256_file
+from fercli.provenance import training_label
 
 DEFAULT_REF = "default"
 
@@ -50,8 +51,6 @@ class ModelSource:
 
     def provenance(self) -> dict[str, Any]:
         """What config.json / metrics.json record about this model (JSON-serialisable)."""
-        from fercli.train.config import training_label
-
         return {"path": str(self.path), "kind": self.kind, "sha256": self.sha256,
                 "code_version": self.code_version, "model_spec": self.spec,
                 "dataset_name": self.dataset_name, "dataset_sha256": self.dataset_sha256,

@@ -1,6 +1,6 @@
 """What a `fer ablate` ladder has done so far, without training anything (`fer ablate --progress`).
 
-`ladder_progress` reads every planned run directory (fercli.evaluation.ablate.plan_ablation)
+`ladder_progress` reads every planned run directory (fercli.ablation.ablate.plan_ablation)
 and builds Table 5 from the runs that finished: rows done, partial (with their fold counts) or
 pending. A run counts when its config and dataset agree with the ladder's; it keeps the code
 version it was trained by (a run by other code is shown, and named, but `fer ablate` itself
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fercli.evaluation.ablate import (
+from fercli.ablation.ablate import (
     AblateConfig,
     PlannedRun,
     cached_record,
@@ -21,7 +21,7 @@ from fercli.evaluation.ablate import (
     ladder_result,
     plan_ablation,
 )
-from fercli.evaluation.ablate_estimate import epochs_done
+from fercli.ablation.ablate_estimate import epochs_done
 
 
 def run_state(run: PlannedRun) -> dict[str, Any]:

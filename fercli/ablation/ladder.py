@@ -1,4 +1,4 @@
-"""Table 5's rungs, and how a row of it is tabled (fercli.evaluation.ablate runs them).
+"""Table 5's rungs, and how a row of it is tabled (fercli.ablation.ablate runs them).
 
 A rung is one row of the paper's ablation ladder: which model, whether its trunks start
 pretrained (ImageNet, or FER2013: a from-scratch FER2013 model's trunk), whether the optimizer

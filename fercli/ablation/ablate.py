@@ -1,6 +1,6 @@
 """`fer ablate`: the paper's Table 5 ladder, trained and evaluated with the same engine.
 
-Rows (the paper's names; the rungs live in fercli.evaluation.ladder):
+Rows (the paper's names; the rungs live in fercli.ablation.ladder):
 
     ResNet34                  resnet34, from scratch, no GC (AdamW on FER2013 / Adam on CK+)
     ResNet34_Pretrain         resnet34, ImageNet-pretrained, no GC
@@ -21,7 +21,7 @@ subject-independent k-fold accuracy (test fold k, selection fold k+1, the rest t
 under --out; a finished one (train_summary.json + metrics.json) is reused, an interrupted
 one (last.pt) is resumed, so an ablation that was stopped picks up where it was. k-fold runs
 go fold by fold, so a stopped ladder has whole folds of every row; its table shows each row's
-fold count, "partial" or "pending" (fercli.evaluation.ablate_status reads it without training).
+fold count, "partial" or "pending" (fercli.ablation.ablate_status reads it without training).
 
 No Typer/Rich here: progress goes through the engine's on_event callback.
 """
@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fercli import paper
-from fercli.errors import FerError
-from fercli.evaluation.ladder import (
+from fercli.ablation.ladder import (
     FER2013_LABEL,
     FER2013_LADDER,
     PAPER_LADDER,
@@ -49,6 +48,7 @@ from fercli.evaluation.ladder import (
     optimizer_for,
     row_result,
 )
+from fercli.errors import FerError
 from fercli.files import atomic_write_many, json_bytes, read_json
 
 # What each row of the ladder sets itself; a --preset (fercli.train.config) gives the rest.
@@ -298,7 +298,7 @@ def plan_ablation(cfg: AblateConfig) -> Plan:
     for r in runs:
         validate_config(r.tcfg)
     if any(r.rung.init_from for r in runs):
-        from fercli.model.sources import load_model_source
+        from fercli.infer.sources import load_model_source
 
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
     return Plan(root, datasets, weights_reason, runs)
@@ -371,7 +371,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
     estimate = None
     if cfg.estimate and any(d[0] != "cached" for d in decisions):
-        from fercli.evaluation.ablate_estimate import estimate_wall_time
+        from fercli.ablation.ablate_estimate import estimate_wall_time
 
         # Before anything trains: how long it will take (said, never refused: it runs anyway).
         estimate = estimate_wall_time(plan.runs, [d[0] for d in decisions], cfg.device, on_event=emit)
