@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from typing import TYPE_CHECKING
 
 from fercli.errors import FerError
@@ -28,12 +29,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def device_name(device: torch.device) -> str:
-    import torch
+def cpu_threads() -> int:
+    """Threads for CPU inference: torch's intra-op count when torch is loaded, else the CPUs
+    this process may run on (torch's own default on the machines measured), without importing
+    torch for it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    if device.type == "cuda":
+
+def device_name(device: torch.device | str) -> str:
+    """A device in words: the GPU's name, or the CPU's with its thread count."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.processor() or platform.machine()}, {cpu_threads()} threads)"
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

@@ -488,3 +488,62 @@ def read_json(path: Path | str, what: str = "JSON record") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise FerError(f"{path}: not a valid {what} (a JSON object was expected, not {type(obj).__name__})")
     return obj
+
+
+# --------------------------------------------------------------------------- shards
+# A large shipped file (the bundled model's .npz, its int8 ONNX graph) is kept as parts of at
+# most a few MB beside an index naming each part with its size and sha256, and the sha256 of
+# the whole: git and package indexes handle the parts, and a truncated or swapped part is
+# caught before any byte of it is used.
+
+SHARD_INDEX_SUFFIX = ".index.json"
+SHARD_PART_SUFFIX = ".part"
+
+
+def shard_files(out_path: Path, data: bytes, max_bytes: int, fmt: str,
+                extra: dict[str, Any] | None = None) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of `data` cut into parts of ≤ max_bytes, then its index (last, so a
+    writer that renames in order publishes the index after every part)."""
+    files: list[tuple[Path, bytes]] = []
+    parts = []
+    for i, start in enumerate(range(0, len(data), max(1, max_bytes))):
+        chunk = data[start:start + max_bytes]
+        p = Path(f"{out_path}{SHARD_PART_SUFFIX}{i}")
+        files.append((p, chunk))
+        parts.append({"file": p.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    index = {"format": fmt, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+             "parts": parts, **(extra or {})}
+    files.append((Path(f"{out_path}{SHARD_INDEX_SUFFIX}"), json_bytes(index)))
+    return files
+
+
+def sharded_exists(path: Path | str) -> bool:
+    """True if `path` or its shard index exists."""
+    return Path(path).is_file() or Path(f"{path}{SHARD_INDEX_SUFFIX}").is_file()
+
+
+def read_shards(index_path: Path) -> bytes:
+    """The bytes a shard index describes, each part and the whole checked against its sha256;
+    a one-line FerError naming the index or the part otherwise."""
+    index = read_json(index_path, "fercli shard index")
+    if not index or not isinstance(index.get("parts"), list) or "sha256" not in index:
+        raise FerError(f"{index_path}: not a fercli shard index (expected parts and sha256)")
+    chunks = []
+    for i, part in enumerate(index["parts"]):
+        if not isinstance(part, dict) or not isinstance(part.get("file"), str):
+            raise FerError(f"{index_path}: part {i} is malformed")
+        name = part["file"]
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise FerError(f"{index_path}: part name {name!r} is not a plain file name")
+        p = index_path.parent / name
+        try:
+            chunk = p.read_bytes()
+        except OSError as exc:
+            raise FerError(f"{p}: cannot read model shard ({exc.strerror or exc})") from None
+        if len(chunk) != part.get("bytes") or hashlib.sha256(chunk).hexdigest() != part.get("sha256"):
+            raise FerError(f"{p}: shard is truncated or corrupt (size or sha256 differs from {index_path.name})")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise FerError(f"{index_path}: reassembled model does not match its sha256")
+    return data

@@ -18,8 +18,9 @@ from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
 from fercli.evaluation import calibrate as calibrate_mod
 from fercli.evaluation import calibration as cal
-from fercli.infer.classifier import FaceClassifier, make_classifier
+from fercli.infer.classifier import make_classifier
 from fercli.infer.config import PredictConfig
+from fercli.infer.torch_backend import FaceClassifier
 from fercli.model import inference
 from fercli.model import temperature as temp
 from fercli.model.checkpoints import load_checkpoint
@@ -218,7 +219,8 @@ def test_t_survives_export_onnx_and_predict(tmp_path: Path) -> None:
     """T in best.pt -> .npz metadata -> ONNX graph; each backend's probabilities are
     softmax(logits / T), and a model without T gives softmax(logits) as before."""
     from fercli.export.npz_format import export_model, load_exported
-    from fercli.export.onnx_format import OnnxClassifier, export_onnx
+    from fercli.export.onnx_format import export_onnx
+    from fercli.export.onnx_runtime import OnnxClassifier
 
     run = tmp_path / "run"
     model = make_run(run)

@@ -99,10 +99,10 @@ def test_cli_evaluate_json_and_one_line_errors(fer_run) -> None:
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_shipped_model_reproduces_its_private_test_accuracy(fer2013_prepared) -> None:  # type: ignore[no-untyped-def]
-    from fercli.infer.sources import default_model_path
+    from fercli.infer.locate import DEFAULT_MODEL
 
     ds = fer2013_prepared.out
-    assets = default_model_path().parent
+    assets = DEFAULT_MODEL.parent
     before = {p.name: p.stat().st_mtime_ns for p in assets.iterdir()}
     r = runner.invoke(app, ["evaluate", "default", "--dataset", str(ds), "--json"])
     assert r.exit_code == 0, r.output

@@ -17,21 +17,18 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.export.onnx_format import (
-    ONNX_FORMAT,
     OPSET,
-    OnnxClassifier,
     calibration_faces,
     export_onnx,
     onnx_bytes,
     quantize_int8,
 )
-from fercli.infer.predict import (
-    FaceClassifier,
-    PredictConfig,
-    detect_faces,
-    make_classifier,
-    resolve_model,
-)
+from fercli.export.onnx_runtime import ONNX_FORMAT, OnnxClassifier
+from fercli.infer.classifier import make_classifier
+from fercli.infer.config import PredictConfig
+from fercli.infer.recognizer import detect_faces
+from fercli.infer.sources import load_model_source
+from fercli.infer.torch_backend import FaceClassifier
 from fercli.model.networks import build_model
 from fercli.vision.faces import FACE_SIZE, crop_face
 from fercli.vision.images import load_grey
@@ -111,8 +108,8 @@ def test_bcnn_graph_with_resize_matches_torch(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def default_onnx() -> tuple[torch.nn.Module, OnnxClassifier]:
     """The shipped (trained) model and its fp16 ONNX export, as `fer export --format onnx` writes it."""
-    model, info = resolve_model(None)
-    return model, OnnxClassifier(onnx_bytes(model, {"classes": list(info.classes)}, dtype="float16"))
+    src = load_model_source(None)
+    return src.model, OnnxClassifier(onnx_bytes(src.model, {"classes": list(src.classes)}, dtype="float16"))
 
 
 def _agree(model: torch.nn.Module, clf: OnnxClassifier, faces: np.ndarray) -> None:

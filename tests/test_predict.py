@@ -19,7 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.infer import predict as P
+from fercli.infer import locate
+from fercli.infer.torch_backend import FaceClassifier
 from fercli.model.networks import build_model
 from fercli.vision.faces import crop_face
 from fercli.vision.images import load_grey
@@ -176,9 +177,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 def test_model_resolution_order(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    from fercli.infer import classifier
-
-    monkeypatch.setattr(classifier, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.npz")
+    monkeypatch.setattr(locate, "DEFAULT_MODEL", tmp_path / "assets" / "default_model.npz")
     img = str(SAMPLE_DIR / "astronaut.jpg")
     res = runner.invoke(app, ["predict", img])
     assert res.exit_code == 2
@@ -211,12 +210,12 @@ def test_frozen_torchscript_runner_matches_eager() -> None:
     torch.manual_seed(0)
     model = build_model("resnet34", len(CLASSES))
     faces = np.stack([np.roll(face_image(48), k, axis=1) for k in range(3)])
-    eager = P.FaceClassifier(model, CLASSES, torch.device("cpu"), optimize="eager").predict_proba(faces)
-    jit = P.FaceClassifier(model, CLASSES, torch.device("cpu"), optimize="jit")
+    eager = FaceClassifier(model, CLASSES, torch.device("cpu"), optimize="eager").predict_proba(faces)
+    jit = FaceClassifier(model, CLASSES, torch.device("cpu"), optimize="jit")
     got = jit.predict_proba(faces, tta="flip")
     assert jit.describe()["torchscript"] is True
-    ref = P.FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="flip")
+    ref = FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="flip")
     assert np.allclose(got, ref, atol=1e-4) and np.allclose(eager.sum(1), 1)
     # ten-crop views are smaller than 48 px: they bypass the frozen (48 px-traced) model.
     tc = jit.predict_proba(faces, tta="ten-crop")
-    assert np.allclose(tc, P.FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="ten-crop"), atol=1e-4)
+    assert np.allclose(tc, FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="ten-crop"), atol=1e-4)

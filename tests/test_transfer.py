@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.infer.sources import default_model_path, load_model_source
+from fercli.infer.locate import DEFAULT_MODEL
+from fercli.infer.sources import load_model_source
 from fercli.model.networks import build_model
 from fercli.train import config, runs
 from tests.fixtures import fake_run, make_ck_like
@@ -27,12 +28,12 @@ def ck48(ckplus48_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _archive_sha256() -> str:
-    return json.loads(Path(f"{default_model_path()}.index.json").read_text())["sha256"]
+    return json.loads(Path(f"{DEFAULT_MODEL}.index.json").read_text())["sha256"]
 
 
 def _shipped_code() -> str:
     """The code version the shipped model's own provenance records (not a literal: it ships anew)."""
-    return json.loads(default_model_path().with_suffix(".json").read_text())["code_version"]
+    return json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["code_version"]
 
 
 def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.infer import video
-from fercli.infer.predict import FaceClassifier
+from fercli.infer.torch_backend import FaceClassifier
 from fercli.model.networks import build_model
 from tests.fixtures import SAMPLE_DIR, untrained_run
 

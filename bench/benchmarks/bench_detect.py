@@ -51,7 +51,7 @@ def fer_variants(path: Path) -> dict[str, tuple[np.ndarray, tuple[int, int, int,
 
 
 def main() -> None:
-    from fercli.infer.predict import detect_faces
+    from fercli.infer.recognizer import detect_faces
     from fercli.infer.video import iou
     from fercli.vision.faces import yunet_available
     from fercli.vision.images import load_grey

@@ -86,7 +86,8 @@ def variants(model: torch.nn.Module, x: torch.Tensor, try_compile: bool):
     try:
         import numpy as np
 
-        from fercli.export.onnx_format import OnnxClassifier, onnx_bytes
+        from fercli.export.onnx_format import onnx_bytes
+        from fercli.export.onnx_runtime import OnnxClassifier
 
         sess = OnnxClassifier(onnx_bytes(model, {"classes": [f"c{i}" for i in range(7)]}, dtype="float32"),
                               threads=torch.get_num_threads()).session
@@ -225,7 +226,7 @@ def main() -> None:
                                                      for k, v in resb.items()}
         for k, v in out[f"per_face_batch{args.batch}"][name].items():
             print(f"{name:22s} b{args.batch} {k:45s} {v['median_ms']:8.2f} ms/face", file=sys.stderr)
-        from fercli.infer.predict import FaceClassifier
+        from fercli.infer.torch_backend import FaceClassifier
 
         t0 = time.perf_counter()
         FaceClassifier(model, [f"c{i}" for i in range(7)], torch.device("cpu"), optimize="jit").prepare()
@@ -234,10 +235,12 @@ def main() -> None:
     # Per photo, end to end with the runner fercli.infer.predict uses.
     from fercli.errors import FerError
     from fercli.infer import predict as P
+    from fercli.infer.recognizer import detect_faces
+    from fercli.infer.torch_backend import CPU_OPTIMIZE, FaceClassifier
     from fercli.vision.images import load_grey
 
     try:
-        P.detect_faces(load_grey(REPO / "sample_images" / "astronaut.jpg"), "haar")
+        detect_faces(load_grey(REPO / "sample_images" / "astronaut.jpg"), "haar")
         photo_models = [] if args.skip_per_face else args.models.split(",")
     except FerError as exc:  # e.g. OpenCV 5 (no Haar cascades) on another machine
         photo_models, out["per_photo"] = [], f"skipped: {exc}"
@@ -245,7 +248,7 @@ def main() -> None:
         shared = name.endswith("-shared")
         torch.manual_seed(0)
         model = build_model("bcnn-resnet34", 7, shared_backbone=shared)
-        runner = P.FaceClassifier(model, [f"c{i}" for i in range(7)], torch.device("cpu"), optimize=P.CPU_OPTIMIZE)
+        runner = FaceClassifier(model, [f"c{i}" for i in range(7)], torch.device("cpu"), optimize=CPU_OPTIMIZE)
         photos = {}
         for img in sorted((REPO / "sample_images").glob("*.jpg")):
             cfg = P.PredictConfig(inputs=(str(img),), model="unused")
@@ -262,7 +265,7 @@ def main() -> None:
             for _ in range(5):
                 grey = load_grey(img)
                 t0 = time.perf_counter()
-                P.detect_faces(grey)
+                detect_faces(grey)
                 t_det.append((time.perf_counter() - t0) * 1000)
             photos[img.name]["detect_ms_median"] = round(statistics.median(t_det), 2)
             print(f"{name:24s} {img.name:20s} {photos[img.name]}", file=sys.stderr)
@@ -281,6 +284,7 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
 
     from fercli.errors import FerError
     from fercli.infer import predict as P
+    from fercli.infer.locate import DEFAULT_MODEL
 
     root = fer_root / "fer2013" if (fer_root / "fer2013").is_dir() else fer_root
     files = sorted((root / "test").rglob("PrivateTest_*.jpg"))[:n]
@@ -297,7 +301,7 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
             from fercli.export.onnx_format import export_onnx
 
             q = Path(tmp + "-int8.onnx")
-            export_onnx(P.DEFAULT_MODEL, q, int8_calibration=int8_calibration)
+            export_onnx(DEFAULT_MODEL, q, int8_calibration=int8_calibration)
             configs.append(("onnxruntime int8 export + auto (yunet)", "auto", "auto", str(q)))
         for label, backend, detector, model in configs:
             cfg = P.PredictConfig(inputs=(tmp,), backend=backend, detector=detector, device="cpu", model=model)

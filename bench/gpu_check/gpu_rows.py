@@ -43,11 +43,11 @@ def predict_latency(device: str, reps: int) -> dict:
     """ms per face of FaceClassifier.predict_proba on one 48×48 face (batch 1): the code path
     of `fer predict`, for the paper's bcnn (two trunks) and resnet34. Weights are random
     (latency does not depend on their values), so nothing has to travel with the check."""
-    from fercli.infer.predict import FaceClassifier
+    from fercli.infer.torch_backend import FaceClassifier
     from fercli.model.networks import build_model
 
     face = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
-    res = {"path": "fercli.infer.predict.FaceClassifier.predict_proba, batch 1", "reps": reps}
+    res = {"path": "fercli.infer.torch_backend.FaceClassifier.predict_proba, batch 1", "reps": reps}
     for name in ("bcnn-resnet34", "resnet34"):
         torch.manual_seed(0)
         clf = FaceClassifier(build_model(name, 7, pretrained=False), [str(i) for i in range(7)],

@@ -37,13 +37,7 @@ from fercli.evaluation.calibration import (
 )
 from fercli.evaluation.metrics import aggregate_folds, classification_metrics
 from fercli.files import atomic_write_json
-from fercli.infer.sources import (
-    ModelSource,
-    is_exported_ref,
-    load_checkpoint_source,
-    load_exported_source,
-    resolve_ref,
-)
+from fercli.infer.sources import ModelSource, load_checkpoint_source, load_model_source
 from fercli.model.checkpoints import BEST_CHECKPOINT
 from fercli.model.inference import TTA_MODES, TemperatureScaled, model_logits, predict_logits
 from fercli.model.temperature import softmax, temperature_of
@@ -66,27 +60,18 @@ SPLIT_NAMES = {"private-test": "private_test", "public-test": "public_test", "te
                "fold": "fold"}
 
 
-def _find_checkpoints(target: Path) -> list[Path]:
-    if target.is_file():
-        return [target]
-    if not target.exists():
-        raise FerError(f"{target} does not exist (give a run directory, a checkpoint, an exported "
-                       f".npz or 'default')")
-    if (target / BEST_CHECKPOINT).is_file():
-        return [target / BEST_CHECKPOINT]
-    folds = sorted(target.glob("fold-*/" + BEST_CHECKPOINT), key=lambda p: int(p.parent.name.split("-")[1]))
-    if folds:
-        return folds
-    raise FerError(f"{target}: no {BEST_CHECKPOINT} found (is it a `fer train` run directory?)")
-
-
 def _load_sources(cfg: EvaluateConfig) -> tuple[list[ModelSource], Path | None]:
-    """The model(s) to evaluate, and the run directory metrics.json may go to (None: none)."""
-    path = resolve_ref(cfg.target)
-    if is_exported_ref(path):
-        return [load_exported_source(path)], None
-    ckpts = _find_checkpoints(path)
-    return [load_checkpoint_source(ck) for ck in ckpts], (path if path.is_dir() else path.parent)
+    """The model(s) to evaluate (each fold's best.pt for a k-fold root, else the one model the
+    resolver names), and the run directory metrics.json may go to (None: none)."""
+    root = Path(str(cfg.target)).expanduser()
+    if root.is_dir() and not (root / BEST_CHECKPOINT).is_file():
+        folds = sorted(root.glob("fold-*/" + BEST_CHECKPOINT), key=lambda p: int(p.parent.name.split("-")[1]))
+        if folds:
+            return [load_checkpoint_source(ck) for ck in folds], root
+    src = load_model_source(cfg.target, "target")
+    if src.kind == "exported":
+        return [src], None
+    return [src], src.path.parent
 
 
 def _run_fold(src: ModelSource, ds: PreparedDataset, same_data: bool, cfg: EvaluateConfig) -> int | None:

@@ -40,13 +40,22 @@ from torch import nn
 
 from fercli import __version__
 from fercli.errors import FerError
-from fercli.files import atomic_write_many, json_bytes, read_json
+from fercli.files import (
+    SHARD_INDEX_SUFFIX,
+    SHARD_PART_SUFFIX,
+    atomic_write_many,
+    json_bytes,
+    read_json,
+    read_shards,
+    shard_files,
+    sharded_exists,
+)
 from fercli.provenance import code_version
 
 EXPORT_FORMAT = "fercli-export-v1"
 META_KEY = "__meta__"
-INDEX_SUFFIX = ".index.json"
-PART_SUFFIX = ".part"
+INDEX_SUFFIX = SHARD_INDEX_SUFFIX
+PART_SUFFIX = SHARD_PART_SUFFIX
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # npz members are named "<key>.npy"; keys must be plain so nothing odd reaches the file system.
 _SAFE_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -184,7 +193,7 @@ def export_meta(src: Path | str, dtype: str) -> tuple[nn.Module, dict[str, Any]]
     """(model, provenance block) of any export source: a run directory, a .pt checkpoint, or
     an already exported .npz (its recorded provenance is kept; this export is stamped)."""
     src = Path(src)
-    if src.suffix == ".npz" or src.name.endswith(INDEX_SUFFIX) or (not src.exists() and exported_exists(src)):
+    if src.suffix == ".npz" or src.name.endswith(INDEX_SUFFIX) or (not src.exists() and sharded_exists(src)):
         model, info = load_exported(src)
         meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
         meta.update(dtype=dtype, source_model=str(src), exported_with_code_version=code_version(),
@@ -234,16 +243,8 @@ def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path:
     if max_shard_mb is None:
         files.append((out_path, data))
     else:
-        size = max(1, int(max_shard_mb * 1024 * 1024))
-        parts = []
-        for i, start in enumerate(range(0, len(data), size)):
-            chunk = data[start:start + size]
-            p = Path(f"{out_path}{PART_SUFFIX}{i}")
-            files.append((p, chunk))
-            parts.append({"file": p.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-        index = {"format": EXPORT_FORMAT + "-shards", "bytes": len(data), "sha256": digest,
-                 "parts": parts, "meta": meta}
-        files.append((Path(f"{out_path}{INDEX_SUFFIX}"), json_bytes(index)))  # renamed after every part
+        files += shard_files(out_path, data, max(1, int(max_shard_mb * 1024 * 1024)),
+                             EXPORT_FORMAT + "-shards", {"meta": meta})
     written = [str(p) for p, _ in files]
     sidecar = out_path.with_suffix(".json")
     atomic_write_many([*files, (sidecar, json_bytes(meta))])
@@ -311,35 +312,6 @@ def _input_text(image_size: int) -> str:
 # --------------------------------------------------------------------------- load
 
 
-def exported_exists(path: Path | str) -> bool:
-    """True if `path` (a .npz) or its shard index exists."""
-    path = Path(path)
-    return path.is_file() or Path(f"{path}{INDEX_SUFFIX}").is_file()
-
-
-def _read_shards(index_path: Path) -> bytes:
-    index = read_json(index_path, "fercli shard index")
-    if not index or not isinstance(index.get("parts"), list) or "sha256" not in index:
-        raise FerError(f"{index_path}: not a fercli shard index (expected parts and sha256)")
-    chunks = []
-    for i, part in enumerate(index["parts"]):
-        if not isinstance(part, dict) or not isinstance(part.get("file"), str):
-            raise FerError(f"{index_path}: part {i} is malformed")
-        name = part["file"]
-        if "/" in name or "\\" in name or name in ("", ".", ".."):
-            raise FerError(f"{index_path}: part name {name!r} is not a plain file name")
-        p = index_path.parent / name
-        try:
-            chunk = p.read_bytes()
-        except OSError as exc:
-            raise FerError(f"{p}: cannot read model shard ({exc.strerror or exc})") from None
-        if len(chunk) != part.get("bytes") or hashlib.sha256(chunk).hexdigest() != part.get("sha256"):
-            raise FerError(f"{p}: shard is truncated or corrupt (size or sha256 differs from {index_path.name})")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if hashlib.sha256(data).hexdigest() != index["sha256"]:
-        raise FerError(f"{index_path}: reassembled model does not match its sha256")
-    return data
 
 
 def _read_archive(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any], bytes]:
@@ -356,7 +328,7 @@ def _read_archive(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, An
         except OSError as exc:
             raise FerError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
     elif index_path.is_file():
-        data = _read_shards(index_path)
+        data = read_shards(index_path)
     elif path.is_dir():
         raise FerError(f"{path} is a directory; expected an exported model .npz")
     else:

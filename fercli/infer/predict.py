@@ -26,34 +26,10 @@ import numpy as np
 
 from fercli.errors import FerError
 from fercli.files import atomic_write_bytes, atomic_write_text
-from fercli.infer.classifier import (  # noqa: F401  (re-exported: fer predict's model API)
-    ASSETS_DIR,
-    BACKENDS,
-    CPU_OPTIMIZE,
-    DEFAULT_MODEL,
-    OPTIMIZE_MODES,
-    PRECISIONS,
-    RUNS_DIR,
-    Classifier,
-    FaceClassifier,
-    ModelInfo,
-    make_classifier,
-    no_model_message,
-    resolve_model,
-)
+from fercli.infer.classifier import Classifier
 from fercli.infer.config import PredictConfig
-from fercli.infer.recognizer import (  # noqa: F401  (re-exported: the grey-level steps)
-    DETECT_MAX_SIDE,
-    DETECTORS,
-    MIN_FACE_FRACTION,
-    MIN_FACE_PX,
-    Face,
-    Recognizer,
-    detect_faces,
-    find_faces,
-    to_grey,
-    validate,
-)
+from fercli.infer.model_info import ModelInfo
+from fercli.infer.recognizer import Face, Recognizer, to_grey, validate
 from fercli.vision.faces import FACE_SIZE
 from fercli.vision.images import IMAGE_EXTENSIONS, BadImage, decode_bgr, read_image_file
 
@@ -319,7 +295,7 @@ def _write_annotated(results: list[ImageResult], targets: list[Path], progress: 
 def run_predict(
     cfg: PredictConfig,
     *,
-    classifier: FaceClassifier | None = None,
+    classifier: Classifier | None = None,
     recognizer: Recognizer | None = None,
     on_progress: ProgressFn | None = None,
 ) -> PredictResult:

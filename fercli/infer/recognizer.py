@@ -18,6 +18,7 @@ torch model builds TorchScript / CUDA graphs lazily, and a server batches reques
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from fercli.errors import FerError
-from fercli.infer.classifier import BACKENDS, PRECISIONS, Classifier, ModelInfo, make_classifier
+from fercli.infer.classifier import BACKENDS, PRECISIONS, Classifier, make_classifier
 from fercli.infer.config import PredictConfig
+from fercli.infer.model_info import ModelInfo
+from fercli.model.tta import TTA_MODES
 from fercli.vision.faces import (
     FACE_SIZE,
     YUNET_MAX_SIDE,
@@ -138,10 +141,6 @@ def _describe_input(image: Any) -> str:
 
 def validate(cfg: PredictConfig) -> None:
     """One-line FerError for any setting out of range (named as its `fer predict` option)."""
-    import math
-
-    from fercli.model.inference import TTA_MODES
-
     if cfg.backend not in BACKENDS:
         raise FerError(f"--backend {cfg.backend!r} is not one of: {', '.join(BACKENDS)}")
     if cfg.precision not in PRECISIONS:

@@ -1,11 +1,7 @@
-"""One model reference → one loaded model with its provenance.
-
-`fer evaluate TARGET` and `fer train --init-from SOURCE` accept the same references:
-
-    default                 the model shipped in fercli/assets (fercli.infer.classifier.DEFAULT_MODEL)
-    RUN_DIR                 a `fer train` run directory: its best.pt (selected on validation)
-    CHECKPOINT.pt           a fercli checkpoint (torch.load weights_only=True)
-    MODEL.npz               an exported model (`fer export`), or its shards via .npz.index.json
+"""A model reference → one loaded torch model with its provenance: what `fer evaluate`,
+`fer calibrate`, `fer export`, `fer train --init-from` and the torch backend of `fer predict`
+load. Which file a reference names is fercli.infer.locate (one resolver, one set of errors);
+this module reads it.
 
 Nothing here executes code from a file: checkpoints load with weights_only=True, exports with
 allow_pickle=False. Every failure is a one-line FerError naming the file.
@@ -20,10 +16,11 @@ from typing import Any
 from torch import nn
 
 from fercli.errors import FerError
-from fercli.files import read_json, sha256_file
+from fercli.export.npz_format import load_exported
+from fercli.files import SHARD_INDEX_SUFFIX, read_json, sha256_file
+from fercli.infer.locate import locate
+from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
 from fercli.provenance import training_label
-
-DEFAULT_REF = "default"
 
 
 @dataclass(frozen=True)
@@ -57,41 +54,22 @@ class ModelSource:
                 "trained_on_device": self.device, "best_epoch": self.best_epoch,
                 "training": training_label(self.train_config) if self.train_config else "unknown"}
 
-
-def default_model_path() -> Path:
-    from fercli.infer.classifier import DEFAULT_MODEL
-
-    return Path(DEFAULT_MODEL)
-
-
-def is_exported_ref(path: Path) -> bool:
-    from fercli.export.npz_format import INDEX_SUFFIX, exported_exists
-
-    return (path.suffix == ".npz" or path.name.endswith(INDEX_SUFFIX)
-            or (not path.exists() and exported_exists(path)))
-
-
-def resolve_ref(ref: str | Path) -> Path:
-    """`default` → the shipped model's path; anything else → that path (~ expanded)."""
-    if str(ref) == DEFAULT_REF:
-        path = default_model_path()
-        from fercli.export.npz_format import exported_exists
-
-        if not exported_exists(path):
-            raise FerError(f"no shipped default model at {path} (reinstall fercli, or give a model path)")
-        return path
-    return Path(ref).expanduser()
+    def info(self) -> dict[str, Any]:
+        """The model's metadata as `fer predict` describes it: an export's __meta__, or the
+        same fields read from a checkpoint."""
+        if self.kind == "exported":
+            return dict(self.meta)
+        return {"model_spec": self.spec, "dataset_name": self.dataset_name, "best_epoch": self.best_epoch,
+                "best_val_acc": self.selection_acc, "calibration": self.calibration}
 
 
 def load_exported_source(path: Path) -> ModelSource:
-    from fercli.export.npz_format import INDEX_SUFFIX, load_exported
-
     model, info = load_exported(path)
-    npz = Path(str(path)[: -len(INDEX_SUFFIX)]) if path.name.endswith(INDEX_SUFFIX) else path
+    npz = Path(str(path)[: -len(SHARD_INDEX_SUFFIX)]) if path.name.endswith(SHARD_INDEX_SUFFIX) else path
     if npz.is_file():
         sha = sha256_file(npz)
     else:  # shards: load_exported has checked the reassembled bytes against the index's sha256
-        sha = str(read_json(Path(f"{npz}{INDEX_SUFFIX}"), "shard index").get("sha256"))
+        sha = str(read_json(Path(f"{npz}{SHARD_INDEX_SUFFIX}"), "shard index").get("sha256"))
     meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
     return ModelSource(model=model, classes=list(info["classes"]), kind="exported", path=npz, sha256=sha,
                        train_config=dict(meta.get("train_config") or {}),
@@ -102,8 +80,6 @@ def load_exported_source(path: Path) -> ModelSource:
 
 
 def load_checkpoint_source(path: Path) -> ModelSource:
-    from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
-
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval()
     config_json = path.parent / "config.json"  # beside a run's checkpoints; a bare .pt has none
@@ -117,22 +93,12 @@ def load_checkpoint_source(path: Path) -> ModelSource:
                        selection_acc=best.get("val_acc"), calibration=ckpt.get("calibration"))
 
 
-def load_model_source(ref: str | Path, what: str = "model") -> ModelSource:
-    """Load ONE model from a reference (see the module docstring); `what` names the option."""
-    from fercli.model.checkpoints import BEST_CHECKPOINT
-
-    path = resolve_ref(ref)
-    if is_exported_ref(path):
-        return load_exported_source(path)
-    if path.is_dir():
-        if (path / BEST_CHECKPOINT).is_file():
-            return load_checkpoint_source(path / BEST_CHECKPOINT)
-        if any(path.glob("fold-*/" + BEST_CHECKPOINT)):
-            raise FerError(f"{what} {path} is a k-fold root with one model per fold; give one fold, "
-                           f"e.g. {path / 'fold-0'}")
-        raise FerError(f"{what} {path}: no {BEST_CHECKPOINT} in this directory (give a `fer train` run "
-                       f"directory, a .pt checkpoint, an exported .npz or 'default')")
-    if not path.exists():
-        raise FerError(f"{what} {path} does not exist (give a run directory, a .pt checkpoint, an "
-                       f"exported .npz or 'default')")
-    return load_checkpoint_source(path)
+def load_model_source(ref: str | Path | None, what: str = "model", *, fallback: bool = False) -> ModelSource:
+    """Load ONE torch model from a reference (fercli.infer.locate); `what` names the option."""
+    found = locate(ref, what, fallback=fallback)
+    if found.kind == "onnx":
+        raise FerError(f"{what} {found.path} is an ONNX graph: it runs on onnxruntime (fer predict, fer serve) "
+                       f"but has no torch weights to load here; give the run, .pt or .npz it was exported from")
+    if found.kind == "exported":
+        return load_exported_source(found.path)
+    return load_checkpoint_source(found.path)

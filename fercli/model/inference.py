@@ -18,8 +18,7 @@ from torch import nn
 
 from fercli.errors import FerError
 from fercli.model.temperature import check_temperature
-
-TTA_MODES = ("none", "flip", "ten-crop")
+from fercli.model.tta import TTA_MODES
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):  # type: ignore[no-untyped-def]
