@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fercli-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

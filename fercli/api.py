@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from fercli.errors import FerError
 from fercli.infer import recognizer as _core
+from fercli.infer.predict import PredictConfig, results_frame, run_predict
 from fercli.infer.recognizer import Face
+from fercli.infer.video import VideoConfig, run_video, timeline_frame
 from fercli.plots import plot_emotions
 
 if TYPE_CHECKING:
@@ -35,8 +37,6 @@ class Recognizer(_core.Recognizer):
         of files and folders, as a DataFrame: one row per face with path, face, x, y, w, h,
         label, probability, p_<class> for every class and error. An image without a face, or
         that cannot be read, gets one row with its note in `error` (the others still run)."""
-        from fercli.infer.predict import PredictConfig, results_frame, run_predict
-
         inputs = tuple(str(p) for p in folder) if isinstance(folder, (list, tuple)) else (str(folder),)
         cfg = PredictConfig(inputs=inputs, batch_size=self.batch_size)  # model and settings: self's
         result = run_predict(cfg, recognizer=self, on_progress=on_progress)
@@ -49,8 +49,6 @@ class Recognizer(_core.Recognizer):
         tracks across frames), x, y, w, h, label, probability and p_<class>. `smooth` = alpha
         in (0, 1] averages each track's probabilities exponentially (alpha = newest frame's
         weight). fercli.plot_emotions draws it."""
-        from fercli.infer.video import VideoConfig, run_video, timeline_frame
-
         cfg = VideoConfig(source=str(path), every=every, max_frames=max_frames, smooth=smooth)
         result = run_video(cfg, recognizer=self, on_frame=on_frame)
         return timeline_frame(result, self.classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fercli.errors import FerError
 from fercli.files import atomic_save
 
 
@@ -73,8 +74,6 @@ def plot_emotions(timeline: Any, path: str | Path, *, title: str | None = None) 
     (tracks) seen at each analysed frame, against time_s. `timeline` is the DataFrame of
     Recognizer.predict_video / `fer predict clip.mp4 --csv` (columns time_s and p_<class>).
     A timeline without faces gives a chart that says so. Written atomically."""
-    from fercli.errors import FerError
-
     cols = [c for c in getattr(timeline, "columns", []) if str(c).startswith("p_")]
     if "time_s" not in getattr(timeline, "columns", []) or not cols:
         raise FerError("plot_emotions needs a video timeline (columns time_s and p_<class>), "

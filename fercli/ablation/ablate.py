@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fercli import paper
+from fercli.ablation.ablate_estimate import estimate_wall_time
 from fercli.ablation.ladder import (
     FER2013_LABEL,
     FER2013_LADDER,
@@ -48,8 +49,18 @@ from fercli.ablation.ladder import (
     optimizer_for,
     row_result,
 )
+from fercli.data.prepared import MANIFEST_FILE, resolve_dataset
 from fercli.errors import FerError
+from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target
 from fercli.files import atomic_write_many, json_bytes, read_json
+from fercli.infer.sources import load_model_source
+from fercli.model.checkpoints import LAST_CHECKPOINT
+from fercli.model.networks import resolve_pretrained_weights
+from fercli.provenance import code_version
+from fercli.train.checkpointing import ensure_checkpoint_space
+from fercli.train.config import make_train_config, preset_values, validate_config
+from fercli.train.jobs import run_configs
+from fercli.train.runs import train
 
 # What each row of the ladder sets itself; a --preset (fercli.train.config) gives the rest.
 LADDER_KEYS = ("dataset", "model", "shared_backbone", "pretrained", "init_from", "optimizer")
@@ -94,7 +105,6 @@ class _Dataset:
 
 
 def _resolve_datasets(ref: str) -> list[_Dataset]:
-    from fercli.data.prepared import MANIFEST_FILE, resolve_dataset
 
     refs = ["fer2013", "ck+"] if ref == "all" else [ref]
     out = []
@@ -114,7 +124,6 @@ def _resolve_datasets(ref: str) -> list[_Dataset]:
 
 
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
-    from fercli.train.config import make_train_config
 
     base = _recipe(cfg)
     base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
@@ -128,8 +137,6 @@ def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: 
 def _recipe(cfg: AblateConfig) -> dict[str, Any]:
     """The training settings every run shares: the preset's, less what each row sets itself,
     with --epochs/--batch-size/--lr over them."""
-    from fercli.train.config import preset_values
-
     recipe = {k: v for k, v in preset_values(cfg.preset).items() if k not in LADDER_KEYS}
     recipe.update((k, getattr(cfg, k)) for k in ("epochs", "batch_size", "lr") if getattr(cfg, k) is not None)
     return recipe
@@ -162,8 +169,6 @@ def config_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
 def _reuse_problem(run_dir: Path, tcfg: Any, dataset_sha256: str) -> str | None:
     """Why a finished or interrupted run under `run_dir` cannot stand for this ablation's run,
     or None when its config, dataset sha256 and code version all agree."""
-    from fercli.provenance import code_version
-
     problem = config_problem(run_dir, tcfg, dataset_sha256)
     if problem is not None:
         return problem
@@ -178,8 +183,6 @@ def _decide(cfg: AblateConfig, tcfg: Any, run_dir: Path, sha256: str) -> tuple[s
     (status, why it reruns or None, the TrainConfig to train with). status is trained (new),
     cached (finished, and config, dataset and code agree), resumed (interrupted, agrees) or
     rerun (on disk, but disagrees: retrained from scratch)."""
-    from fercli.model.checkpoints import LAST_CHECKPOINT
-
     summary = run_dir / "train_summary.json"
     if cfg.force:
         return "trained", None, dataclasses.replace(tcfg, force=True)
@@ -199,9 +202,6 @@ def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: 
              info: dict[str, Any], trained: bool = False) -> dict[str, Any]:
     """Train (unless cached, or `trained` already by a --jobs child) one run, then evaluate
     its selected checkpoint; the status says what happened to it in this ablation."""
-    from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target
-    from fercli.train.runs import train
-
     status, reason, tcfg = decision
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
@@ -265,9 +265,6 @@ def plan_ablation(cfg: AblateConfig) -> Plan:
     """Every run of the ablation, checked, before anything trains. On k-fold datasets the order
     is fold by fold (every row of fold 0, then of fold 1, ...), so a ladder stopped part way has
     whole folds of every row to compare, not some rows done and others not started."""
-    from fercli.model.networks import resolve_pretrained_weights
-    from fercli.train.config import validate_config
-
     _recipe(cfg)  # an unknown --preset fails here, before any run
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
         raise FerError(f"--folds-limit must be ≥ 1, got {cfg.folds_limit}")
@@ -298,8 +295,6 @@ def plan_ablation(cfg: AblateConfig) -> Plan:
     for r in runs:
         validate_config(r.tcfg)
     if any(r.rung.init_from for r in runs):
-        from fercli.infer.sources import load_model_source
-
         load_model_source(str(cfg.init_from), "--init-from")  # a bad source fails before any training
     return Plan(root, datasets, weights_reason, runs)
 
@@ -365,14 +360,10 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     emit = on_event or (lambda kind, info: None)
     plan = plan_ablation(cfg)
     decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
-    from fercli.train.checkpointing import ensure_checkpoint_space
-
     # The checkpoints of every run still to train must fit on the disk before the first starts.
     ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
     estimate = None
     if cfg.estimate and any(d[0] != "cached" for d in decisions):
-        from fercli.ablation.ablate_estimate import estimate_wall_time
-
         # Before anything trains: how long it will take (said, never refused: it runs anyway).
         estimate = estimate_wall_time(plan.runs, [d[0] for d in decisions], cfg.device, on_event=emit)
         emit("ablate_estimate", estimate)
@@ -381,8 +372,6 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         # --jobs: every run that needs training trains first, up to N at once in separate
         # processes (a failed one leaves the others alone, and is retried in-process below);
         # the loop below then evaluates them, and reports each as decided above.
-        from fercli.train.jobs import run_configs
-
         todo = [i for i, d in enumerate(decisions) if d[0] != "cached"]
         rep = run_configs([decisions[i][2] for i in todo], jobs=cfg.jobs, devices=cfg.devices, on_event=emit)
         emit("jobs_done", {k: v for k, v in rep.items() if k != "results"})

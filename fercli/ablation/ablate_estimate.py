@@ -19,6 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fercli.data.prepared import MANIFEST_FILE
+from fercli.data.resident import DeviceSplit
+from fercli.device import autocast_dtype, resolve_device
+from fercli.model.networks import build_model
+from fercli.train.engine import make_train_step
+from fercli.train.optim import build_optimizer
+
 HOUR = 3600.0
 FORWARD_SHARE = 1 / 3  # an eval image costs about a third of a train image (no backward, no step)
 
@@ -33,7 +40,6 @@ def epochs_done(run_dir: Path) -> int:
 
 
 def _manifest(path: Path) -> dict[str, Any]:
-    from fercli.data.prepared import MANIFEST_FILE
 
     try:
         obj = json.loads((path / MANIFEST_FILE).read_text())
@@ -66,11 +72,6 @@ def _time_step(run: Any, classes: int, steps: int) -> float:
     `steps` after one warm-up), on random uint8 faces."""
     import torch
 
-    from fercli.data.resident import DeviceSplit
-    from fercli.device import autocast_dtype, resolve_device
-    from fercli.model.networks import build_model
-    from fercli.train.engine import make_train_step
-    from fercli.train.optim import build_optimizer
 
     t = run.tcfg
     device = resolve_device(t.device)
@@ -108,8 +109,6 @@ def estimate_wall_time(runs: list[Any], statuses: list[str], device_name: str, s
     """Expected wall time of the planned `runs` that still train (statuses[i] != "cached"; a
     "resumed" one only for the epochs it has left), from `steps` timed train steps per
     architecture. Returns seconds, per-row seconds, and advice when it is over an hour on a CPU."""
-    from fercli.device import resolve_device
-
     emit = on_event or (lambda kind, info: None)
     step_s: dict[tuple[Any, ...], float] = {}
     per_row: dict[str, float] = {}

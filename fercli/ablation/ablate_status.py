@@ -22,6 +22,7 @@ from fercli.ablation.ablate import (
     plan_ablation,
 )
 from fercli.ablation.ablate_estimate import epochs_done
+from fercli.provenance import code_version
 
 
 def run_state(run: PlannedRun) -> dict[str, Any]:
@@ -50,8 +51,6 @@ def run_state(run: PlannedRun) -> dict[str, Any]:
 
 def ladder_progress(cfg: AblateConfig) -> dict[str, Any]:
     """Table 5 from the finished runs and the state of every planned run; trains and writes nothing."""
-    from fercli.provenance import code_version
-
     plan = plan_ablation(cfg)
     states = [run_state(r) for r in plan.runs]
     finished: dict[tuple[str, str], list[dict[str, Any]]] = {}

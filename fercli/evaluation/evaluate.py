@@ -29,18 +29,20 @@ from fercli.data.prepared import PreparedDataset, load_prepared
 from fercli.data.resident import DeviceSplit, SplitPlan, plan_splits, to_device
 from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.errors import FerError
-from fercli.evaluation.calibrate import fit_on_split
+from fercli.evaluation.calibrate import fit_on_split, write_checkpoint_calibration
 from fercli.evaluation.calibration import (
     ECE_BINS,
     calibration_metrics,
     reliability_bins,
 )
 from fercli.evaluation.metrics import aggregate_folds, classification_metrics
+from fercli.export.npz_format import INDEX_SUFFIX, with_metadata
 from fercli.files import atomic_write_json
 from fercli.infer.sources import ModelSource, load_checkpoint_source, load_model_source
 from fercli.model.checkpoints import BEST_CHECKPOINT
 from fercli.model.inference import TTA_MODES, TemperatureScaled, model_logits, predict_logits
 from fercli.model.temperature import softmax, temperature_of
+from fercli.plots import plot_confusion, plot_reliability
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,6 @@ def _write_outputs(out: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "metrics.json", out)
     try:
-        from fercli.plots import plot_confusion, plot_reliability
-
         plot_confusion(out["confusion"], out["classes"], folder / "confusion.png",
                        f"{out['split']}: accuracy {100 * out['accuracy']:.2f}%")
         out["confusion_png"] = str(folder / "confusion.png")
@@ -300,9 +300,6 @@ def calibrate_target(cfg: CalibrateConfig) -> dict[str, Any]:
     names another .pt. An exported .npz is never modified: the copy with the temperature in
     its metadata goes to `out` (sharded like the source). Returns what was fitted and written.
     """
-    from fercli.evaluation.calibrate import write_checkpoint_calibration
-    from fercli.export.npz_format import INDEX_SUFFIX, with_metadata
-
     ecfg = EvaluateConfig(target=cfg.target, dataset=cfg.dataset, fold=cfg.fold, device=cfg.device, write=False)
     if cfg.fold is not None and cfg.fold < 0:
         raise FerError(f"--fold must be ≥ 0, got {cfg.fold}")

@@ -50,7 +50,11 @@ from fercli.files import (
     shard_files,
     sharded_exists,
 )
+from fercli.model.checkpoints import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
+from fercli.model.networks import model_from_spec
 from fercli.provenance import code_version
+from fercli.train.config import TrainConfig
+from fercli.vision.faces import FACE_SIZE
 
 EXPORT_FORMAT = "fercli-export-v1"
 META_KEY = "__meta__"
@@ -66,8 +70,6 @@ _SAFE_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run dir or None) for a run directory or a .pt file."""
-    from fercli.model.checkpoints import BEST_CHECKPOINT
-
     if src.is_dir():
         ck = src / BEST_CHECKPOINT
         if not ck.is_file():
@@ -84,8 +86,6 @@ def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
 
 def train_command(config: dict[str, Any]) -> str:
     """A `fer train ...` command line that reproduces `config` (non-default options only)."""
-    from fercli.train.config import TrainConfig
-
     defaults = dataclasses.asdict(TrainConfig())
     skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
     parts = ["fer", "train"]
@@ -144,8 +144,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
     """(model, provenance block) of a run directory's best.pt or a checkpoint file."""
-    from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
-
     ck_path, run_dir = _find_checkpoint(src)
     ckpt = load_checkpoint(ck_path)
     model = model_from_checkpoint(ckpt, ck_path)  # proves the weights fit the spec before export
@@ -303,8 +301,6 @@ def with_metadata(src: Path | str, out_path: Path | str, updates: dict[str, Any]
 def _input_text(image_size: int) -> str:
     """What the model expects, from its own spec: FACE_SIZE face crops (the FER2013 format, the
     same crop as in training), which the model itself resizes to its input size."""
-    from fercli.vision.faces import FACE_SIZE
-
     resize = "" if image_size == FACE_SIZE else f"; the model resizes it to {image_size}x{image_size} itself"
     return f"greyscale face crop, uint8, {FACE_SIZE}x{FACE_SIZE} (INTER_AREA) as in training{resize}"
 
@@ -368,8 +364,6 @@ def load_exported(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     np.load with allow_pickle=False: nothing in the file is executed. The architecture is
     rebuilt from the spec and the weights are loaded strictly, cast to float32.
     """
-    from fercli.model.networks import model_from_spec
-
     arrays, meta, data = _read_archive(path)
     path = Path(str(path).removesuffix(INDEX_SUFFIX))
     classes = meta.get("classes")

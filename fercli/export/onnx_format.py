@@ -43,9 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fercli.errors import FerError
+from fercli.export.npz_format import export_meta
 from fercli.export.onnx_runtime import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME
+from fercli.files import atomic_write_bytes, atomic_write_many, json_bytes
+from fercli.model.networks import BilinearResNet34, signed_sqrt
 from fercli.model.temperature import temperature_of
-from fercli.vision.faces import FACE_SIZE
+from fercli.vision.faces import FACE_SIZE, crop_face, resize_face
+from fercli.vision.images import IMAGE_EXTENSIONS, BadImage, load_grey
 
 OPSET = 17
 CACHE_KEEP = 3  # converted graphs kept in the cache (fp32 85-180 MB, int8 a quarter; each counts)
@@ -71,8 +75,6 @@ class ProbsGraph(nn.Module):
         self.temperature = temperature  # the model's calibration T (1: none recorded)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        from fercli.model.networks import BilinearResNet34, signed_sqrt
-
         x = faces.float() / 255.0  # (N, 1, 48, 48) in [0, 1], as model.inference.predict_logits
         m = self.model
         if isinstance(m, BilinearResNet34):
@@ -159,8 +161,6 @@ def calibration_faces(folder: Path | str, count: int = CALIBRATION_FACES) -> np.
     a fixed seed-0 sample), resized as `fer prepare` resizes dataset images."""
     import random
 
-    from fercli.vision.faces import resize_face
-    from fercli.vision.images import IMAGE_EXTENSIONS, BadImage, load_grey
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -190,7 +190,6 @@ def sample_calibration_faces(count: int = CALIBRATION_FACES, seed: int = 0) -> n
     64.53%), as many as 256 FER2013 Training faces did (docs/benchmarks.md)."""
     import cv2
 
-    from fercli.vision.faces import crop_face
 
     with np.load(CALIBRATION_ASSET) as z:
         portraits = z["faces"]  # (2, 160, 160) uint8
@@ -282,9 +281,6 @@ def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16",
                 int8_calibration: Path | str | None = None) -> dict[str, Any]:
     """`fer export SRC --format onnx`: a run dir / .pt checkpoint / exported .npz -> .onnx.
     With `int8_calibration` (a folder of face crops, e.g. FER2013 Training): static int8."""
-    from fercli.export.npz_format import export_meta
-    from fercli.files import atomic_write_many, json_bytes
-
     src, out_path = Path(src), Path(out_path)
     if out_path.suffix != ".onnx":
         raise FerError(f"--out {out_path}: an ONNX model must be a .onnx file")
@@ -354,8 +350,6 @@ def cached_onnx_bytes(model: nn.Module, classes: tuple[str, ...] | list[str],
 
 def _cached(path: Path, build: Any) -> bytes:
     """path's bytes, or build() written to path (atomically; skipped if unwritable)."""
-    from fercli.files import atomic_write_bytes
-
     try:
         data = path.read_bytes()
         os.utime(path)  # most recently used: kept by the pruning below

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fercli.device import device_name
 from fercli.errors import FerError
 from fercli.infer.classifier import BACKENDS, PRECISIONS, Classifier, make_classifier
 from fercli.infer.config import PredictConfig
@@ -203,8 +204,6 @@ class Recognizer:
 
     @property
     def device(self) -> str:
-        from fercli.device import device_name
-
         return str(device_name(self.classifier.device))
 
     @property

@@ -34,8 +34,10 @@ import numpy as np
 from fercli.errors import FerError
 from fercli.files import atomic_save, atomic_write_text, silent_write_fault
 from fercli.infer.config import PredictConfig
-from fercli.infer.recognizer import Recognizer
+from fercli.infer.predict import _annotate, frame_csv
+from fercli.infer.recognizer import Face, Recognizer
 from fercli.infer.recognizer import validate as validate_predict
+from fercli.plots import plot_emotions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -283,8 +285,6 @@ def timeline_frame(result: VideoResult, classes: tuple[str, ...] | None = None) 
 
 
 def _draw(bgr: np.ndarray, rows: list[FrameFace]) -> np.ndarray:
-    from fercli.infer.predict import _annotate
-    from fercli.infer.recognizer import Face
 
     return _annotate(bgr, tuple(Face(box=r.box, label=f"#{r.track} {r.label}", probs={
         f"#{r.track} {r.label}": r.probs[r.label]}) for r in rows)) if rows else bgr
@@ -453,8 +453,6 @@ def run_video(
 ) -> VideoResult:
     """Detect, classify and track faces through a video file or a camera stream.
     `recognizer` (its settings win over cfg's) or `classifier` skip loading the model."""
-    from fercli.infer.predict import frame_csv
-
     t0 = time.perf_counter()
     validate(cfg)
     pcfg = PredictConfig(inputs=(cfg.source,), model=cfg.model, detector=cfg.detector, tta=cfg.tta,
@@ -486,8 +484,6 @@ def run_video(
         if cfg.csv is not None:
             atomic_write_text(Path(cfg.csv).expanduser(), frame_csv(df))
         if cfg.plot is not None:
-            from fercli.plots import plot_emotions
-
             plot_emotions(df, Path(cfg.plot).expanduser(), title=result.source)
     return result
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from fercli.errors import FerError
 from fercli.files import atomic_save, torch_load_weights_only
+from fercli.model.networks import model_from_spec
 
 CHECKPOINT_FORMAT = "fercli-checkpoint-v1"
 LAST_CHECKPOINT = "last.pt"
@@ -60,8 +61,6 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
     """Rebuild the architecture from its spec and load the weights, strictly."""
-    from fercli.model.networks import model_from_spec
-
     model = model_from_spec(ckpt["model_spec"], empty=True)  # the strict load fills every weight
     try:
         model.load_state_dict(ckpt["model"], strict=True)

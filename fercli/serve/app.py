@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from fercli import __version__
+from fercli.api import Recognizer
 from fercli.errors import FerError
 from fercli.serve.apidocs import render_api_docs
 from fercli.serve.batching import MicroBatcher
@@ -181,7 +182,6 @@ def check_header(data: bytes, max_pixels: int) -> None:
 
 
 def _load_recognizer(cfg: ServeConfig) -> Any:
-    from fercli.api import Recognizer
 
     return Recognizer(model=cfg.model, device=cfg.device, backend=cfg.backend,
                       precision=cfg.precision, detector=cfg.detector, tta=cfg.tta)

@@ -33,6 +33,7 @@ from fercli.errors import FerError
 from fercli.files import WriteFault
 from fercli.model import checkpoints as checkpoint_files  # save_checkpoint looked up at call time
 from fercli.model.checkpoints import BEST_CHECKPOINT, CHECKPOINT_FORMAT, LAST_CHECKPOINT, cpu_copy
+from fercli.model.networks import freeze_trunks, model_from_spec
 from fercli.train.config import TrainConfig, checkpoint_cadence
 
 MB = 1e6
@@ -252,8 +253,6 @@ def checkpoint_bytes(cfg: TrainConfig, num_classes: int = 7) -> tuple[int, int]:
     """(best.pt, last.pt) bytes of a run of `cfg`, counted on its architecture built on the
     meta device (no memory, no weights read). last.pt adds the optimizer state (Adam/AdamW:
     two moments per trainable weight; SGD: one momentum buffer) and with --ema the average."""
-    from fercli.model.networks import freeze_trunks, model_from_spec
-
     spec = {"name": cfg.model, "num_classes": num_classes, "image_size": cfg.image_size,
             "shared_backbone": cfg.shared_backbone}
     with torch.device("meta"):

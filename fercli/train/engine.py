@@ -34,6 +34,7 @@ from torch import nn
 from fercli.data.resident import DeviceSplit, augment_with
 from fercli.errors import FerError
 from fercli.model.inference import autocast, predict_logits
+from fercli.train.distributed import all_reduce_sum
 from fercli.train.optim import graph_capturable, use_tensor_lr
 from fercli.train.regularize import (
     ERASE_DRAWS,
@@ -251,8 +252,6 @@ def train_one_epoch(
     # The global batches, all ranks together (--shard-data: each rank drew B / W of its own).
     seen = steps * bs * (world if world > 1 and dist.sharded else 1)
     if world > 1:
-        from fercli.train.distributed import all_reduce_sum
-
         # Sum of the ranks' per-step mean losses (÷ W: the global mean) and of their hits.
         sums = all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]), dist)
         loss_sum, correct = sums[0] / world, sums[1]

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
-from fercli.files import read_json
-from fercli.train.config import TrainConfig
+from fercli.files import atomic_write_json, read_json
+from fercli.train.config import TrainConfig, resolve_optimizer, validate_config
+from fercli.train.runs import run_dir_for, train
 
 # ("job_start", {"name", "pid", "device", "mode"}), ("job_end", JobResult as dict)
 JobEvent = Callable[[str, dict[str, Any]], None]
@@ -197,11 +199,6 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
     """`fer train --seeds ... / --fold all` as concurrent runs under one root directory:
     ROOT/seed-S (several seeds) / fold-K (--fold all), each a normal run directory; a k-fold
     root gets its kfold.json (what `fer evaluate` aggregates) once all its folds finished."""
-    from fercli.data.prepared import load_prepared
-    from fercli.files import atomic_write_json
-    from fercli.train.config import resolve_optimizer, validate_config
-    from fercli.train.runs import run_dir_for
-
     validate_config(cfg)
     ds = load_prepared(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
@@ -231,8 +228,6 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
 
 def _child(spec_path: str) -> int:
     """One run in this process: the config comes from the JSON file the scheduler wrote."""
-    from fercli.train.runs import train
-
     try:
         cfg = TrainConfig(**read_json(spec_path, "job config"))
         train(cfg)

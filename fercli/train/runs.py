@@ -32,8 +32,14 @@ from fercli.data.prepared import PreparedDataset, load_prepared
 from fercli.data.resident import plan_splits, to_device
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
+from fercli.evaluation.calibrate import (
+    calibrate_run,  # T for best.pt, fitted on plan.val only
+)
 from fercli.files import atomic_write_json, read_json, sweep_stale_temps
+from fercli.infer.sources import load_model_source
 from fercli.model.checkpoints import LAST_CHECKPOINT, load_checkpoint
+from fercli.model.networks import build_model, init_trunks_from
+from fercli.plots import plot_loss_curve
 from fercli.provenance import code_version, training_label
 from fercli.train import distributed
 from fercli.train.checkpointing import Cadence, Checkpointer, ensure_checkpoint_space
@@ -44,6 +50,7 @@ from fercli.train.config import (
 )
 from fercli.train.engine import make_train_step
 from fercli.train.loop import ProgressCallback, Run, fit
+from fercli.train.optim import build_optimizer
 from fercli.train.regularize import WeightEMA
 
 
@@ -152,9 +159,6 @@ def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) 
 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
     """--init-from: copy a FER2013 model's trunks into `model` (fresh head); its provenance."""
-    from fercli.infer.sources import load_model_source
-    from fercli.model.networks import init_trunks_from
-
     src = load_model_source(cfg.init_from, "--init-from")
     if not str(src.dataset_name or "").lower().startswith("fer2013"):
         raise FerError(f"--init-from {src.path} was trained on {src.dataset_name or 'an unrecorded dataset'}, "
@@ -208,10 +212,6 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     images = fit(run, emit)
     result = _result(run, plan, info, time.perf_counter() - t_run, images)
     if dist_info.is_main:
-        from fercli.evaluation.calibrate import (
-            calibrate_run,  # T for best.pt, fitted on plan.val only
-        )
-
         calibrate_run(run_dir, val_data, plan, ds, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype)
     distributed.barrier(dist_info)  # the other ranks return once the run's files are written
     return result
@@ -259,9 +259,6 @@ def _build(cfg: TrainConfig, ds: PreparedDataset, device: torch.device,
            dist_info: distributed.DistInfo) -> tuple[Any, Any, WeightEMA | None, dict[str, Any] | None]:
     """(model, optimizer, weight EMA, --init-from provenance). Model init is seeded; CPU
     kernels are deterministic for what we use."""
-    from fercli.model.networks import build_model
-    from fercli.train.optim import build_optimizer
-
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(ds.classes), image_size=cfg.image_size,
                         pretrained=cfg.pretrained, weights=cfg.weights,
@@ -382,8 +379,6 @@ def _result(run: Run, plan: Any, run_info: dict[str, Any], seconds: float, image
                            seconds=seconds, images_per_second=images / max(seconds, 1e-9))
     if run.history:
         try:
-            from fercli.plots import plot_loss_curve
-
             plot_loss_curve(run.history, run.run_dir / "loss_curve.png")
         except ImportError:  # matplotlib missing: the CSV still has everything
             pass
