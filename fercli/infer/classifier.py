@@ -41,7 +41,7 @@ class ModelInfo:
 
 
 OPTIMIZE_MODES = ("auto", "eager", "jit")
-# What `fer predict` uses on the CPU. bench/benchmarks/bench_predict.py (docs/benchmarks.md): a frozen
+# What `fer predict` uses on the CPU. devtools/benchmarks/bench_predict.py (docs/benchmarks.md): a frozen
 # TorchScript model (trace + freeze + optimize_for_inference, oneDNN fusion) is faster per
 # face at batch 1 but no faster at batch 64, and building it costs seconds — so a one-shot
 # CLI run stays eager and batched; a long-lived caller classifying one face at a time (a
@@ -223,7 +223,7 @@ def make_classifier(cfg: PredictConfig) -> tuple[Classifier, ModelInfo, str]:
     An .onnx model runs on onnxruntime (torch cannot run it). A torch model (.npz / .pt /
     run dir) runs on onnxruntime with --backend onnx, and with auto on the CPU when
     onnxruntime is installed and the TTA fits the graph's fixed 48x48 input: it was faster
-    there at batch 1 and 64 (bench/benchmarks/bench_predict.py, docs/benchmarks.md). The conversion is
+    there at batch 1 and 64 (devtools/benchmarks/bench_predict.py, docs/benchmarks.md). The conversion is
     cached (fercli.export.onnx_format.cached_onnx_bytes). A failed conversion under auto falls back
     to torch and says why.
 

@@ -23,8 +23,8 @@ median CPU time per image (this process, all threads), which a shared CPU distur
 less than wall time (use --threads 1 there: with 2 threads an OpenMP barrier waits for a
 descheduled thread, so even CPU time inflates).
 
-    PYTHONPATH=. python3 bench/benchmarks/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
-    python3 bench/benchmarks/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
+    PYTHONPATH=. python3 devtools/benchmarks/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
+    python3 devtools/benchmarks/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
 """
 
 from __future__ import annotations
