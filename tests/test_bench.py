@@ -97,7 +97,7 @@ def test_flops_grow_with_the_input_area():
     roughly quadruples its FLOPs (less at the end: the 2×2 map at 48 px becomes 3×3, not 4×4)."""
     import torch
 
-    from fercli.bench.engine_bench import flops_per_image
+    from fercli.bench.measure import flops_per_image
     from fercli.model.networks import build_model
 
     f = {}
