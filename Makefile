@@ -36,7 +36,7 @@ demo: $(STAMP)
 	@echo "Annotated images are in demo_out/"
 
 lint: $(STAMP)
-	$(PY) -m ruff check fercli tests bench
+	$(PY) -m ruff check fercli tests devtools
 
 bench: $(STAMP)
 	$(VENV)/bin/fer bench --device cpu

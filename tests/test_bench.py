@@ -65,7 +65,7 @@ def test_bench_bad_options_are_one_line_errors(no_data, args, culprit):
 
 
 def test_gpu_check_prepare_of_fer2013_folders_needs_no_haar_cascade(tmp_path, monkeypatch):
-    """The device has OpenCV 5 (no CascadeClassifier, no bundled cascades): bench/gpu_check/gpu_check.sh's
+    """The device has OpenCV 5 (no CascadeClassifier, no bundled cascades): devtools/gpu_check/gpu_check.sh's
     `fer prepare fer2013 FOLDERS` must never reach for the detector."""
     import cv2
 
@@ -97,7 +97,7 @@ def test_flops_grow_with_the_input_area():
     roughly quadruples its FLOPs (less at the end: the 2×2 map at 48 px becomes 3×3, not 4×4)."""
     import torch
 
-    from fercli.bench.engine_bench import flops_per_image
+    from fercli.bench.measure import flops_per_image
     from fercli.model.networks import build_model
 
     f = {}

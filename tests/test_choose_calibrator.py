@@ -1,4 +1,4 @@
-"""bench/release/choose_calibrator.py: the ensemble-temperature fit is the optimum it claims,
+"""devtools/release/choose_calibrator.py: the ensemble-temperature fit is the optimum it claims,
 keeps every label, and the PublicTest rule can pick either candidate."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.release import choose_calibrator as cc
+from devtools.release import choose_calibrator as cc
 from fercli.model.temperature import softmax
 
 

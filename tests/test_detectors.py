@@ -58,7 +58,7 @@ def test_yunet_finds_every_sample_face_and_nothing_else(name: str) -> None:
 @needs_yunet
 @pytest.mark.realdata
 def test_yunet_finds_upscaled_fer2013_faces_haar_misses(fer2013_folders: Path) -> None:
-    """FER2013 PrivateTest faces upscaled to 192 px (bench/benchmarks/bench_detect.py measures all 3,589)."""
+    """FER2013 PrivateTest faces upscaled to 192 px (devtools/benchmarks/bench_detect.py measures all 3,589)."""
     files = sorted((fer2013_folders / "test").rglob("PrivateTest_*.jpg"))[::180][:20]
     found = {"haar": 0, "yunet": 0}
     for f in files:

@@ -122,7 +122,7 @@ def test_bilinear_shared_round_trip(tmp_path: Path) -> None:
 
 def test_amend_metadata_corrects_provenance_and_keeps_the_weights(run_dir: tuple[Path, torch.nn.Module],
                                                                    tmp_path: Path) -> None:
-    """What bench/release/ship_model.py does to a device call's export: same weights, corrected
+    """What devtools/release/ship_model.py does to a device call's export: same weights, corrected
     code_version, a provenance_corrections entry; the original untouched."""
     from fercli.export.npz_format import amend_metadata
 

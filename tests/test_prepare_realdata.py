@@ -113,7 +113,7 @@ def test_fer2013_folders_exact_counts(fer_folder_result) -> None:  # type: ignor
     dup = m["duplicates"]
     assert dup["count"] > 1000 and dup["cross_split"] > 100  # FER2013 is known to hold duplicates
     assert dup["extra_copies"] >= dup["count"]
-    # Timing is a benchmark's job (bench/benchmarks/bench_prepare.py), not a test's: a wall-clock bound
+    # Timing is a benchmark's job (devtools/benchmarks/bench_prepare.py), not a test's: a wall-clock bound
     # flakes on a busy machine. The result only has to say how long it took.
     assert fer_folder_result.seconds > 0
 

@@ -17,7 +17,7 @@ from fercli.train import config, runs
 from fercli.train.optim import build_optimizer
 from tests.fixtures import make_fer_like, tiny_cfg
 
-RECIPES_FILE = Path(__file__).resolve().parents[1] / "bench" / "gpu_check" / "recipes_fer2013.json"
+RECIPES_FILE = Path(__file__).resolve().parents[1] / "devtools" / "gpu_check" / "recipes_fer2013.json"
 
 
 def test_defaults_keep_the_old_schedule_and_warmup_ramps() -> None:
@@ -120,7 +120,7 @@ def test_options_reach_the_train_step_and_config_json(tmp_path: Path, monkeypatc
 
 
 def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
-    """bench/gpu_check/recipes_fer2013.json is run unattended on a lent GPU: every recipe (and the CK+
+    """devtools/gpu_check/recipes_fer2013.json is run unattended on a lent GPU: every recipe (and the CK+
     transfer) must parse as `fer train` options (a typo would cost the call) and differ."""
     from typer.main import get_command
 
@@ -146,7 +146,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
 
 
 def test_recipe_search_sizes_epochs_to_the_share() -> None:
-    from bench.gpu_check import recipe_search as rs
+    from devtools.gpu_check import recipe_search as rs
 
     # 21,500 img/s (the H200's graphed rate at 48 px): 28,709 + 3,589/3 images ≈ 1.39 s + 0.25 s per epoch.
     per_epoch = 28709 / 21500 + 3589 / (3 * 21500) + 0.25

@@ -56,7 +56,7 @@ CACHE_KEEP = 3  # converted graphs kept in the cache (fp32 85-180 MB, int8 a qua
 CALIBRATION_FACES = 256  # int8 activation ranges: enough faces for stable min/max
 # Two public-domain portraits (sample_images/README.md), 160x160 grey, face box (30, 30, 100,
 # 100): the calibration faces of the int8 graph `fer predict` builds for the shipped model
-# (bench/release/make_calibration_faces.py writes the file).
+# (devtools/release/make_calibration_faces.py writes the file).
 CALIBRATION_ASSET = Path(__file__).resolve().parents[1] / "assets" / "calibration_faces.npz"
 CALIBRATION_FACE_BOX = (30, 30, 100, 100)
 INT8_CACHE_TAG = "int8-sample-v1"  # bump when sample_calibration_faces or quantize_int8 change

@@ -25,7 +25,7 @@ from fercli.model.temperature import check_temperature, temperature_of
 from fercli.vision.faces import FACE_SIZE
 
 OPTIMIZE_MODES = ("auto", "eager", "jit")
-# What `fer predict` uses on the CPU. bench/benchmarks/bench_predict.py (docs/benchmarks.md): a frozen
+# What `fer predict` uses on the CPU. devtools/benchmarks/bench_predict.py (docs/benchmarks.md): a frozen
 # TorchScript model (trace + freeze + optimize_for_inference, oneDNN fusion) is faster per
 # face at batch 1 but no faster at batch 64, and building it costs seconds — so a one-shot
 # CLI run stays eager and batched; a long-lived caller classifying one face at a time (a

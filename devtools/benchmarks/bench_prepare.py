@@ -1,6 +1,6 @@
 """Time `fer prepare fer2013` on the real FER2013 image folders, a zip of them and the CSV.
 
-    .venv/bin/python bench/benchmarks/bench_prepare.py [--folders DIR] [--repeat 3] [--only folder,zip,csv]
+    .venv/bin/python devtools/benchmarks/bench_prepare.py [--folders DIR] [--repeat 3] [--only folder,zip,csv]
 
 The zip and CSV are built once from the folders into the test cache (~/.cache/fercli-tests or
 $FER_TEST_CACHE; the same files the realdata tests use). Prints one JSON object: the machine,

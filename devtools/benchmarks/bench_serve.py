@@ -1,6 +1,6 @@
 """Serving benchmark of `fer serve`: images/s and latency at 1, 8 and 32 concurrent clients.
 
-    .venv/bin/python bench/benchmarks/bench_serve.py [--seconds 20] [--clients 1 8 32] [--browser 15]
+    .venv/bin/python devtools/benchmarks/bench_serve.py [--seconds 20] [--clients 1 8 32] [--browser 15]
         [--json out.json]
 
 Two servers, started one after the other with `python -m fercli serve` on a loopback port,
@@ -211,7 +211,7 @@ def main() -> None:
 
     result: dict = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "command": "python bench/benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
+        "command": "python devtools/benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version()},
         "rows": [],

@@ -2,7 +2,7 @@
 (sample_images/README.md) as 160x160 grey crops around their Haar boxes, from which
 fercli.export.onnx_format.sample_calibration_faces draws the int8 calibration faces.
 
-    .venv/bin/python bench/release/make_calibration_faces.py
+    .venv/bin/python devtools/release/make_calibration_faces.py
 
 Boxes from sample_images/README.md (OpenCV 4.14 Haar); side = 1.6 x the box, so the face box
 is (30, 30, 100, 100) in each crop (CALIBRATION_FACE_BOX).

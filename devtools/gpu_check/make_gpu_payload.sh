@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Assemble gpu_payload/ (git-ignored) for bench/gpu_check/gpu_check.sh: by default the FER2013 jpegpack,
+# Assemble gpu_payload/ (git-ignored) for devtools/gpu_check/gpu_check.sh: by default the FER2013 jpegpack,
 # its unpacker and the CK+48 crops (MODE=recipes ends with a CK+ transfer), copied from
 # ../shared (override with FER_SHARED=DIR); PAYLOAD_DATA=fer2013 leaves CK+48 out;
 # PAYLOAD_DATA=ck+ takes CK+48 alone (MODE=ablate on CK+: the shipped model then travels too). The device

@@ -23,8 +23,8 @@ median CPU time per image (this process, all threads), which a shared CPU distur
 less than wall time (use --threads 1 there: with 2 threads an OpenMP barrier waits for a
 descheduled thread, so even CPU time inflates).
 
-    PYTHONPATH=. python3 bench/benchmarks/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
-    python3 bench/benchmarks/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
+    PYTHONPATH=. python3 devtools/benchmarks/ablation_engine.py --device cpu --batch-size 64 --steps 5 --rounds 2
+    python3 devtools/benchmarks/ablation_engine.py --device cuda --batch-size 16 --variants engine,compile,reduce-overhead
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 import fercli.model.networks  # noqa: E402
 from fercli.bench import engine_bench as bench  # noqa: E402
+from fercli.bench.measure import centralize_python_loop, engine_throughput  # noqa: E402
 from fercli.data.resident import DeviceSplit  # noqa: E402
 from fercli.device import device_name, resolve_device  # noqa: E402
 from fercli.model.networks import build_model  # noqa: E402
@@ -107,7 +108,7 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device, x: tor
             opt.zero_grad(set_to_none=set_to_none)
 
         def step(self) -> None:
-            bench.centralize_python_loop(model)
+            centralize_python_loop(model)
             opt.step()
 
     class ItemStep(engine.TrainStep):
@@ -129,9 +130,9 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device, x: tor
     if not s["fused_head"]:
         fercli.model.networks.normalize_bilinear = unfused_normalize_bilinear  # BilinearResNet34.pooled uses it
     try:
-        ips, ms, _ = bench.engine_throughput(model, opt, step_fn, data, batch_size=args.batch_size,
-                                             steps=args.steps, warmup=warm, amp_dtype=amp,
-                                             channels_last=s["cl"])
+        ips, ms, _ = engine_throughput(model, opt, step_fn, data, batch_size=args.batch_size,
+                                       steps=args.steps, warmup=warm, amp_dtype=amp,
+                                       channels_last=s["cl"])
         return ips, ms
     finally:
         fercli.model.networks.normalize_bilinear = original

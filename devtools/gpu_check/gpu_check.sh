@@ -6,8 +6,8 @@
 #      (no Haar cascade is loaded for FER2013 folders: OpenCV 5 on the device has none);
 #      `fer prepare ck+` when gpu_payload/CK+48 travelled.
 #   2. by MODE:
-#      MODE=recipes (the default): bench/gpu_check/recipe_search.py over $RECIPES
-#        (bench/gpu_check/recipes_fer2013.json): a throughput probe at each image size, each
+#      MODE=recipes (the default): devtools/gpu_check/recipe_search.py over $RECIPES
+#        (devtools/gpu_check/recipes_fer2013.json): a throughput probe at each image size, each
 #        recipe (on top of `--preset fer2013-scratch`) for an equal share of the budget, the
 #        recipe chosen on PublicTest only, PrivateTest read once for the chosen run (single
 #        model, then flip TTA), which is exported; with CK+48 in the payload it ends with the
@@ -15,18 +15,18 @@
 #      MODE=ablate: `fer ablate` (Table 5) with --jobs $JOBS on ABLATE_DATASETS ("ck+" by
 #        default, or "fer2013", or both; ABLATE_CK_EPOCHS 30, ABLATE_FER_EPOCHS 12,
 #        ABLATE_SEEDS 0,1,2); $OUT gets ablation-<dataset>.json.
-#      MODE=engine: the engine's throughput rows graphed AND eager (bench/gpu_check/gpu_rows.py),
+#      MODE=engine: the engine's throughput rows graphed AND eager (devtools/gpu_check/gpu_rows.py),
 #        concurrent runs (`fer train --seeds 0..N-1 --jobs N`), graphed vs eager loss curves,
 #        then one accuracy run of `--preset fer2013-scratch` (RECIPE_ARGS adds options) for the
 #        epochs the budget left allows, `fer evaluate` (PrivateTest once), `fer export`.
-#   3. $OUT: gpu_check.json (every number; bench/gpu_check/gpu_summary.py), gpu_check.log,
+#   3. $OUT: gpu_check.json (every number; devtools/gpu_check/gpu_summary.py), gpu_check.log,
 #      model/* (the `fer export --max-shard-mb 15` output, ≤ 6 files of ≤ 15 MiB): ≤ 8 files.
 #
-# On the device (repo root, gpu_payload/ carried; bench/gpu_check/make_gpu_payload.sh builds it):
-#   PYTHON=python3 bash bench/gpu_check/gpu_check.sh
+# On the device (repo root, gpu_payload/ carried; devtools/gpu_check/make_gpu_payload.sh builds it):
+#   PYTHON=python3 bash devtools/gpu_check/gpu_check.sh
 # Dry run on a CPU (tiny sizes, a synthetic FER2013-shaped dataset for the training steps;
 # checks the flow end to end, numbers mean nothing):
-#   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash bench/gpu_check/gpu_check.sh
+#   GPU_CHECK_DRY=1 DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/gc bash devtools/gpu_check/gpu_check.sh
 #
 # Knobs (environment): MODE (recipes), RECIPES, OUT, DEVICE (cuda), BUDGET_S (whole script, 530),
 # JOBS (8), MODE=engine step caps ROWS_S (200), CONC_S (100), CURVE_S (60, each of the two),
@@ -47,7 +47,7 @@ OUT=${OUT:-/tmp/fer_gpu_check_out}
 JOBS=${JOBS:-8}
 RECIPE_ARGS=${RECIPE_ARGS:-}
 MODE=${MODE:-recipes}  # recipes (FER2013 recipe search + CK+ transfer) | ablate (Table 5) | engine (throughput rows + one accuracy run)
-RECIPES=${RECIPES:-bench/gpu_check/recipes_fer2013.json}
+RECIPES=${RECIPES:-devtools/gpu_check/recipes_fer2013.json}
 LIMIT_SCALE=1
 if [ "$DRY" = 1 ]; then
   LIMIT_SCALE=${LIMIT_SCALE_DRY:-8}  # a CPU is far slower; limits only guard against hangs
@@ -166,19 +166,19 @@ if [ "$MODE" = ablate ]; then
   EPOCHS=0
 elif [ "$MODE" = recipes ]; then
   # ------------------------------------------------------------ the recipe search
-  # bench/gpu_check/recipe_search.py: a throughput probe, then each recipe of
+  # devtools/gpu_check/recipe_search.py: a throughput probe, then each recipe of
   # $RECIPES for an equal share of the budget left, chosen on PublicTest; only the chosen
   # run is evaluated on PrivateTest and exported.
   RS_ARGS=""
   [ "$DRY" = 1 ] && RS_ARGS="--dry"
   LEFT=$((T_END - $(date +%s) - 25))  # 25 s: the summary and copying back
-  run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" bench/gpu_check/recipe_search.py --recipes "$RECIPES" \
+  run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" devtools/gpu_check/recipe_search.py --recipes "$RECIPES" \
     --budget-s $((LEFT - 20)) --device "$DEVICE" --work "$WORK/recipes" --json "$WORK/recipes.json" \
     --export "$WORK/export" $RS_ARGS
   EPOCHS=0
 else
 # ---------------------------------------------------------------- MODE=engine: throughput rows (graphed + eager)
-run_step rows "${ROWS_S:-200}" "$PY" bench/gpu_check/gpu_rows.py --device "$DEVICE" --json "$WORK/rows.json" $ROWS_ARGS
+run_step rows "${ROWS_S:-200}" "$PY" devtools/gpu_check/gpu_rows.py --device "$DEVICE" --json "$WORK/rows.json" $ROWS_ARGS
 
 # ---------------------------------------------------------------- MODE=engine: concurrent runs, paper bcnn b16
 SEEDS=$(seq -s, 0 $((JOBS - 1)))
@@ -242,6 +242,6 @@ if [ -d "$WORK/export" ]; then
     log "export: $n files ($big over 15 MiB) do not fit what \$OUT can return; not copied"
   fi
 fi
-"$PY" bench/gpu_check/gpu_summary.py "$WORK" "$OUT/gpu_check.json" "$T_START" "$EPOCHS" | tee -a "$LOG"
+"$PY" devtools/gpu_check/gpu_summary.py "$WORK" "$OUT/gpu_check.json" "$T_START" "$EPOCHS" | tee -a "$LOG"
 log "gpu_check done in $(($(date +%s) - T_START))s"
 find "$OUT" -type f | sort >&2

@@ -2,7 +2,7 @@
 scaling, chosen on the selection split alone by the rule in docs/results.md ("Choosing the
 calibrator on PublicTest"). Writes nothing; prints the held-out scores and the choice.
 
-    FER_DATA_DIR=... .venv/bin/python bench/release/choose_calibrator.py [--model default] [--json]
+    FER_DATA_DIR=... .venv/bin/python devtools/release/choose_calibrator.py [--model default] [--json]
 
 Candidates, both fitted by NLL and both keeping every row's argmax:
     temperature  p = softmax(z / T)                                  (Guo et al. 2017)

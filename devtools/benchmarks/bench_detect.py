@@ -1,6 +1,6 @@
 """Face-detector recall: Haar vs YuNet on faces we can label (prints JSON).
 
-    .venv/bin/python bench/benchmarks/bench_detect.py [--fer-root DIR] [--limit N]
+    .venv/bin/python devtools/benchmarks/bench_detect.py [--fer-root DIR] [--limit N]
 
 FER2013 PrivateTest: every image is one face (48x48 crops), upscaled to 192 px (INTER_CUBIC)
 in three variants:

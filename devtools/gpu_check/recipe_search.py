@@ -1,6 +1,6 @@
 """The from-scratch FER2013 recipe search, sized to one device call.
 
-    PYTHONPATH=. python3 bench/gpu_check/recipe_search.py --recipes bench/gpu_check/recipes_fer2013.json \
+    PYTHONPATH=. python3 devtools/gpu_check/recipe_search.py --recipes devtools/gpu_check/recipes_fer2013.json \
         --budget-s 440 --device cuda --work /tmp/rs --json rs.json [--export DIR] [--dry]
 
 1. Throughput probe: `fer bench`'s engine (fercli.bench.engine_bench.run_bench, graphed step) for each
@@ -126,7 +126,7 @@ def ck_transfer(spec: dict, init_run: Path, image_size: int, work: Path, device:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipes", default=str(REPO / "bench" / "recipes_fer2013.json"))
+    ap.add_argument("--recipes", default=str(REPO / "devtools" / "gpu_check" / "recipes_fer2013.json"))
     ap.add_argument("--budget-s", type=float, default=440.0, help="probe + training runs + evaluation")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--work", default="/tmp/fer_recipes")

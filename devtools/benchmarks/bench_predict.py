@@ -1,6 +1,6 @@
 """Per-face and per-photo latency of `fer predict` on this CPU (prints JSON).
 
-    .venv/bin/python bench/benchmarks/bench_predict.py [--repeats 30] [--threads 2] [--no-compile] [--sequential]
+    .venv/bin/python devtools/benchmarks/bench_predict.py [--repeats 30] [--threads 2] [--no-compile] [--sequential]
 
 Per face: the paper's model (bcnn-resnet34, two trunks) and its shared-trunk variant at
 batch 1 on a 48x48 face, after warm-up, median of --repeats runs, for each way of running

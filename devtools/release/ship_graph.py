@@ -3,9 +3,9 @@ parts beside a sha256-checked index, built from the shipped weights exactly as `
 builds it (fercli.infer.torch_backend.bundled_graph_bytes). With it, predicting with the
 bundled model on a CPU needs onnxruntime only, not torch.
 
-    python3 bench/release/ship_graph.py
+    python3 devtools/release/ship_graph.py
 
-Run it after bench/release/ship_model.py or make_calibration_faces.py changes an input of the
+Run it after devtools/release/ship_model.py or make_calibration_faces.py changes an input of the
 graph, then tests/test_onnx.py (it checks the shipped graph against a fresh build).
 """
 

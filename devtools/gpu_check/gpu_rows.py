@@ -10,7 +10,7 @@ Each fer bench row times the graphed step (fer train's CUDA default) AND the eag
 (--no-cuda-graphs) in the same run: the eager numbers are the baseline, rerun here.
 The aggregate over concurrent runs is measured by gpu_check.sh with `fer train --jobs`.
 
-    PYTHONPATH=. python3 bench/gpu_check/gpu_rows.py --device cuda --json OUT.json [--dry]
+    PYTHONPATH=. python3 devtools/gpu_check/gpu_rows.py --device cuda --json OUT.json [--dry]
 """
 
 from __future__ import annotations
