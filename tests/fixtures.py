@@ -433,6 +433,7 @@ def make_run(run_dir: Path, name: str = "resnet34", shared: bool = False, seed: 
 
     from fercli.model.checkpoints import CHECKPOINT_FORMAT, save_checkpoint
     from fercli.model.networks import build_model
+    from fercli.train.config import train_command
 
     torch.manual_seed(seed)
     model = build_model(name, len(CLASSES), shared_backbone=shared).eval()
@@ -448,7 +449,7 @@ def make_run(run_dir: Path, name: str = "resnet34", shared: bool = False, seed: 
     save_checkpoint(run_dir / "best.pt", {
         "format": CHECKPOINT_FORMAT, "model_spec": dict(model.spec), "classes": CLASSES,
         "model": model.state_dict(), "config": cfg, "best": {"epoch": 1, "val_acc": 0.25},
-        "dataset_sha256": "ab" * 32, "dataset_name": "fer2013", "fercli_version": "0.1.0",
+        "training_command": train_command(cfg), "dataset_sha256": "ab" * 32, "dataset_name": "fer2013", "fercli_version": "0.1.0",
     })
     (run_dir / "config.json").write_text(json.dumps({"config": cfg, "device": "cpu (test)"}))
     if metrics is not None:

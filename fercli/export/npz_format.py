@@ -24,7 +24,6 @@ names the file.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -53,7 +52,6 @@ from fercli.files import (
 from fercli.model.checkpoints import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
 from fercli.model.networks import model_from_spec
 from fercli.provenance import code_version
-from fercli.train.config import TrainConfig
 from fercli.vision.faces import FACE_SIZE
 
 EXPORT_FORMAT = "fercli-export-v1"
@@ -84,27 +82,6 @@ def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
     return src, run_dir
 
 
-def train_command(config: dict[str, Any]) -> str:
-    """A `fer train ...` command line that reproduces `config` (non-default options only)."""
-    defaults = dataclasses.asdict(TrainConfig())
-    skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
-    parts = ["fer", "train"]
-    for key, value in config.items():
-        if key in skip or key not in defaults or (value == defaults[key] and key != "dataset"):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if key == "fold" and value == -1:
-            value = "all"
-        if isinstance(value, bool):
-            if key in ("pretrained", "augment"):
-                parts.append(flag if value else f"--no-{key}")
-            elif value:
-                parts.append(flag)
-        elif value is None:
-            continue
-        else:
-            parts += [flag, str(value)]
-    return " ".join(parts)
 
 
 def _state_arrays(state: dict[str, torch.Tensor], dtype: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -164,7 +141,8 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
         "dtype": dtype,
         "kept_float32": [],
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
-        "training_command": train_command(config) if config else None,
+        # `fer train` records the command line that reproduces it (fercli.train.config.train_command)
+        "training_command": ckpt.get("training_command") or (run_info or {}).get("training_command"),
         "train_config": config,
         "best_epoch": (ckpt.get("best") or {}).get("epoch"),
         "best_val_acc": (ckpt.get("best") or {}).get("val_acc"),

@@ -192,3 +192,26 @@ def checkpoint_cadence(spec: str) -> tuple[int | None, float | None]:
     except ValueError:
         pass
     raise FerError(f"--checkpoint-every {spec!r} must be a number of epochs (e.g. 5) or of seconds (e.g. 60s)")
+
+
+def train_command(config: dict[str, Any]) -> str:
+    """A `fer train ...` command line that reproduces `config` (non-default options only)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
+    parts = ["fer", "train"]
+    for key, value in config.items():
+        if key in skip or key not in defaults or (value == defaults[key] and key != "dataset"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "fold" and value == -1:
+            value = "all"
+        if isinstance(value, bool):
+            if key in ("pretrained", "augment"):
+                parts.append(flag if value else f"--no-{key}")
+            elif value:
+                parts.append(flag)
+        elif value is None:
+            continue
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)

@@ -46,6 +46,7 @@ from fercli.train.checkpointing import Cadence, Checkpointer, ensure_checkpoint_
 from fercli.train.config import (
     TrainConfig,
     resolve_optimizer,
+    train_command,
     validate_config,
 )
 from fercli.train.engine import make_train_step
@@ -190,7 +191,7 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     amp_dtype = autocast_dtype(device, cfg.precision)
     info = _run_info(cfg, ds, plan, n_train, dist_info, device, amp_dtype, model, init_source)
     identity = {"model_spec": dict(model.spec), "classes": ds.classes, "config": dataclasses.asdict(cfg),
-                "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
+                "training_command": train_command(dataclasses.asdict(cfg)), "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
                 "code_version": info["code_version"], "world_size": dist_info.world_size}
     # The directory is created only here, after everything that can fail on bad input (dataset,
     # weights, resume checks) has passed, so a refused run leaves no directory behind.
@@ -306,6 +307,7 @@ def _run_info(cfg: TrainConfig, ds: PreparedDataset, plan: Any, n_train: int, di
     """config.json: what the run is, on which data, by which code, where (its provenance)."""
     return {
         "config": dataclasses.asdict(cfg),
+        "training_command": train_command(dataclasses.asdict(cfg)),
         "dataset": {"name": ds.name, "path": str(ds.path), "sha256": ds.sha256,
                     "classes": ds.classes, "train": n_train, "val": int(plan.val.size),
                     "test": int(plan.test.size), "val_split": plan.val_name, "test_split": plan.test_name},
