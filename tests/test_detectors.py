@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.infer.recognizer import detect_faces
 from fercli.infer.video import iou
 from fercli.vision import faces
+from fercli.vision.faces import detect_faces
 from fercli.vision.images import load_grey
 from tests.fixtures import SAMPLE_DIR
 

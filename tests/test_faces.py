@@ -23,9 +23,8 @@ from fercli.data.ingest import prepare_fer2013
 from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
 from fercli.infer import predict as P
-from fercli.infer.recognizer import detect_faces
 from fercli.vision import faces
-from fercli.vision.faces import crop_face, resize_face
+from fercli.vision.faces import crop_face, detect_faces, resize_face
 from fercli.vision.images import decode_bgr, decode_grey
 from tests.fixtures import SAMPLE_DIR, face_image, make_fer_folders
 
@@ -128,7 +127,7 @@ def test_predict_detector_crop_is_crop_face_with_its_margin() -> None:
     path = SAMPLE_DIR / "astronaut.jpg"
     (got,) = _predict_faces(path, "haar")
     grey = decode_grey(path.read_bytes())[0]
-    (box,) = detect_faces(grey)
+    (box,) = detect_faces(grey, "haar")
     np.testing.assert_array_equal(got, crop_face(grey, box, 48, margin=0.2))
     assert P.PredictConfig(inputs=()).margin == 0.2
 

@@ -26,11 +26,10 @@ from fercli.export.onnx_format import (
 from fercli.export.onnx_runtime import ONNX_FORMAT, OnnxClassifier
 from fercli.infer.classifier import make_classifier
 from fercli.infer.config import PredictConfig
-from fercli.infer.recognizer import detect_faces
 from fercli.infer.sources import load_model_source
 from fercli.infer.torch_backend import FaceClassifier
 from fercli.model.networks import build_model
-from fercli.vision.faces import FACE_SIZE, crop_face
+from fercli.vision.faces import FACE_SIZE, crop_face, detect_faces
 from fercli.vision.images import load_grey
 from tests.fixtures import CLASSES, SAMPLE_DIR, make_run
 
@@ -48,7 +47,7 @@ def sample_faces() -> np.ndarray:
     crops = []
     for p in sorted(SAMPLE_DIR.glob("*.jpg")):
         g = load_grey(p)
-        crops += [crop_face(g, b, FACE_SIZE, margin=0.2) for b in detect_faces(g)]
+        crops += [crop_face(g, b, FACE_SIZE, margin=0.2) for b in detect_faces(g, "haar")]
     base = np.stack(crops)
     return np.concatenate([base, base[:, :, ::-1], np.roll(base, 3, axis=2)])
 

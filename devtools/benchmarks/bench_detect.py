@@ -12,7 +12,7 @@ in three variants:
 A face counts as found when a box overlaps the true face box with IoU >= 0.3 (plain: the
 whole image; context/covered: the central 192 px square). Sample photos: the four faces
 listed in sample_images/README.md (also with the lower 40 % covered); extra boxes there are
-false positives. Detection runs exactly as `fer predict` runs it (fercli.infer.predict.detect_faces).
+false positives. Detection runs exactly as `fer predict` runs it (fercli.vision.faces.detect_faces).
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ def fer_variants(path: Path) -> dict[str, tuple[np.ndarray, tuple[int, int, int,
 
 
 def main() -> None:
-    from fercli.infer.recognizer import detect_faces
     from fercli.infer.video import iou
-    from fercli.vision.faces import yunet_available
+    from fercli.vision.faces import detect_faces, yunet_available
     from fercli.vision.images import load_grey
 
     ap = argparse.ArgumentParser()

@@ -235,8 +235,8 @@ def main() -> None:
     # Per photo, end to end with the runner fercli.infer.predict uses.
     from fercli.errors import FerError
     from fercli.infer import predict as P
-    from fercli.infer.recognizer import detect_faces
     from fercli.infer.torch_backend import CPU_OPTIMIZE, FaceClassifier
+    from fercli.vision.faces import detect_faces
     from fercli.vision.images import load_grey
 
     try:
@@ -265,7 +265,7 @@ def main() -> None:
             for _ in range(5):
                 grey = load_grey(img)
                 t0 = time.perf_counter()
-                detect_faces(grey)
+                detect_faces(grey, "haar")
                 t_det.append((time.perf_counter() - t0) * 1000)
             photos[img.name]["detect_ms_median"] = round(statistics.median(t_det), 2)
             print(f"{name:24s} {img.name:20s} {photos[img.name]}", file=sys.stderr)

