@@ -212,7 +212,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """The steps of one epoch: one pass over `data` in random order (full batches, tail wrapped:
     epoch_batches); returns mean loss, accuracy and the images processed (steps * B, ≥ len(data)).
-    A run calls it through fercli.train.loop.train_one_epoch (schedule, seeded draws, its step).
+    A run calls it through fercli.train.loop.run_epoch (schedule, seeded draws, its step).
     max_steps stops early (fer bench times a fixed number of steps). on_step(images) runs
     after every step: a run checks its background checkpoint writer there.
 

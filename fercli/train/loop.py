@@ -3,7 +3,7 @@
     Run                    one run's state: config, process (DDP rank), model, optimizer,
                            schedule, EMA, the train step, device data, history, best, checkpoints
     fit(run, emit)         the epoch loop, the same in one process and in every DDP rank
-      train_one_epoch(run, epoch)   lr from the schedule, the epoch's draws, the steps
+      run_epoch(run, epoch)         lr from the schedule, the epoch's draws, the steps
                                     (fercli.train.engine.train_one_epoch)
       end_epoch(run, epoch, ...)    rank 0 only: validate, select, checkpoint, history.csv
 
@@ -76,7 +76,7 @@ class Run:
         return -(-n // min(self.draw_batch, n))
 
 
-def train_one_epoch(run: Run, epoch: int, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+def run_epoch(run: Run, epoch: int, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Epoch `epoch` (0-based) of `run`'s training: the schedule's lr, the epoch's seeded
     order and augmentation draws, then the steps. Returns mean loss, accuracy and images
     (the global batch's, all ranks together). on_step(images) runs after every step."""
@@ -103,7 +103,7 @@ def fit(run: Run, emit: ProgressCallback) -> int:
             if report is not None:
                 report.flush()  # (starts the epoch's progress clock)
             t0 = time.perf_counter()
-            tr = train_one_epoch(run, epoch, on_step=report)
+            tr = run_epoch(run, epoch, on_step=report)
             images += int(tr["images"])
             if ck is None or report is None:
                 continue  # ranks > 0: no validation, no files
