@@ -152,14 +152,18 @@ class Recognizer:
 
     model: None (the shipped model), a `fer train` run directory, a .pt checkpoint, an
     exported .npz or .onnx. device auto|cpu|cuda; backend auto|torch|onnx; precision
-    auto|fp32|int8; detector auto|yunet|haar|none; tta none|flip; margin around each
-    detected box (0.2 = 10% per side); batch_size faces per forward pass for folders.
+    auto|fp32|int8; detector auto|yunet|haar|none; tta none|flip|ten-crop (ten-crop: torch
+    only); margin around each detected box (0.2 = 10% per side); batch_size faces per forward
+    pass for folders.
     `classifier` injects an already-built classifier (tests, benchmarks).
     """
 
-    def __init__(self, model: str | Path | None = None, *, device: str = "auto", backend: str = "auto",
-                 precision: str = "auto", detector: str = "auto", tta: str = "none", margin: float = 0.2,
-                 batch_size: int = 64, classifier: Classifier | None = None) -> None:
+    # Every default is PredictConfig's, the one `fer predict` and `fer serve` read.
+    def __init__(self, model: str | Path | None = PredictConfig.model, *, device: str = PredictConfig.device,
+                 backend: str = PredictConfig.backend, precision: str = PredictConfig.precision,
+                 detector: str = PredictConfig.detector, tta: str = PredictConfig.tta,
+                 margin: float = PredictConfig.margin, batch_size: int = PredictConfig.batch_size,
+                 classifier: Classifier | None = None) -> None:
         cfg = PredictConfig(inputs=(), model=None if model is None else str(model), detector=detector,
                             tta=tta, device=device, margin=margin, batch_size=batch_size, backend=backend,
                             precision=precision)
