@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fercli import paper
-from fercli.train.optim import paper_optimizer
 
 SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
 WEIGHTS_UNAVAILABLE = "weights unavailable"
@@ -70,8 +69,9 @@ FER2013_LABEL = ("FER2013-pretrained ladder (ImageNet weights unavailable): 'pre
 
 
 def optimizer_for(ds: Any, gc: bool) -> str:
-    """The paper's optimizer for the dataset (Adam on CK+, AdamW on FER2013), with or without GC."""
-    return paper_optimizer(ds.key).removesuffix("-gc") + ("-gc" if gc else "")
+    """The paper's optimizer for the dataset (fercli.data.registry: Adam on CK+, AdamW on
+    FER2013), with or without GC."""
+    return ds.paper_optimizer.removesuffix("-gc") + ("-gc" if gc else "")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
