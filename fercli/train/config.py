@@ -133,6 +133,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def validate_config(cfg: TrainConfig) -> None:
+    # deferred: both import torch, and a TrainConfig is made and read without it
     from fercli.model.networks import MODEL_NAMES, check_image_size
     from fercli.train.optim import OPTIMIZER_NAMES
 
