@@ -110,8 +110,7 @@ def _t(source: str, **values: float) -> dict[str, Cell]:
     return {k.replace("ckplus", "ck+"): Cell(v, source) for k, v in values.items()}
 
 
-def _methods(number: int, column: str, rows: dict[str, float]) -> PaperTable:
-    what = "FER2013" if column == "fer2013" else "CK+"
+def _methods(number: int, column: str, what: str, rows: dict[str, float]) -> PaperTable:
     return PaperTable(
         number=number,
         title=f"{what}: OBSR-Net against other methods (accuracy %)",
@@ -122,12 +121,12 @@ def _methods(number: int, column: str, rows: dict[str, float]) -> PaperTable:
     )
 
 
-TABLE3 = _methods(3, "fer2013", {
+TABLE3 = _methods(3, "fer2013", "FER2013", {
     "ResNet34 [22]": 70.55, "VGG16 [31]": 71.52, "MobileNetV3 [32]": 68.24, "ResMasking [33]": 71.97,
     "Deep-emotion [34]": 70.02, "GARAN [35]": 72.14, "VGNFL [36]": 72.49, "FERDL [37]": 75.8,
     "Ours (OBSR-Net)": 77.65,
 })
-TABLE4 = _methods(4, "ck+", {
+TABLE4 = _methods(4, "ck+", "CK+", {
     "AlexNet [20]": 93.59, "ResNet34 [22]": 97.81, "VGG16 [31]": 97.12, "DenseNet121 [38]": 94.69,
     "ResMasking [33]": 98.46, "GARAN [35]": 98.67, "DeRL [39]": 97.3, "Ours (OBSR-Net)": 98.82,
 })
@@ -158,18 +157,19 @@ TEXT_CLAIMS = {
 
 
 def table5_value(row: str, dataset: str) -> Cell:
-    """The paper's Table 5 cell for a ladder row on 'fer2013' or 'ck+' (Cell(None) if absent)."""
+    """The paper's Table 5 cell for a ladder row in column `dataset` ('fer2013' or 'ck+';
+    fercli.data.registry's paper_column), Cell(None) if absent."""
     for r in TABLE5.rows:
         if r.name == row:
             return r.cells.get(dataset, Cell(None))
     return Cell(None)
 
 
-def per_class_table(dataset_name: str, classes: list[str]) -> PerClassTable | None:
-    """Table 1 (FER2013) or Table 2 (CK+) when `classes` are that table's classes, else None."""
-    key = "ck+" if dataset_name.lower().startswith("ck") else dataset_name.lower()
+def per_class_table(column: str, classes: list[str]) -> PerClassTable | None:
+    """Table 1 (column 'fer2013') or Table 2 ('ck+') when `classes` are that table's classes,
+    else None. `column` is the dataset's paper_column in fercli.data.registry."""
     for t in PER_CLASS_TABLES:
-        if t.dataset == key and all(paper_class(t, c) is not None for c in classes):
+        if t.dataset == column and all(paper_class(t, c) is not None for c in classes):
             return t
     return None
 

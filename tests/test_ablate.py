@@ -187,7 +187,8 @@ def test_fer2013_ladder_is_planned_for_ckplus_without_imagenet(tiny_ck: Path, tm
     # --init-from none, or a dataset with fixed splits: the from-scratch ladder.
     scratch = ablate.plan_ablation(dataclasses.replace(cfg, init_from=None))
     assert {r.rung.name for r in scratch.runs} == {"ResNet34", "ResNet34_BCN", "ResNet34_BCN_GC"}
-    fer = ablate._Dataset(key="fer2013", ref="fer2013", path=tmp_path, kfold=False, num_folds=0, sha256="")
+    fer = ablate._Dataset(key="fer2013", ref="fer2013", path=tmp_path, kfold=False, num_folds=0, sha256="",
+                          paper_optimizer="adamw-gc", label="FER2013 %")
     assert ablate._ladder(cfg, fer, False)[1] == ablate.SCRATCH_LABEL
     assert ablate._ladder(cfg, plan.datasets[0], True) == (ablate.PAPER_LADDER, "paper")
 

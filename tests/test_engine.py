@@ -144,11 +144,9 @@ def test_run_directory_records_provenance(tmp_path):
 
 def test_checkpoint_round_trip_reproduces_predictions(tmp_path, monkeypatch):
     # Keep the live model the run trains, to compare it with what last.pt gives back.
-    import fercli.model.networks
-
     built = []
-    real_build = fercli.model.networks.build_model
-    monkeypatch.setattr(fercli.model.networks, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = runs.build_model
+    monkeypatch.setattr(runs, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     ds_path = make_fer_like(tmp_path / "fer")
     (res,) = runs.train(tiny_cfg(ds_path, tmp_path / "run", epochs=1))
     (trained,) = built

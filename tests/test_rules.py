@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from fercli import paper
+from fercli.data import registry
 from fercli.errors import FerError
 from fercli.model.networks import MIN_IMAGE_SIZE, build_model
-from fercli.train import config, optim
+from fercli.train import config
 
 
 def test_one_minimum_image_size_for_train_bench_and_the_model() -> None:
@@ -27,17 +28,18 @@ def test_one_minimum_image_size_for_train_bench_and_the_model() -> None:
 @pytest.mark.parametrize("dataset, expected", [("fer2013", "adamw-gc"), ("ck+", "adam-gc"), ("ckplus", "adam-gc"),
                                                ("CK+48", "adam-gc"), ("my-faces", "adamw-gc")])
 def test_the_papers_optimizers_come_from_one_table(dataset: str, expected: str) -> None:
-    assert optim.paper_optimizer(dataset) == expected
+    assert registry.paper_optimizer(dataset) == expected
     assert config.resolve_optimizer(config.make_train_config("paper"), dataset).optimizer == expected
 
 
 def test_the_ablation_ladder_uses_the_papers_optimizers() -> None:
     from fercli.ablation import ablate, ladder
 
-    for key in ("fer2013", "ck+"):
-        ds = ablate._Dataset(key=key, ref=key, path=None, kfold=key == "ck+", num_folds=10, sha256="")  # type: ignore[arg-type]
-        assert ladder.optimizer_for(ds, gc=True) == optim.PAPER_OPTIMIZERS[key]
-        assert ladder.optimizer_for(ds, gc=False) == optim.PAPER_OPTIMIZERS[key].removesuffix("-gc")
+    for key, expected in (("fer2013", "adamw-gc"), ("ck+", "adam-gc")):
+        ds = ablate._Dataset(key=key, ref=key, path=None, kfold=key == "ck+", num_folds=10, sha256="",  # type: ignore[arg-type]
+                             paper_optimizer=registry.get(key).paper_optimizer, label=key)
+        assert ladder.optimizer_for(ds, gc=True) == expected
+        assert ladder.optimizer_for(ds, gc=False) == expected.removesuffix("-gc")
 
 
 def test_the_paper_preset_is_the_papers_table() -> None:

@@ -29,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from fercli.data import registry  # noqa: E402
+from fercli.device import autocast_dtype, resolve_device  # noqa: E402
 from fercli.evaluation.calibration import ece, nll  # noqa: E402
 from fercli.model.temperature import fit_temperature, softmax  # noqa: E402
 
@@ -92,13 +94,12 @@ def choose(held_out: dict[str, dict[str, float]]) -> str:
 
 def selection_logits(model_ref: str, dataset: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Raw logits (N, C) and labels of the model's selection split, as `fer calibrate` reads them."""
-    from fercli.data.prepared import load_prepared
+    # torch: only when logits are computed, not for the pure choice functions
     from fercli.data.resident import plan_splits
-    from fercli.device import autocast_dtype, resolve_device
     from fercli.evaluation import calibrate
     from fercli.infer.sources import load_model_source
 
-    ds = load_prepared(dataset)
+    ds = registry.load_dataset(dataset)
     plan = plan_splits(ds, None)
     device = resolve_device("auto")
     z, y = calibrate.selection_logits(load_model_source(model_ref).model, ds, plan, plan.val_name, device,

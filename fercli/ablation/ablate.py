@@ -49,7 +49,8 @@ from fercli.ablation.ladder import (
     optimizer_for,
     row_result,
 )
-from fercli.data.prepared import MANIFEST_FILE, resolve_dataset
+from fercli.data import registry
+from fercli.data.prepared import MANIFEST_FILE
 from fercli.errors import FerError
 from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target
 from fercli.files import atomic_write_many, json_bytes, read_json
@@ -96,35 +97,43 @@ class AblateConfig:
 
 @dataclass(frozen=True)
 class _Dataset:
-    key: str  # fer2013 | ck+
-    ref: str  # what engine.load_prepared gets
+    key: str  # its column in the paper's tables (fer2013 | ck+), else its name
+    ref: str  # what registry.load_dataset gets (its --dataset)
     path: Path
     kfold: bool
     num_folds: int
     sha256: str  # of data.npz, from the manifest: a cached run must have used these bytes
+    paper_optimizer: str  # the paper's optimizer for it, GC variant (fercli.data.registry)
+    label: str  # its column heading in the paper's tables ("FER2013 %"), else its name
+
+
+def _datasets_of(ref: str) -> list[str]:
+    """--dataset all: every registered dataset that has a column in the paper's Table 5."""
+    if ref != "all":
+        return [ref]
+    return [s.name for s in registry.specs() if s.paper_column in paper.TABLE5.columns]
 
 
 def _resolve_datasets(ref: str) -> list[_Dataset]:
-
-    refs = ["fer2013", "ck+"] if ref == "all" else [ref]
     out = []
-    for r in refs:
-        path = resolve_dataset(r)
+    for r in _datasets_of(ref):
+        path = registry.resolve_dataset(r)
         manifest = read_json(path / MANIFEST_FILE, "prepared-dataset manifest")
         name = str(manifest.get("name", ""))
-        splits = set(manifest.get("counts", {}).keys())
-        kfold = "train" not in splits
-        key = "ck+" if name.lower().startswith("ck") else ("fer2013" if not kfold else name or "k-fold")
+        rule = registry.split_rule(name, set(manifest.get("counts", {}).keys()), str(path))
+        spec = registry.find(name)
+        key = spec.paper_column if spec else (name or ("k-fold" if rule.kfold else "dataset"))
         k = int(manifest.get("num_folds", 0) or 0)
-        if kfold and k < 3:
-            raise FerError(f"{path}: needs ≥ 3 subject folds for the k-fold ablation, found {k}")
-        out.append(_Dataset(key=key, ref=str(path) if r not in ("fer2013", "ck+") else r, path=path,
-                            kfold=kfold, num_folds=k, sha256=str(manifest.get("sha256", ""))))
+        if rule.kfold and k < rule.min_folds:
+            raise FerError(f"{path}: needs ≥ {rule.min_folds} subject folds for the k-fold ablation, found {k}")
+        out.append(_Dataset(key=key, ref=r if r in registry.names() else str(path), path=path,
+                            kfold=rule.kfold, num_folds=k, sha256=str(manifest.get("sha256", "")),
+                            paper_optimizer=registry.paper_optimizer(name),
+                            label=spec.paper_label if spec else key))
     return out
 
 
 def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: int | None, run_dir: Path):
-
     base = _recipe(cfg)
     base.update(shared_backbone=rung.shared_backbone, init_from=cfg.init_from if rung.init_from else None)
     base.update(dataset=ds.ref, model=rung.model, optimizer=optimizer_for(ds, rung.gc), pretrained=rung.pretrained,
@@ -272,7 +281,7 @@ def plan_ablation(cfg: AblateConfig) -> Plan:
         raise FerError("--seeds needs at least one seed")
     datasets = _resolve_datasets(cfg.dataset)
     root = Path(cfg.out) if cfg.out else Path("runs") / f"ablate-{cfg.dataset.replace('/', '_')}"
-    if cfg.out is None and cfg.dataset not in ("fer2013", "ck+", "all"):
+    if cfg.out is None and cfg.dataset not in (*registry.names(), "all"):
         root = Path("runs") / f"ablate-{datasets[0].key}"
     weights_reason = None
     try:
@@ -325,6 +334,7 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
         done_folds = min((r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE), default=0)
         tables.append({
             "dataset": ds.key,
+            "column": ds.label,
             "dataset_path": str(ds.path),
             "metric": ("subject-independent k-fold test accuracy (selection on the next fold)" if ds.kfold
                        else "PrivateTest accuracy of the PublicTest-selected checkpoint"),

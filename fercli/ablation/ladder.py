@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fercli import paper
-from fercli.train.optim import paper_optimizer
 
 SCRATCH_LABEL = "from-scratch ladder (ImageNet weights unavailable)"
 WEIGHTS_UNAVAILABLE = "weights unavailable"
@@ -70,8 +69,9 @@ FER2013_LABEL = ("FER2013-pretrained ladder (ImageNet weights unavailable): 'pre
 
 
 def optimizer_for(ds: Any, gc: bool) -> str:
-    """The paper's optimizer for the dataset (Adam on CK+, AdamW on FER2013), with or without GC."""
-    return paper_optimizer(ds.key).removesuffix("-gc") + ("-gc" if gc else "")
+    """The paper's optimizer for the dataset (fercli.data.registry: Adam on CK+, AdamW on
+    FER2013), with or without GC."""
+    return ds.paper_optimizer.removesuffix("-gc") + ("-gc" if gc else "")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -86,7 +86,9 @@ def row_result(ds: Any, rung: Rung | None, name: str, runs: list[dict[str, Any]]
     """One table row. status: done (all `planned` runs finished), partial, pending (none yet),
     or weights unavailable; mean ± std over the finished runs only."""
     pname = paper_row(rung) if rung else name
-    cell = paper.table5_value(pname, ds.key) if pname in {r.name for r in paper.TABLE5.rows} else None
+    # A dataset without a Table 5 column has no paper value, rather than one not transcribed.
+    in_table = pname in {r.name for r in paper.TABLE5.rows} and ds.key in paper.TABLE5.columns
+    cell = paper.table5_value(pname, ds.key) if in_table else None
     accs = [100 * r["accuracy"] for r in runs]
     mean, std = _stats(accs)
     per_seed: dict[int, list[float]] = {}

@@ -36,7 +36,7 @@ from fercli.bench.measure import (
     matmul_tflops,
     reference_throughput,
 )
-from fercli.data.prepared import DATASET_DIRS, load_prepared
+from fercli.data import registry
 from fercli.data.resident import DeviceSplit, plan_splits
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
@@ -121,9 +121,9 @@ def load_bench_data(cfg: BenchConfig) -> BenchData:
     if cfg.synthetic:
         return synthetic_data(min(cfg.max_images, 1024), seed=cfg.seed)
     try:
-        ds = load_prepared(cfg.dataset)
+        ds = registry.load_dataset(cfg.dataset)
     except FerError as exc:
-        if cfg.dataset not in DATASET_DIRS:
+        if registry.find(cfg.dataset) is None:
             raise
         d = synthetic_data(min(cfg.max_images, 1024), seed=cfg.seed)
         return BenchData(d.images, d.labels, d.num_classes, "synthetic", None,

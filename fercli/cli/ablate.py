@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from fercli.cli import app, options
+from fercli.data import registry
 
 
 def _pct(x: Optional[float]) -> str:
@@ -34,7 +35,7 @@ def _paper_tables() -> list[Any]:
         tab = Table(title=f"Table {t.number}. {t.title}", title_justify="left")
         tab.add_column("row", no_wrap=True)
         for c in t.columns:
-            tab.add_column({"fer2013": "FER2013 %", "ck+": "CK+ %"}.get(c, c), justify="right")
+            tab.add_column(registry.paper_label(c), justify="right")
         notes = any(r.note for r in t.rows)
         if notes:
             tab.add_column("what")

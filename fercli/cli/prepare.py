@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fercli.cli import FerTyper, app, options
+from fercli.data import registry
 
 prepare_app = FerTyper(
     name="prepare",
@@ -70,10 +71,8 @@ def fer2013(
     as_json: options.JsonOut = False,
 ) -> None:
     """Prepare FER2013 (48x48 faces, 7 classes; splits train, public_test, private_test)."""
-    from fercli.data.ingest import prepare_fer2013
-
     with _progress("reading FER2013") as cb:
-        result = prepare_fer2013(src, out=out, force=force, skip_bad=skip_bad, progress=cb)
+        result = registry.prepare("fer2013", src, out=out, force=force, skip_bad=skip_bad, progress=cb)
     _render(result, as_json)
 
 
@@ -97,11 +96,9 @@ def ckplus(
     as_json: options.JsonOut = False,
 ) -> None:
     """Prepare CK+ (7 classes; subject ids and subject-independent folds kept)."""
-    from fercli.data.ingest import prepare_ckplus
-
     with _progress("reading CK+") as cb:
-        result = prepare_ckplus(
-            src, out=out, force=force, peak_frames=peak_frames,
+        result = registry.prepare(
+            "ck+", src, out=out, force=force, peak_frames=peak_frames,
             neutral_first_frame=neutral_first_frame, size=size, folds=folds, seed=seed,
             skip_bad=skip_bad, progress=cb,
         )

@@ -18,9 +18,9 @@ every reader refuse data that changed after it was prepared.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,20 +40,7 @@ FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", 
 # CK+ emotion codes 1..7 (0 = neutral is only used with --neutral-first-frame, appended last).
 CKPLUS_CLASSES: tuple[str, ...] = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 
-# Canonical dataset names and the folder each prepares into under the data root.
-DATASET_DIRS = {"fer2013": "fer2013", "ck+": "ckplus", "ckplus": "ckplus"}
-
 COLUMNS = ("images", "labels", "split", "source", "subject", "sequence", "fold")
-
-
-def data_root() -> Path:
-    """`$FER_DATA_DIR` if set, else `./data`."""
-    env = os.environ.get("FER_DATA_DIR")
-    return Path(env) if env else Path("data")
-
-
-def default_dataset_dir(name: str) -> Path:
-    return data_root() / DATASET_DIRS[name]
 
 
 @dataclass(frozen=True)
@@ -163,26 +150,12 @@ def _write_npz(path: Path, cols: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(fh, np.ascontiguousarray(cols[key]), allow_pickle=False)
 
 
-def resolve_dataset(ref: str | Path) -> Path:
-    """Map `fer2013`, `ck+` or a directory path to a prepared dataset directory."""
-    p = Path(ref)
-    if str(ref) in DATASET_DIRS and not p.is_dir():
-        p = default_dataset_dir(str(ref))
-        if not p.exists():
-            raise FerError(
-                f"dataset {ref} is not prepared at {p}: run `fer prepare {ref} SRC` first "
-                f"(or set FER_DATA_DIR)"
-            )
-    if not p.exists():
-        raise FerError(f"dataset {p} does not exist (give fer2013, ck+ or a prepared directory)")
-    if p.is_file():
-        raise FerError(f"dataset {p} is a file; expected a prepared dataset directory")
-    return p
-
-
-def load_prepared(ref: str | Path, verify: bool = True) -> PreparedDataset:
-    """Load a prepared dataset in one read, refusing it if its data no longer matches."""
-    path = resolve_dataset(ref)
+def load_prepared(path: str | Path, verify: bool = True) -> PreparedDataset:
+    """Load the prepared dataset in directory `path` in one read, refusing it if its data no
+    longer matches. (A dataset's name resolves to its directory in fercli.data.registry.)"""
+    path = Path(path)
+    if not path.is_dir():
+        raise FerError(f"dataset {path} is not a prepared dataset directory")
     mpath, dpath = path / MANIFEST_FILE, path / DATA_FILE
     if not mpath.is_file():
         raise FerError(f"{path} is not a prepared dataset: {MANIFEST_FILE} is missing")
@@ -193,8 +166,6 @@ def load_prepared(ref: str | Path, verify: bool = True) -> PreparedDataset:
         raise FerError(f"{mpath}: not a valid prepared-dataset manifest (no classes)")
     raw = dpath.read_bytes()
     if verify:
-        import hashlib
-
         digest = hashlib.sha256(raw).hexdigest()
         if digest != manifest.get("sha256"):
             raise FerError(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fercli.data import registry
 from fercli.data.prepared import PreparedDataset
 from fercli.errors import FerError
 
@@ -54,28 +55,31 @@ class SplitPlan:
 
 
 def plan_splits(ds: PreparedDataset, fold: int | None) -> SplitPlan:
-    """FER2013: train / PublicTest (selection) / PrivateTest (report).
+    """The rows of the dataset's split rule (fercli.data.registry).
 
-    CK+: test = fold K; validation = fold K+1 (mod k), carved from the training folds and
-    grouped by subject like every fold; train = the rest. Selection never sees the test fold.
+    Fixed splits (FER2013): train / PublicTest (selection) / PrivateTest (report); without a
+    selection split, a seeded 10% of train selects and `test` is reported.
+
+    Subject folds (CK+): test = fold K; validation = fold K+1 (mod k), carved from the
+    training folds and grouped by subject like every fold; train = the rest. Selection never
+    sees the test fold.
     """
-    splits = set(ds.split.tolist())
-    if "train" in splits:
-        if "public_test" in splits:
-            val, test = ds.indices("public_test"), ds.indices("private_test")
-            return SplitPlan(ds.indices("train"), val, test, "public_test", "private_test")
-        if "test" in splits:
-            # No PublicTest/PrivateTest separation: carve validation from train, 10% by index
-            # hash so it is deterministic, and report on `test`.
-            tr = ds.indices("train")
-            rng = np.random.default_rng(0)
-            mask = rng.random(tr.size) < 0.1
-            return SplitPlan(tr[~mask], tr[mask], ds.indices("test"), "train_holdout", "test")
-        raise FerError(f"{ds.path}: has a train split but no public_test/test split to select on")
+    rule = registry.dataset_split_rule(ds)
+    if isinstance(rule, registry.FixedSplits):
+        train = ds.indices(rule.train)
+        if rule.selection is not None:
+            return SplitPlan(train, ds.indices(rule.selection), ds.indices(rule.report), rule.selection, rule.report)
+        # Deterministic: the same rows are held out in every run.
+        mask = np.random.default_rng(0).random(train.size) < rule.holdout
+        return SplitPlan(train[~mask], train[mask], ds.indices(rule.report), rule.selection_name, rule.report)
+    return _subject_folds(ds, fold, rule)
+
+
+def _subject_folds(ds: PreparedDataset, fold: int | None, rule: registry.SubjectFolds) -> SplitPlan:
     folds = ds.fold
     k = int(folds.max()) + 1 if folds.size else 0
-    if k < 3:
-        raise FerError(f"{ds.path}: needs ≥ 3 subject folds for train/val/test, found {k}")
+    if k < rule.min_folds:
+        raise FerError(f"{ds.path}: needs ≥ {rule.min_folds} subject folds for train/val/test, found {k}")
     test_fold = 0 if fold is None else fold
     if not 0 <= test_fold < k:
         raise FerError(f"--fold {test_fold} is out of range: {ds.name} has folds 0..{k - 1}")
@@ -83,7 +87,7 @@ def plan_splits(ds: PreparedDataset, fold: int | None) -> SplitPlan:
     test = np.flatnonzero(folds == test_fold)
     val = np.flatnonzero(folds == val_fold)
     train = np.flatnonzero((folds != test_fold) & (folds != val_fold))
-    return SplitPlan(train, val, test, f"fold{val_fold}", f"fold{test_fold}")
+    return SplitPlan(train, val, test, rule.selection_name(test_fold, k), rule.report_name(test_fold))
 
 
 # --------------------------------------------------------------------------- augmentation

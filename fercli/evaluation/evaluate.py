@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from fercli import paper
-from fercli.data.prepared import PreparedDataset, load_prepared
+from fercli.data import registry
+from fercli.data.prepared import PreparedDataset
 from fercli.data.resident import DeviceSplit, SplitPlan, plan_splits, to_device
 from fercli.device import autocast_dtype, device_name, resolve_device
 from fercli.errors import FerError
@@ -97,7 +98,7 @@ def _run_fold(src: ModelSource, ds: PreparedDataset, same_data: bool, cfg: Evalu
 def _choose_rows(src: ModelSource, ds: PreparedDataset, same_data: bool,
                  cfg: EvaluateConfig) -> tuple[np.ndarray, str, SplitPlan]:
     """(row indices, split name, the model's split plan: its selection split) to report."""
-    kfold = "train" not in set(ds.split.tolist())
+    kfold = registry.dataset_split_rule(ds).kfold
     fold = _run_fold(src, ds, same_data, cfg) if kfold else None
     if not kfold and cfg.fold is not None:
         raise FerError(f"--fold {cfg.fold}: {ds.name} has fixed splits, not subject folds (use --split)")
@@ -118,7 +119,7 @@ def _dataset_for(src: ModelSource, cfg: EvaluateConfig) -> tuple[PreparedDataset
         ref = src.dataset_name  # a path on the exporting machine: use the dataset's name here
     if ref is None:
         raise FerError(f"{src.path}: no dataset recorded; pass --dataset")
-    ds = load_prepared(ref)
+    ds = registry.load_dataset(ref)
     if ds.classes != src.classes:
         raise FerError(f"{src.path}: model classes {src.classes} do not match dataset {ds.path} "
                        f"classes {ds.classes}")
@@ -130,7 +131,8 @@ def _dataset_for(src: ModelSource, cfg: EvaluateConfig) -> tuple[PreparedDataset
 
 def paper_per_class(dataset_name: str, m: dict[str, Any]) -> dict[str, Any] | None:
     """The paper's Table 1 (FER2013) or 2 (CK+) beside our per-class P/R/F1, when classes match."""
-    table = paper.per_class_table(dataset_name, m["classes"])
+    spec = registry.find(dataset_name)
+    table = paper.per_class_table(spec.paper_column, m["classes"]) if spec else None
     if table is None:
         return None
     rows = {}
@@ -313,7 +315,7 @@ def calibrate_target(cfg: CalibrateConfig) -> dict[str, Any]:
     results = []
     for src in sources:
         ds, same = _dataset_for(src, ecfg)
-        kfold = "train" not in set(ds.split.tolist())
+        kfold = registry.dataset_split_rule(ds).kfold
         plan = plan_splits(ds, _run_fold(src, ds, same, ecfg) if kfold else None)
         record = fit_on_split(src.model, ds, plan, plan.val_name, device, batch_size=cfg.batch_size,
                               amp_dtype=amp_dtype)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fercli import paper
+from fercli.data import registry
 from fercli.device import DEVICES
 from fercli.errors import FerError
 
@@ -122,18 +123,17 @@ def make_train_config(preset: str | None = None, **explicit: Any) -> TrainConfig
 
 
 def resolve_optimizer(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
-    """optimizer "auto" -> the paper's optimizer for this dataset (fercli.train.optim)."""
+    """optimizer "auto" -> the paper's optimizer for this dataset (fercli.data.registry)."""
     if cfg.optimizer != "auto":
         return cfg
-    from fercli.train.optim import paper_optimizer
-
-    return dataclasses.replace(cfg, optimizer=paper_optimizer(dataset_name))
+    return dataclasses.replace(cfg, optimizer=registry.paper_optimizer(dataset_name))
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def validate_config(cfg: TrainConfig) -> None:
+    # deferred: both import torch, and a TrainConfig is made and read without it
     from fercli.model.networks import MODEL_NAMES, check_image_size
     from fercli.train.optim import OPTIMIZER_NAMES
 

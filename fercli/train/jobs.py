@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fercli.data.prepared import load_prepared
+from fercli.data import registry
 from fercli.errors import FerError
 from fercli.files import atomic_write_json, read_json
 from fercli.train.config import TrainConfig, resolve_optimizer, validate_config
-from fercli.train.runs import run_dir_for, train
+from fercli.train.runs import check_fold_all, run_dir_for, train
 
 # ("job_start", {"name", "pid", "device", "mode"}), ("job_end", JobResult as dict)
 JobEvent = Callable[[str, dict[str, Any]], None]
@@ -200,12 +200,11 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
     ROOT/seed-S (several seeds) / fold-K (--fold all), each a normal run directory; a k-fold
     root gets its kfold.json (what `fer evaluate` aggregates) once all its folds finished."""
     validate_config(cfg)
-    ds = load_prepared(cfg.dataset)
+    ds = registry.load_dataset(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
     folds: list[int | None] = [cfg.fold]
     if cfg.fold == -1:
-        if "train" in set(ds.split.tolist()):
-            raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
+        check_fold_all(ds)
         folds = list(range(int(ds.fold.max()) + 1))
     root = run_dir_for(cfg, ds.name)
     seeds = seeds or (cfg.seed,)

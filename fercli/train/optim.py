@@ -9,8 +9,8 @@ for every weight with >= 2 dims (conv kernels C_out x C_in x k x k, FC weights o
 biases and BatchNorm parameters (1-D) are left alone. Under SGD (with momentum) every
 update is then zero-mean per output unit, so e^T (W - W0) = 0 for all time   (12).
 
-The paper trains with AdamW-GC on FER2013 and Adam-GC on CK+ (PAPER_OPTIMIZERS; its learning
-rate and the rest of §3.2 are fercli.paper.HYPERPARAMETERS).
+The paper trains with AdamW-GC on FER2013 and Adam-GC on CK+ (each dataset's paper_optimizer in
+fercli.data.registry; its learning rate and the rest of §3.2 are fercli.paper.HYPERPARAMETERS).
 
 Weight decay and GC. Coupled decay (SGD, Adam) is part of the gradient, so it goes in
 before GC: g <- Phi_GC(g + wd * w), then the base step runs with weight_decay 0 (not
@@ -36,17 +36,6 @@ OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "adam", "adamw", "sgd-gc", "adam-gc",
 
 # How the base step runs: auto = fused Adam/AdamW where torch has the kernel (CPU, CUDA).
 IMPLS: tuple[str, ...] = ("auto", "fused", "foreach", "for-loop")
-
-# The paper's optimizers (§3.2): AdamW-GC for FER2013, Adam-GC for CK+. `--optimizer auto`
-# (fercli.train.config.resolve_optimizer) and the ablation ladder both read them here.
-PAPER_OPTIMIZERS: dict[str, str] = {"fer2013": "adamw-gc", "ck+": "adam-gc"}
-
-
-def paper_optimizer(dataset_name: str) -> str:
-    """The paper's optimizer for a dataset: Adam-GC for CK+ (ck+, ckplus, CK+48, ...), AdamW-GC
-    for FER2013 and anything else."""
-    return PAPER_OPTIMIZERS["ck+" if dataset_name.lower().startswith("ck") else "fer2013"]
-
 
 # -----------------------------------------------------------------------------
 # Gradient centralization, eq. (8)-(9)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from fercli import __version__
-from fercli.data.prepared import PreparedDataset, load_prepared
+from fercli.data import registry
+from fercli.data.prepared import PreparedDataset
 from fercli.data.resident import plan_splits, to_device
 from fercli.device import autocast_dtype, configure_backends, device_name, resolve_device
 from fercli.errors import FerError
@@ -118,18 +119,23 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> Any:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
+def check_fold_all(ds: PreparedDataset) -> None:
+    """--fold all: one run per subject fold, so the dataset's split rule must be k-fold."""
+    if not registry.dataset_split_rule(ds).kfold:
+        raise FerError(f"--fold all is for CK+-style k-fold datasets; {ds.name} has fixed splits")
+
+
 def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[TrainResult]:
     """Train one run (or every CK+ fold with fold=-1); returns one result per fold.
 
     Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk."""
     code_version()  # read here, as the code is imported: every run of this process records it
     validate_config(cfg)
-    ds = load_prepared(cfg.dataset)
+    ds = registry.load_dataset(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
     runs, root = [cfg], None
     if cfg.fold == -1:
-        if "train" in set(ds.split.tolist()):
-            raise FerError("--fold all is for CK+-style k-fold datasets; FER2013 has fixed splits")
+        check_fold_all(ds)
         root = run_dir_for(cfg, ds.name)
         runs = [dataclasses.replace(cfg, fold=f, out=str(root / f"fold-{f}")) for f in range(int(ds.fold.max()) + 1)]
     try:
@@ -161,7 +167,7 @@ def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) 
 def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
     """--init-from: copy a FER2013 model's trunks into `model` (fresh head); its provenance."""
     src = load_model_source(cfg.init_from, "--init-from")
-    if not str(src.dataset_name or "").lower().startswith("fer2013"):
+    if registry.find(src.dataset_name) is not registry.FER2013:
         raise FerError(f"--init-from {src.path} was trained on {src.dataset_name or 'an unrecorded dataset'}, "
                        f"not FER2013: FER2013-pretrained runs start from a FER2013 model")
     if src.train_config.get("init_from") or src.train_config.get("pretrained"):

@@ -68,7 +68,7 @@ class _CkItems:
 def prepare_ckplus(
     src: Path | str,
     *,
-    out: Path | str | None = None,
+    out: Path | str,
     force: bool = False,
     peak_frames: int = 3,
     neutral_first_frame: bool = False,
@@ -84,7 +84,7 @@ def prepare_ckplus(
     path, tree = open_src(src, ACCEPTED_CKPLUS, "CK+")
     if tree is None:
         raise FerError(f"{path}: not a known CK+ layout; accepted: " + "; ".join(ACCEPTED_CKPLUS))
-    target = resolve_out("ck+", out, force, path)
+    target = resolve_out(out, force, path)
     skips = Skips(skip_bad)
     notes: list[str] = []
     classes = list(CKPLUS_CLASSES)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from fercli.data.prepared import default_dataset_dir
 from fercli.errors import FerError
 from fercli.vision.faces import FACE_SIZE, resize_face
 from fercli.vision.images import BadImage, decode_grey, read_file_bytes
@@ -134,8 +133,8 @@ def find_duplicates(
     }
 
 
-def resolve_out(name: str, out: Path | str | None, force: bool, src: Path) -> Path:
-    target = Path(out) if out is not None else default_dataset_dir(name)
+def resolve_out(out: Path | str, force: bool, src: Path) -> Path:
+    target = Path(out)
     if target.exists() and not force:
         raise FerError(f"output {target} already exists (use --force to replace it)")
     if target.exists() and target.is_file():

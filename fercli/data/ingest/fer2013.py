@@ -62,7 +62,7 @@ ACCEPTED_FER2013 = (
 def prepare_fer2013(
     src: Path | str,
     *,
-    out: Path | str | None = None,
+    out: Path | str,
     force: bool = False,
     skip_bad: bool = False,
     progress: ProgressFn | None = None,
@@ -70,7 +70,7 @@ def prepare_fer2013(
     """Prepare FER2013 from the CSV, the image folders, or a zip of either."""
     t0 = time.perf_counter()
     path, tree = open_src(src, ACCEPTED_FER2013, "FER2013")
-    target = resolve_out("fer2013", out, force, path)
+    target = resolve_out(out, force, path)
     skips = Skips(skip_bad)
     notes: list[str] = []
     try:
