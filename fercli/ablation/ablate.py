@@ -58,7 +58,7 @@ from fercli.infer.sources import load_model_source
 from fercli.model.checkpoints import LAST_CHECKPOINT
 from fercli.model.networks import resolve_pretrained_weights
 from fercli.provenance import code_version
-from fercli.train.checkpointing import ensure_checkpoint_space
+from fercli.train import checkpointing
 from fercli.train.config import make_train_config, preset_values, validate_config
 from fercli.train.jobs import run_configs
 from fercli.train.runs import train
@@ -371,7 +371,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     plan = plan_ablation(cfg)
     decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
     # The checkpoints of every run still to train must fit on the disk before the first starts.
-    ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
+    checkpointing.ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
     estimate = None
     if cfg.estimate and any(d[0] != "cached" for d in decisions):
         # Before anything trains: how long it will take (said, never refused: it runs anyway).

@@ -34,7 +34,7 @@ from torch import nn
 from fercli.data.resident import DeviceSplit, augment_with
 from fercli.errors import FerError
 from fercli.model.inference import autocast, predict_logits
-from fercli.train.distributed import all_reduce_sum
+from fercli.train import distributed
 from fercli.train.optim import graph_capturable, use_tensor_lr
 from fercli.train.regularize import (
     ERASE_DRAWS,
@@ -253,7 +253,7 @@ def train_one_epoch(
     seen = steps * bs * (world if world > 1 and dist.sharded else 1)
     if world > 1:
         # Sum of the ranks' per-step mean losses (÷ W: the global mean) and of their hits.
-        sums = all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]), dist)
+        sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]), dist)
         loss_sum, correct = sums[0] / world, sums[1]
     # The one host sync of the epoch.
     return {"loss": float(loss_sum) / steps, "acc": float(correct) / seen, "images": seen}
