@@ -17,7 +17,7 @@ class FerError(Exception):
 
 
 # What `pip install 'fercli[train]'` adds to the inference core (pyproject.toml).
-TRAIN_EXTRA_MODULES = ("torch", "torchvision", "sklearn", "matplotlib", "onnx")
+TRAIN_EXTRA_MODULES = ("torch", "torchvision", "sklearn", "onnx")
 TRAIN_EXTRA_HINT = "pip install 'fercli[train]'"
 
 

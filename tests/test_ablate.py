@@ -18,7 +18,7 @@ from fercli.ablation import ablate
 from fercli.cli import app
 from fercli.data.ingest import prepare_ckplus
 from fercli.errors import FerError
-from fercli.train import jobs
+from fercli.train import launch
 from tests.fixtures import make_ckplus48_tree
 
 runner = CliRunner()
@@ -48,10 +48,10 @@ def test_paper_tables_hold_every_row_of_tables_3_to_5() -> None:
 
 
 def test_seeds_and_settings_are_checked(tmp_path: Path) -> None:
-    assert jobs.parse_seeds("0, 1,2") == (0, 1, 2)
+    assert launch.parse_seeds("0, 1,2") == (0, 1, 2)
     for bad in ("", "a,b", "1,1"):
         with pytest.raises(FerError):
-            jobs.parse_seeds(bad)
+            launch.parse_seeds(bad)
     res = runner.invoke(app, ["ablate", "--dataset", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "does not exist" in res.stderr
 

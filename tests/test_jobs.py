@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.model import checkpoints
-from fercli.train import jobs
+from fercli.train import jobs, launch
 from tests.fixtures import make_fer_like, tiny_cfg
 
 
@@ -87,13 +87,13 @@ def test_cli_seeds_run_concurrently_with_distinct_seeds(tmp_path):
 @pytest.mark.parametrize("text", ["cuda:x", "gpu", ","])
 def test_bad_devices_are_errors(text):
     with pytest.raises(FerError, match="--devices"):
-        jobs.parse_devices(text)
+        launch.parse_devices(text)
 
 
 def test_bad_seeds_are_errors():
     with pytest.raises(FerError, match="--seeds"):
-        jobs.parse_seeds("0,0")
-    assert jobs.parse_seeds("0, 1,2") == (0, 1, 2)
+        launch.parse_seeds("0,0")
+    assert launch.parse_seeds("0, 1,2") == (0, 1, 2)
 
 
 def test_fold_all_with_jobs_writes_every_fold_and_the_kfold_index(tmp_path):

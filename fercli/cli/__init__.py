@@ -2,154 +2,16 @@
 
 Each command parses flags into one frozen config dataclass, calls one core function that
 returns data, and renders that data with fercli.cli.report. Core modules never import Typer or
-Rich. A FerError from the core becomes `error: <one line>` on stderr and a non-zero exit,
-with no traceback and (thanks to the atomic writers) no partial output.
+Rich. The application and its error handling are in fercli.cli.app; each command is a module
+here that registers itself on it, imported below in the order of `fer --help`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from fercli.cli.app import app
+from fercli.cli import prepare, train, evaluate, calibrate, ablate, predict, serve, export, bench  # noqa: F401,E402,I001
 
-import typer
-
-from fercli import __version__
-from fercli.errors import FerError
-
-# `fer --help` lists commands in workflow order, not registration order (Typer appends
-# sub-apps such as `prepare` after plain commands).
-COMMAND_ORDER = ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "serve", "export", "bench")
-
-
-_PY_TO_CLICK = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "UUID": "UUID"}
-
-
-def _click_type_name(param: typer.core.TyperOption) -> str:
-    """An option's value type as Click and most CLIs print it: TEXT, INTEGER, PATH, [a|b]."""
-    desc = param.type_descriptor
-    if desc.is_choice:
-        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
-    if desc.is_path:
-        return "PATH"
-    bare = param.bare_type()
-    return _PY_TO_CLICK.get(bare, bare.upper())
-
-
-class _ClickStyleHelp:
-    """Help that reads like Click's: value types as TEXT, INTEGER, PATH, [a|b] (Typer writes
-    <str>, <int>, <path>) and none for on/off flags (Typer writes <bool>), through the public
-    `metavar` of each option, which help prints in the type column."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:  # type: ignore[attr-defined]
-            _set_metavar(param)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)  # type: ignore[misc]
-        if option is not None:
-            _set_metavar(option)
-        return option
-
-
-def _set_metavar(param: Any) -> None:
-    # Only Typer versions that render types themselves (those with a type_descriptor) need it;
-    # older ones print Click's names already.
-    if isinstance(param, typer.core.TyperOption) and param.metavar is None and hasattr(param, "type_descriptor"):
-        param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
-
-
-class FerCommand(_ClickStyleHelp, typer.core.TyperCommand):
-    """A `fer` command: Click-style help types, and arguments in capitals on the usage line
-    (`fer export [OPTIONS] SOURCE`, where Typer writes `{source}`) via `collect_usage_pieces`."""
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        pieces = [self.options_metavar] if self.options_metavar else []
-        for param in self.get_params(ctx):
-            if isinstance(param, typer.core.TyperArgument):
-                name = (param.metavar or param.name or "").upper()
-                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
-            else:
-                pieces.extend(param.get_usage_pieces(ctx))
-        return pieces
-
-
-class FerGroup(_ClickStyleHelp, typer.core.TyperGroup):
-    """A group of `fer` commands: lists them in workflow order, and turns a FerError from any
-    of them into `error: <one line>` and its exit code, and so does an OSError that is a fault
-    of the machine (full disk, read-only, vanished folder)."""
-
-    def list_commands(self, ctx):  # type: ignore[no-untyped-def]
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
-
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        try:
-            return super().invoke(ctx)
-        except FerError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:
-            # Last line of defence for a write no atomic writer made: a full disk, a read-only
-            # or vanished folder end in one line, exit code 1, like the writers' own errors.
-            from fercli.files import fault_from_oserror
-
-            fault = fault_from_oserror(exc)
-            if fault is None:
-                raise
-            typer.echo(f"error: {fault}", err=True)
-            raise typer.Exit(fault.exit_code) from None
-
-
-class FerTyper(typer.Typer):
-    """typer.Typer whose groups are FerGroups and commands FerCommands (unless one asks for
-    another class): every `fer` command and sub-app gets the same help and error handling."""
-
-    def __init__(self, *args: Any, cls: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, cls=cls or FerGroup, **kwargs)
-
-    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return super().command(*args, cls=cls or FerCommand, **kwargs)
-
-
-app = FerTyper(
-    name="fer",
-    help=(
-        "Facial expression recognition with the OBSR-Net bilinear ResNet34 "
-        "(Optimized Bilinear ResNet34, 2024): prepare FER2013/CK+, train, evaluate, "
-        "ablate and predict."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"fer {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Facial expression recognition with the OBSR-Net bilinear ResNet34."""
-
-
-def _register() -> None:
-    # Imported here so `fer --version` stays fast and each command lives in its own module.
-    # Order = order in `fer --help`: the data → model → results path, then tools.
-    import importlib
-
-    for module in ("prepare", "train", "evaluate", "calibrate", "ablate", "predict", "serve", "export", "bench"):
-        importlib.import_module(f"fercli.cli.{module}")
-
-
-_register()
+__all__ = ["app", "main"]
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from fercli.cli import app, options
+from fercli.cli import options
+from fercli.cli.app import app
 from fercli.data import registry
 
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import app, options
+from fercli.cli import options
+from fercli.cli.app import app
 
 
 def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def]

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fercli.cli import FerTyper, app, options
+from fercli.cli import options
+from fercli.cli.app import FerTyper, app
 from fercli.data import registry
 
 prepare_app = FerTyper(

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import app, options
+from fercli.cli import options
+from fercli.cli.app import app
 
 
 @app.command()

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from fercli.errors import FerError
-from fercli.train.launch import torchrun_command  # noqa: F401  (re-exported: part of this module's API)
+from fercli.train.launch import env_rank, torchrun_command  # noqa: F401  (re-exported: part of this module's API)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,12 +71,6 @@ def env_world_size() -> int:
         raise FerError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
-def env_rank() -> int:
-    """RANK as torchrun sets it (0 when not launched by torchrun)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
 
 
 def setup(device_type: str) -> DistInfo:

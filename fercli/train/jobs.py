@@ -53,17 +53,6 @@ class JobResult:
     error: str | None  # the child's last stderr line, for failed/killed runs
 
 
-def parse_devices(text: str | None) -> tuple[str, ...] | None:
-    """--devices "cuda:0,cuda:1" (or "cpu", "cuda") → a tuple; None when not given."""
-    if not text:
-        return None
-    devs = tuple(d.strip() for d in text.split(",") if d.strip())
-    for d in devs:
-        if not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
-            raise FerError(f"--devices: {d!r} is not cpu, cuda or cuda:N")
-    if not devs:
-        raise FerError("--devices is empty")
-    return devs
 
 
 def _plan(cfg: TrainConfig, force: bool) -> tuple[str, TrainConfig]:
@@ -179,19 +168,6 @@ def run_configs(cfgs: list[TrainConfig], *, jobs: int = 1, devices: tuple[str, .
             "failed": sum(r.status in ("failed", "killed") for r in ordered)}
 
 
-def parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    """--seeds "0,1,2" -> (0, 1, 2) (`fer train`, `fer ablate`); None when the option is not given."""
-    if text is None:
-        return None
-    try:
-        seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
-    except ValueError:
-        raise FerError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise FerError("--seeds needs at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise FerError(f"--seeds {text!r} repeats a seed")
-    return seeds
 
 
 def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: int = 1,

@@ -1,9 +1,12 @@
-"""The torchrun command line behind `fer train --nproc N`. Kept apart from fercli.train.distributed,
-which imports torch: the launcher process only builds this list and waits for torchrun, and
-importing torch there cost every `fer train --nproc` launch ~4 s of CPU on a 2-core machine."""
+"""How runs are launched, without torch: the torchrun command line behind `fer train --nproc N`,
+the rank a process was given, and the --seeds / --devices lists of concurrent runs. Kept apart
+from fercli.train.distributed and fercli.train.jobs, which import torch: the launcher process
+only builds this list and waits for torchrun (importing torch there cost every `fer train
+--nproc` launch ~4 s of CPU on a 2-core machine), and the CLI parses its flags before loading it."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from fercli.errors import FerError
@@ -28,3 +31,36 @@ def torchrun_command(nproc: int, argv: list[str], *, nnodes: int = 1, rdzv_endpo
     else:
         cmd += ["--standalone"]
     return [*cmd, "-m", "fercli", *argv]
+
+def env_rank() -> int:
+    """RANK as torchrun sets it (0 when not launched by torchrun)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+def parse_devices(text: str | None) -> tuple[str, ...] | None:
+    """--devices "cuda:0,cuda:1" (or "cpu", "cuda") → a tuple; None when not given."""
+    if not text:
+        return None
+    devs = tuple(d.strip() for d in text.split(",") if d.strip())
+    for d in devs:
+        if not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise FerError(f"--devices: {d!r} is not cpu, cuda or cuda:N")
+    if not devs:
+        raise FerError("--devices is empty")
+    return devs
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """--seeds "0,1,2" -> (0, 1, 2) (`fer train`, `fer ablate`); None when the option is not given."""
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise FerError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise FerError("--seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise FerError(f"--seeds {text!r} repeats a seed")
+    return seeds
