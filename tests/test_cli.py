@@ -33,7 +33,7 @@ def test_train_help_explains_the_protocol():
         assert needle in r.stdout, needle
 
 
-@pytest.mark.parametrize("cmd,default", [("train", "[default: 30; paper preset: 200]"),
+@pytest.mark.parametrize("cmd,default", [("train", "[default: runs/<dataset>-<arch>-<optimizer>-<time>]"),
                                          ("ablate", "[default: the preset's (short: 10)]"),
                                          ("predict", "[default: the shipped model")])
 def test_help_shows_the_defaults_it_documents(cmd, default):
@@ -166,9 +166,9 @@ def test_old_model_spelling_still_works_with_one_warning_line(tmp_path):
     assert warning.startswith("warning: --model is deprecated") and "--arch" in warning
     assert error.startswith("error:") and "nowhere" in error
     ctx = _all_commands()["train"].make_context("train", ["--model", "resnet34"])
-    assert train_config(ctx.params).model == "resnet34"
+    assert train_config(ctx).model == "resnet34"
     ctx = _all_commands()["train"].make_context("train", ["--arch", "resnet34"])
-    assert train_config(ctx.params).model == "resnet34"
+    assert train_config(ctx).model == "resnet34"
     r = runner.invoke(app, ["train", "--model", "resnet34", "--arch", "resnet34"])
     assert r.exit_code == 2 and "give only --arch" in r.stderr and "Traceback" not in r.output
     r = runner.invoke(app, ["bench", "--model", "vgg16", "--device", "cpu", "--json"])
@@ -199,7 +199,7 @@ def test_one_preset_vocabulary_for_train_and_ablate(tmp_path):
     assert ablate._recipe(ablate.AblateConfig(preset="ckplus-transfer"))["label_smoothing"] == 0.1
     # The old ablate name keeps working, says so once, and means the same settings.
     ctx = _all_commands()["train"].make_context("train", ["--preset", "fast"])
-    assert ctx.params["preset"] == "short" and train_config(ctx.params).epochs == 10
+    assert ctx.params["preset"] == "short" and train_config(ctx).epochs == 10
     r = runner.invoke(app, ["ablate", "--preset", "fast", "--dataset", str(tmp_path / "nowhere")])
     assert r.exit_code == 2
     warning, error = r.stderr.strip().splitlines()

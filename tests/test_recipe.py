@@ -132,7 +132,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
     seen = set()
     for r in recipes:
         argv = ["--preset", "fer2013-scratch", "--image-size", str(r["image_size"]), *r["args"]]
-        cfg = train_config(train_cmd.make_context("train", list(argv)).params)
+        cfg = train_config(train_cmd.make_context("train", list(argv)))
         config.validate_config(cfg)
         assert cfg.image_size == r["image_size"] and not cfg.pretrained
         seen.add(tuple(argv))
@@ -140,7 +140,7 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
     # The CK+ transfer step: the same check, with the options recipe_search adds itself.
     ck = json.loads(RECIPES_FILE.read_text())["ck_transfer"]
     ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
-    cfg = train_config(ctx.params)
+    cfg = train_config(ctx)
     config.validate_config(cfg)
     assert cfg.init_from == "default" and cfg.dataset == "ck+" and cfg.epochs >= 1 and ck["reserve_s"] >= 60
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from fercli import paper
 from fercli.ablation.ablate_estimate import estimate_wall_time
+from fercli.ablation.config import AblateConfig  # noqa: F401  (part of this module's API)
 from fercli.ablation.ladder import (
     FER2013_LABEL,
     FER2013_LADDER,
@@ -72,27 +73,7 @@ _MATCH_KEYS = ("model", "optimizer", "epochs", "batch_size", "lr", "weight_decay
                "scale_aug", "no_decay_bn_bias")
 
 
-@dataclass(frozen=True)
-class AblateConfig:
-    dataset: str = "fer2013"  # fer2013 | ck+ | all | a prepared dataset directory
-    epochs: int | None = None
-    seeds: tuple[int, ...] = (0,)
-    device: str = "auto"
-    preset: str = "short"  # a name of fercli.train.config.PRESETS
-    out: str | None = None
-    folds_limit: int | None = None
-    train_subset: int | None = None
-    weights: str | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    force: bool = False
-    threads: int | None = None  # not part of a run's identity: only how fast it runs
-    jobs: int = 1  # runs trained at once, each its own process (fercli.train.jobs); not identity
-    devices: tuple[str, ...] | None = None  # spread concurrent runs: ("cuda:0", "cuda:1")
-    # CK+ without ImageNet weights: the FER2013 model whose trunk the "pretrained" rows start from
-    # (FER2013_LADDER); None runs the from-scratch ladder instead.
-    init_from: str | None = "default"
-    estimate: bool = True  # time a few train steps and report the expected wall time first; not identity
+
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ here that registers itself on it, imported below in the order of `fer --help`.
 
 from __future__ import annotations
 
+from fercli.cli import ablate, bench, calibrate, evaluate, export, predict, prepare, serve, train  # noqa: F401,E402,I001
 from fercli.cli.app import app
-from fercli.cli import prepare, train, evaluate, calibrate, ablate, predict, serve, export, bench  # noqa: F401,E402,I001
 
 __all__ = ["app", "main"]
 

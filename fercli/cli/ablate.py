@@ -6,10 +6,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-from fercli.cli import options
+from fercli import paper
+from fercli.ablation.config import AblateConfig
+from fercli.cli import options, report
 from fercli.cli.app import app
 from fercli.data import registry
+from fercli.train.launch import parse_devices, parse_seeds
+
+A = AblateConfig  # every default below is AblateConfig's own
 
 
 def _pct(x: Optional[float]) -> str:
@@ -18,11 +25,6 @@ def _pct(x: Optional[float]) -> str:
 
 def _paper_tables() -> list[Any]:
     """All of the paper's tables, as published: 1–2 per class (fractions shown as %), 3–5 accuracy %."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from fercli import paper
-
     out: list[Any] = []
     for pt in paper.PER_CLASS_TABLES:
         tab = Table(title=f"Table {pt.number}. {pt.title}", title_justify="left")
@@ -71,11 +73,6 @@ def _ours(r: dict[str, Any]) -> str:
 
 
 def _result_tables(result: dict[str, Any]) -> list[Any]:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from fercli import paper
-
     out: list[Any] = []
     footnote = False
     for t in result["tables"]:
@@ -130,8 +127,6 @@ def _hours(seconds: float) -> str:
 
 
 def _print_estimate(est: dict[str, Any]) -> None:
-    from fercli.cli import report
-
     rows = ", ".join(f"{name} {_hours(sec)}" for name, sec in est["per_row_seconds"].items())
     report.err_console.print(
         f"expected wall time: about {_hours(est['seconds'])} for {est['runs_to_train']} of {est['runs_total']} runs "
@@ -141,8 +136,8 @@ def _print_estimate(est: dict[str, Any]) -> None:
 
 
 def _print_progress(cfg: Any, json_out: bool) -> None:
+    # deferred: the ladder's status reads runs through fercli.train, which imports torch (~2 s)
     from fercli.ablation.ablate_status import ladder_progress
-    from fercli.cli import report
 
     result = ladder_progress(cfg)
     if json_out:
@@ -167,24 +162,24 @@ def _print_progress(cfg: Any, json_out: bool) -> None:
 
 @app.command()
 def ablate(
-    dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+, all, or a prepared dataset directory."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per run. \\[default: the preset's (short: 10)]"),
-    seeds: options.Seeds = "0",
-    device: options.Device = "auto",
-    preset: options.Preset = "short",
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. \\[default: runs/ablate-<dataset>]"),
-    folds_limit: Optional[int] = typer.Option(None, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
-    train_subset: options.TrainSubset = None,
-    batch_size: Optional[int] = typer.Option(None, help="Batch size of every run. \\[default: the preset's]"),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of every run. \\[default: the preset's]"),
-    weights: options.Weights = None,
-    threads: options.Threads = None,
-    jobs: options.Jobs = 1,
+    dataset: str = typer.Option(A.dataset, "--dataset", "-d", help="fer2013, ck+, all, or a prepared dataset directory."),
+    epochs: Optional[int] = typer.Option(A.epochs, help="Epochs per run. \\[default: the preset's (short: 10)]"),
+    seeds: options.Seeds = ",".join(map(str, A.seeds)),
+    device: options.Device = A.device,
+    preset: options.Preset = A.preset,
+    out: Optional[Path] = typer.Option(A.out, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. \\[default: runs/ablate-<dataset>]"),
+    folds_limit: Optional[int] = typer.Option(A.folds_limit, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
+    train_subset: options.TrainSubset = A.train_subset,
+    batch_size: Optional[int] = typer.Option(A.batch_size, help="Batch size of every run. \\[default: the preset's]"),
+    lr: Optional[float] = typer.Option(A.lr, help="Peak learning rate of every run. \\[default: the preset's]"),
+    weights: options.Weights = A.weights,
+    threads: options.Threads = A.threads,
+    jobs: options.Jobs = A.jobs,
     devices: options.Devices = None,
-    init_from: str = typer.Option("default", "--init-from", help="CK+ without ImageNet weights: the from-scratch FER2013 model whose trunk starts every trunk of the 'pretrained' rows (FER2013-pretrained; RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped model); 'none' runs the from-scratch ladder instead."),
-    force: bool = typer.Option(False, "--force", help="Retrain every run even if a finished one is cached."),
+    init_from: str = typer.Option(A.init_from, "--init-from", help="CK+ without ImageNet weights: the from-scratch FER2013 model whose trunk starts every trunk of the 'pretrained' rows (FER2013-pretrained; RUN_DIR, CHECKPOINT.pt, EXPORT.npz or 'default', the shipped model); 'none' runs the from-scratch ladder instead."),
+    force: bool = typer.Option(A.force, "--force", help="Retrain every run even if a finished one is cached."),
     progress_only: bool = typer.Option(False, "--progress", help="Show what the ladder under --out has done (rows done, partial with fold counts, pending; runs in flight) and exit: trains and writes nothing."),
-    estimate: bool = typer.Option(True, "--estimate/--no-estimate", help="Before training, time a few steps and print the expected wall time (it runs anyway)."),
+    estimate: bool = typer.Option(A.estimate, "--estimate/--no-estimate", help="Before training, time a few steps and print the expected wall time (it runs anyway)."),
     json_out: options.JsonOut = False,
     quiet: options.Quiet = False,
     paper_only: bool = typer.Option(False, "--paper", help="Print all of the paper's Tables 1–5 and its §3.2 settings, and exit (runs nothing)."),
@@ -199,11 +194,6 @@ def ablate(
     trunk), labelled so; FER2013 (or --init-from none) runs the from-scratch ladder
     (ResNet34 → ResNet34_BCN → ResNet34_BCN_GC) and marks the pretrained rows "weights unavailable".
     """
-    params = dict(locals())
-    from fercli import paper
-    from fercli.ablation import ablate as core
-    from fercli.cli import report
-
     if paper_only:
         if json_out:
             report.print_json(paper.as_dict())
@@ -211,11 +201,12 @@ def ablate(
         for t in _paper_tables():
             report.print_table(t)
         return
-    from fercli.train.jobs import parse_devices, parse_seeds
-
-    cfg = core.AblateConfig(**options.config_values(
-        core.AblateConfig, params, seeds=parse_seeds(seeds) or (), devices=parse_devices(devices),
-        init_from=None if init_from.lower() == "none" else init_from))
+    cfg = AblateConfig(dataset=dataset, epochs=epochs, seeds=parse_seeds(seeds) or (), device=device,
+                       preset=preset, out=str(out) if out is not None else None, folds_limit=folds_limit,
+                       train_subset=train_subset, weights=str(weights) if weights is not None else None,
+                       batch_size=batch_size, lr=lr, force=force, threads=threads, jobs=jobs,
+                       devices=parse_devices(devices), init_from=None if init_from.lower() == "none" else init_from,
+                       estimate=estimate)
     if progress_only:
         _print_progress(cfg, json_out)
         return
@@ -238,8 +229,8 @@ def ablate(
 
 def _run_with_progress(cfg: Any, quiet: bool, json_out: bool) -> tuple[dict[str, Any] | None, bool]:
     """core.run_ablation with its progress bars and one line per run; (result, interrupted)."""
+    # deferred: the ladder trains through fercli.train, which imports torch (~2 s)
     from fercli.ablation import ablate as core
-    from fercli.cli import report
 
     with report.TrainProgress(quiet=quiet or json_out) as progress:
         def on_event(kind: str, info: dict[str, Any]) -> None:

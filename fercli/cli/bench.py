@@ -5,53 +5,59 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.table import Table
 
-from fercli.cli import options
+from fercli.bench.config import COMPILE_MODES, BenchConfig
+from fercli.bench.scaling import ScalingConfig, run_scaling
+from fercli.cli import options, report
 from fercli.cli.app import app
+
+B = BenchConfig  # every default below is BenchConfig's own
 
 
 @app.command()
 def bench(
-    device: options.Device = "auto",
-    model: options.Arch = None,
-    shared_backbone: options.SharedBackbone = None,
-    image_size: options.ImageSize = None,
-    batch_size: int = typer.Option(64, help="Training batch size of both pipelines."),
-    steps: Optional[int] = typer.Option(None, help="Timed steps per pipeline. \\[default: 10 on CPU, 50 on CUDA]"),
-    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up steps first. \\[default: 1 on CPU, 10 on CUDA, 15 with --compile]"),
-    dataset: str = typer.Option("fer2013", "--dataset", "-d", help="fer2013, ck+ or a prepared directory; an unprepared name falls back to synthetic data (reported as data: synthetic)."),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Use random synthetic faces even if the dataset is prepared."),
-    compile: options.Compile = None,
-    compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default (= fer train --compile), reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs."),
-    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also measure the reference DataLoader pipeline."),
-    inference: bool = typer.Option(True, "--inference/--no-inference", help="Also time inference (batch 1 and batched)."),
-    workers: Optional[int] = typer.Option(None, help="Reference DataLoader workers. \\[default: 2 on CPU, 8 on CUDA]"),
-    inference_batch: Optional[int] = typer.Option(None, help="Batch of the batched inference timing. \\[default: 64 on CPU, 256 on CUDA]"),
-    threads: options.Threads = None,
-    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="CUDA: time the engine's graph-captured step (fer train's default) and, in the same run, the eager step; --no-cuda-graphs times eager only."),
-    time_cap: Optional[float] = typer.Option(None, help="Seconds the timed steps may take in all; fewer timed steps when slow. \\[default: 80 on CPU, none on CUDA]"),
+    ctx: typer.Context,
+    device: options.Device = B.device,
+    model: options.Arch = B.model,
+    shared_backbone: options.SharedBackbone = B.shared_backbone,
+    image_size: options.ImageSize = B.image_size,
+    batch_size: int = typer.Option(B.batch_size, help="Training batch size of both pipelines."),
+    steps: Optional[int] = typer.Option(B.steps, help="Timed steps per pipeline. \\[default: 10 on CPU, 50 on CUDA]"),
+    warmup: Optional[int] = typer.Option(B.warmup, help="Untimed warm-up steps first. \\[default: 1 on CPU, 10 on CUDA, 15 with --compile]"),
+    dataset: str = typer.Option(B.dataset, "--dataset", "-d", help="fer2013, ck+ or a prepared directory; an unprepared name falls back to synthetic data (reported as data: synthetic)."),
+    synthetic: bool = typer.Option(B.synthetic, "--synthetic", help="Use random synthetic faces even if the dataset is prepared."),
+    compile: options.Compile = B.compile,
+    compile_mode: str = typer.Option(B.compile_mode, help=f"torch.compile mode with --compile: {', '.join(COMPILE_MODES)} (default = fer train --compile; reduce-overhead adds CUDA graphs)."),
+    reference: bool = typer.Option(B.reference, "--reference/--no-reference", help="Also measure the reference DataLoader pipeline."),
+    inference: bool = typer.Option(B.inference, "--inference/--no-inference", help="Also time inference (batch 1 and batched)."),
+    workers: Optional[int] = typer.Option(B.workers, help="Reference DataLoader workers. \\[default: 2 on CPU, 8 on CUDA]"),
+    inference_batch: Optional[int] = typer.Option(B.inference_batch, help="Batch of the batched inference timing. \\[default: 64 on CPU, 256 on CUDA]"),
+    threads: options.Threads = B.threads,
+    cuda_graphs: bool = typer.Option(B.cuda_graphs, "--cuda-graphs/--no-cuda-graphs", help="CUDA: time the engine's graph-captured step (fer train's default) and, in the same run, the eager step; --no-cuda-graphs times eager only."),
+    time_cap: Optional[float] = typer.Option(B.time_cap_s, help="Seconds the timed steps may take in all; fewer timed steps when slow. \\[default: 80 on CPU, none on CUDA]"),
     nproc: Optional[int] = typer.Option(None, help="Instead: data-parallel scaling of `fer train` (synthetic faces): N processes via torchrun against 1 process, in one run; reports scaling efficiency = N-process img/s / (N x 1-process img/s). Each process uses --threads threads (default 1 here)."),
     old_model: Annotated[Optional[str], typer.Option(
         "--model", hidden=True, callback=options.deprecated_alias(
             "--model", "--arch", "in `fer bench` it names an architecture; --model names a trained model"))] = None,
     json_out: options.JsonOut = False,
 ) -> None:
-    """Steady-state training img/s of the project's engine (device-resident data, on-device
-    augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader +
-    torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image,
-    achieved TFLOP/s against a measured bf16 matmul rate, and inference latency.
+    """Steady-state training img/s of the project's engine (device-resident data, on-device augmentation, bf16 autocast, channels_last, foreach GC) against the usual DataLoader + torchvision transforms + fp32 eager loop, same model and device; plus FLOPs per image, achieved TFLOP/s against a measured bf16 matmul rate, and inference latency.
 
     --compile compiles the engine's step only; the reference pipeline stays eager."""
-    params = dict(locals())
-    from fercli.bench.engine_bench import BenchConfig, run_bench
-    from fercli.cli import report
-
-    model = options.pick("--arch", model, "--model", old_model) or BenchConfig.model
+    if old_model is not None:  # the old spelling: it names the architecture
+        model = options.pick("--arch", options.given(ctx).get("model"), "--model", old_model)
     if nproc is not None:
         _scaling(nproc, device, model, batch_size, threads, json_out)
         return
+    cfg = BenchConfig(device=device, model=model, shared_backbone=shared_backbone, image_size=image_size,
+                      batch_size=batch_size, steps=steps, warmup=warmup, dataset=dataset, synthetic=synthetic,
+                      compile=compile, compile_mode=compile_mode, reference=reference, inference=inference,
+                      workers=workers, inference_batch=inference_batch, threads=threads,
+                      cuda_graphs=cuda_graphs, time_cap_s=time_cap)
+    # deferred: the benchmark imports torch (~1.3 s), which predicting and serving never load
+    from fercli.bench.engine_bench import run_bench
 
-    cfg = BenchConfig(**options.config_values(BenchConfig, params, model=model, time_cap_s=time_cap))
     status = report.err_console.status("benchmarking…")
     status.start()
 
@@ -78,8 +84,6 @@ def _fmt(v: Any, spec: str = ",.1f") -> str:
 
 
 def _table(r: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     shared = " (shared backbone)" if r["shared_backbone"] else ""
     t = Table(title=f"fer bench: {r['model']}{shared}, {r['image_size']} px, batch {r['batch_size']}, "
                     f"{r['steps']} timed steps on {r['device']} — data: {r['data']}")
@@ -116,9 +120,6 @@ def _table(r: dict[str, Any]) -> Any:
 
 
 def _scaling(nproc: int, device: str, model: str, batch_size: int, threads: Optional[int], json_out: bool) -> None:
-    from fercli.bench.scaling import ScalingConfig, run_scaling
-    from fercli.cli import report
-
     cfg = ScalingConfig(nproc=nproc, device="cuda" if device == "cuda" else "cpu", model=model,
                         batch_size=batch_size, threads_per_proc=threads or 1)
     with report.err_console.status(f"fer train in 1 process, then with --nproc {nproc}…"):

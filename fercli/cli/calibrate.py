@@ -7,8 +7,9 @@ from typing import Any, Optional
 
 import typer
 
-from fercli.cli import options
+from fercli.cli import options, report
 from fercli.cli.app import app
+from fercli.evaluation.config import CalibrateConfig
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -20,13 +21,16 @@ def _line(r: dict[str, Any]) -> str:
             f"wrote {', '.join(r['written'])}")
 
 
+C = CalibrateConfig  # every default below is CalibrateConfig's own
+
+
 @app.command()
 def calibrate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
-    dataset: Optional[str] = typer.Option(None, help="Prepared dataset to fit on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
-    fold: Optional[int] = typer.Option(None, help="CK+: the model's test fold, for a model that does not record one (T is fitted on fold K+1)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the calibrated model here: required for an exported .npz (never modified in place); a checkpoint is otherwise updated in place."),
-    device: options.Device = "auto",
+    dataset: Optional[str] = typer.Option(C.dataset, help="Prepared dataset to fit on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
+    fold: Optional[int] = typer.Option(C.fold, help="CK+: the model's test fold, for a model that does not record one (T is fitted on fold K+1)."),
+    out: Optional[Path] = typer.Option(C.out, "--out", "-o", help="Write the calibrated model here: required for an exported .npz (never modified in place); a checkpoint is otherwise updated in place."),
+    device: options.Device = C.device,
     json_out: options.JsonOut = False,
 ) -> None:
     """Fit the temperature T that makes the model's probabilities calibrated, and record it.
@@ -37,11 +41,11 @@ def calibrate(
     this command does it for an existing model. `fer predict`, the ONNX export and
     `fer evaluate` then use T; `fer evaluate` reports ECE, MCE, NLL and Brier before and after.
     """
-    from fercli.cli import report
+    # deferred: fercli.evaluation imports torch (~2 s), which predicting and serving never load
     from fercli.evaluation import evaluate as evaluation
 
-    cfg = evaluation.CalibrateConfig(target=str(Path(target)) if target != "default" else target,
-                                     dataset=dataset, fold=fold, out=str(out) if out else None, device=device)
+    cfg = CalibrateConfig(target=str(Path(target)) if target != "default" else target,
+                          dataset=dataset, fold=fold, out=str(out) if out else None, device=device)
     res = evaluation.calibrate_target(cfg)
     if json_out:
         report.print_json(res)

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.table import Table
 
-from fercli.cli import options
+from fercli.cli import options, report
 from fercli.cli.app import app
+from fercli.evaluation.config import EvaluateConfig
+from fercli.model.tta import TTA_MODES
 
 
 def _pct(x: Optional[float]) -> str:
@@ -17,8 +20,6 @@ def _pct(x: Optional[float]) -> str:
 
 def _per_class_table(m: dict[str, Any]) -> Any:
     """Our per-class P/R/F1 (Tables 1–2 layout), with the paper's Table 1/2 beside it."""
-    from rich.table import Table
-
     ref = m.get("paper_per_class")
     model = m.get("model") or {}
     title = (f"{m['split']}: accuracy {_pct(m['accuracy'])}%  macro-F1 {_pct(m['macro_f1'])}%  "
@@ -44,8 +45,6 @@ def _per_class_table(m: dict[str, Any]) -> Any:
 
 def _calibration_table(m: dict[str, Any]) -> Any:
     """ECE / MCE / NLL / Brier before and after T (pooled for a k-fold root, then per fold)."""
-    from rich.table import Table
-
     cal = m["calibration"]
     if "temperature" in cal:
         t_text = f"T = {cal['temperature']:.4f} ({cal['temperature_source']}, fitted on {cal['temperature_split']})"
@@ -70,15 +69,18 @@ def _calibration_table(m: dict[str, Any]) -> Any:
     return t
 
 
+E = EvaluateConfig  # every default below is EvaluateConfig's own
+
+
 @app.command()
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
-    split: Optional[str] = typer.Option(None, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
-    fold: Optional[int] = typer.Option(None, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
-    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, ten-crop."),
-    device: options.Device = "auto",
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json, confusion.png and reliability.png into this folder (any target, e.g. 'default'). \\[default: a run directory gets them]"),
+    dataset: Optional[str] = typer.Option(E.dataset, "--dataset", "-d", help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
+    split: Optional[str] = typer.Option(E.split, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
+    fold: Optional[int] = typer.Option(E.fold, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
+    tta: str = typer.Option(E.tta, help=f"Test-time augmentation: {', '.join(TTA_MODES)}."),
+    device: options.Device = E.device,
+    out: Optional[Path] = typer.Option(E.out, "--out", "-o", help="Write metrics.json, confusion.png and reliability.png into this folder (any target, e.g. 'default'). \\[default: a run directory gets them]"),
     json_out: options.JsonOut = False,
 ) -> None:
     """Evaluate a model on its report split: accuracy, per-class P/R/F1 beside the paper's
@@ -93,12 +95,12 @@ def evaluate(
     metrics.json, confusion.png and reliability.png (or --out DIR, for any target); an exported
     model's folder is never written to.
     """
-    params = dict(locals())
-    from fercli.cli import report
+    # deferred: fercli.evaluation imports torch (~2 s), which predicting and serving never load
     from fercli.evaluation import evaluate as evaluation
 
-    cfg = evaluation.EvaluateConfig(**options.config_values(
-        evaluation.EvaluateConfig, params, target=str(Path(target)) if target != "default" else target))
+    cfg = EvaluateConfig(target=str(Path(target)) if target != "default" else target, split=split,
+                                    fold=fold, tta=tta, device=device, dataset=dataset,
+                                    out=str(out) if out is not None else None)
     m = evaluation.evaluate_target(cfg)
     if json_out:
         report.print_json(m)

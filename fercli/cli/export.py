@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from fercli.cli import options
+from fercli.cli import options, report
 from fercli.cli.app import app
+from fercli.errors import FerError
 
 
 @app.command("export")
@@ -22,17 +23,17 @@ def export_cmd(
     json_out: options.JsonOut = False,
 ) -> None:
     """Export a trained model to a compact, pickle-free .npz or an ONNX graph; `fer predict --model` loads both."""
-    from fercli.cli import report
-    from fercli.errors import FerError
-    from fercli.export import npz_format as export
-
     if int8_calibration is not None and fmt != "onnx":
         raise FerError("--int8-calibration applies to --format onnx only")
     if fmt == "npz":
+        # deferred: both writers import torch (~1.2 s), which predicting and serving never load
+        from fercli.export import npz_format as export
+
         info = export.export_model(source, out, dtype=dtype, max_shard_mb=max_shard_mb)
     elif fmt == "onnx":
         if max_shard_mb is not None:
             raise FerError("--max-shard-mb applies to --format npz only")
+        # deferred: the ONNX writer imports torch and onnx, which predicting and serving never load
         from fercli.export import onnx_format as onnx_export
 
         info = onnx_export.export_onnx(source, out, dtype=dtype, int8_calibration=int8_calibration)

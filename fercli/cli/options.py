@@ -1,8 +1,8 @@
 """Options that several `fer` commands share, declared once: one name, one meaning, one help.
 
-A command declares such an option by its alias, `device: options.Device = "auto"`, and gives
-only the default, which may differ between commands (None where a preset or the config's own
-default decides). A name means the same thing in every command:
+A command declares such an option by its alias, `device: options.Device = PredictConfig.device`,
+and gives only the default, read from the frozen config the command builds, so that each
+default is declared once and `--help` shows it. A name means the same thing in every command:
 
     --arch    a network architecture (train, bench)
     --model   a trained model: run directory, checkpoint or export (predict)
@@ -14,12 +14,17 @@ Old spellings keep working for a while and print one `warning:` line on stderr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from fercli.errors import FerError
+from fercli.train.config import DEPRECATED_PRESETS
 
 # Rich reads "[default: …]" as a markup tag and drops it: help texts escape it as "\\[".
 MODEL_REFERENCE = "a `fer train` run directory (its best.pt), a .pt checkpoint or an exported .npz"
@@ -42,7 +47,7 @@ Threads = Annotated[Optional[int], typer.Option(
 Arch = Annotated[Optional[str], typer.Option(
     "--arch",
     help="Network architecture: bcnn-resnet34 (OBSR-Net, the paper's bilinear ResNet34) or resnet34 "
-         "(the plain baseline). \\[default: bcnn-resnet34]")]
+         "(the plain baseline).")]
 
 Model = Annotated[Optional[str], typer.Option(
     "--model", "-m",
@@ -54,7 +59,7 @@ SharedBackbone = Annotated[Optional[bool], typer.Option(
 
 ImageSize = Annotated[Optional[int], typer.Option(
     help="Faces are resized on the device to this size before the network (48 → a 2×2 last feature "
-         "map, 96 → 3×3); at least 32. \\[default: 48]")]
+         "map, 96 → 3×3); at least 32.")]
 
 Compile = Annotated[Optional[bool], typer.Option(
     "--compile", help="torch.compile the training step's forward and backward (the first steps pay the compile time).")]
@@ -83,8 +88,6 @@ def warn(message: str) -> None:
 
 def canonical_preset(name: Optional[str]) -> Optional[str]:
     """--preset NAME as the current vocabulary spells it; an old name warns once."""
-    from fercli.train.config import DEPRECATED_PRESETS
-
     if name in DEPRECATED_PRESETS:
         warn(f"--preset {name} is deprecated; use --preset {DEPRECATED_PRESETS[name]} (the same settings)")
         return DEPRECATED_PRESETS[name]
@@ -118,24 +121,27 @@ def deprecated_alias(old: str, new: str, why: str) -> Callable[[Optional[str]], 
 
 def pick(new_name: str, new: Any, old_name: str, old: Any) -> Any:
     """The value of an option that is also accepted under an old name; both at once is an error."""
-    from fercli.errors import FerError
-
     if new is not None and old is not None:
         raise FerError(f"{old_name} is the old name of {new_name}: give only {new_name}")
     return new if new is not None else old
 
 
-def config_values(config_cls: type, given: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
-    """The keyword arguments of the frozen config `config_cls` from a command's parameters.
+def given(ctx: typer.Context, config_cls: type | None = None) -> dict[str, Any]:
+    """The parameters given on the command line (or by environment), by name; those left at
+    their default are not here, so that a preset or a recipe file can decide them. With
+    `config_cls`, only the parameters named as its fields, Paths as strings (configs are JSON)."""
+    # By name: Typer may bring its own copy of Click, whose ParameterSource is another enum.
+    values = {k: v for k, v in ctx.params.items()
+              if getattr(ctx.get_parameter_source(k), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    if config_cls is not None:
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in names}
+    return values
 
-    `given` is the command's `locals()` (its parameters, named as the config's fields); those
-    left unset (None) are dropped so that a preset or the config's own default applies. Paths
-    become strings (configs are saved as JSON). `overrides` are kept as they are, None included:
-    they are the parameters a command parses or renames itself."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    values = {k: v for k, v in given.items() if k in names and v is not None}
-    values.update((k, v) for k, v in overrides.items() if k in names)
-    unknown = set(overrides) - names
-    if unknown:
-        raise TypeError(f"{config_cls.__name__} has no field {', '.join(sorted(unknown))}")
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+
+def in_panel(alias: Any, panel: str) -> Any:
+    """A shared option alias shown under `panel` in --help (a copy: other commands keep theirs)."""
+    base, info = typing.get_args(alias)
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[base, info]

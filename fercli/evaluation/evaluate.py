@@ -16,7 +16,6 @@ A fold or split the model trained or selected on is refused, not reported.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from fercli.evaluation.calibration import (
     calibration_metrics,
     reliability_bins,
 )
+from fercli.evaluation.config import CalibrateConfig, EvaluateConfig  # noqa: F401  (part of this module's API)
 from fercli.evaluation.metrics import aggregate_folds, classification_metrics
 from fercli.export.npz_format import INDEX_SUFFIX, with_metadata
 from fercli.files import atomic_write_json
@@ -44,20 +44,6 @@ from fercli.model.checkpoints import BEST_CHECKPOINT
 from fercli.model.inference import TTA_MODES, TemperatureScaled, model_logits, predict_logits
 from fercli.model.temperature import softmax, temperature_of
 from fercli.plots import plot_confusion, plot_reliability
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    target: str  # run dir (single or k-fold root), checkpoint, exported .npz, or "default"
-    split: str | None = None  # private-test | public-test | test | fold; None = the report split
-    fold: int | None = None  # CK+: the test fold, for a model whose run fold is not known
-    tta: str = "none"
-    device: str = "auto"
-    dataset: str | None = None  # evaluate on this prepared dataset instead of the recorded one
-    batch_size: int = 256
-    write: bool = True  # metrics.json + confusion.png + reliability.png into a run directory (never for exports)
-    out: str | None = None  # write those files here instead (any target, e.g. `default`)
-
 
 SPLIT_NAMES = {"private-test": "private_test", "public-test": "public_test", "test": "test",
                "fold": "fold"}
@@ -283,14 +269,7 @@ def evaluate_target(cfg: EvaluateConfig) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class CalibrateConfig:
-    target: str  # run dir (single or k-fold root), checkpoint, exported .npz, or "default"
-    dataset: str | None = None  # the prepared dataset whose selection split T is fitted on
-    fold: int | None = None  # CK+: the model's test fold, when it records none (its selection fold is K+1)
-    out: str | None = None  # where the calibrated model goes: required for an export, else in place
-    device: str = "auto"
-    batch_size: int = 256
+
 
 
 def calibrate_target(cfg: CalibrateConfig) -> dict[str, Any]:

@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from fercli import paper
+import tomllib
+
 from fercli.data import registry
 from fercli.device import DEVICES
 from fercli.errors import FerError
@@ -68,38 +71,68 @@ class TrainConfig:
 
 SCHEDULES = ("cosine", "constant", "onecycle")
 
-# §3.2 of the paper: batch 16, lr 1e-4, 200 epochs, ImageNet-pretrained, AdamW-GC on
-# FER2013 / Adam-GC on CK+ (the optimizer is resolved per dataset by "auto"). The paper
-# names no schedule, so the preset keeps the learning rate constant.
-PAPER_PRESET = {"batch_size": paper.HYPERPARAMETERS["batch_size"], "lr": paper.HYPERPARAMETERS["learning_rate"],
-                "epochs": paper.HYPERPARAMETERS["epochs"], "pretrained": True, "optimizer": "auto",
-                "schedule": "constant"}
-# A short schedule for a ladder that finishes (`fer ablate`'s default): batch 64, lr 3e-4
-# (Adam's usual 1e-3 scaled down so the pretrained and bilinear rows fine-tune stably; the same
-# for every row, so rows differ only in what the ladder varies), cosine decay over 10 epochs.
-SHORT_PRESET = {"batch_size": 64, "lr": 3e-4, "epochs": 10, "schedule": "cosine"}
-# The best from-scratch FER2013 recipe measured (docs/results.md), chosen on PublicTest only
-# (PublicTest 64.50 % at 64 epochs; PrivateTest, read once afterwards: 66.23 %). A starting
-# point for the PublicTest-only recipe search, not a tuned optimum.
-FER2013_SCRATCH_PRESET = {"model": "bcnn-resnet34", "shared_backbone": True, "pretrained": False,
-                          "optimizer": "adamw-gc", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 128,
-                          "epochs": 64, "schedule": "cosine", "image_size": 48}
-# The CK+ recipe chosen on the CK+ selection folds (docs/results.md, "CK+ 10-fold"): the
-# shipped FER2013 model's trunk (--init-from default; FER2013-pretrained, never ImageNet),
-# a fresh head, Adam-GC lr 3e-4, batch 32, cosine, label smoothing 0.1, a weight EMA.
-# docs/cpu/2026-11-27-epyc-avx2/ckplus_chosen_config.json is the measured run's config.
-CKPLUS_TRANSFER_PRESET = {"dataset": "ck+", "model": "bcnn-resnet34", "shared_backbone": True,
-                          "pretrained": False, "init_from": "default", "optimizer": "adam-gc", "lr": 3e-4,
-                          "weight_decay": 1e-4, "batch_size": 32, "epochs": 16, "schedule": "cosine",
-                          "image_size": 48, "label_smoothing": 0.1, "ema": 0.99}
 # `--preset NAME` in `fer train` and `fer ablate` (which keeps each row's own architecture,
-# optimizer and starting weights: fercli.ablation.ablate).
-PRESET_VALUES: dict[str, dict[str, Any]] = {
-    "paper": PAPER_PRESET, "short": SHORT_PRESET,
-    "fer2013-scratch": FER2013_SCRATCH_PRESET, "ckplus-transfer": CKPLUS_TRANSFER_PRESET,
-}
-PRESETS = tuple(PRESET_VALUES)
+# optimizer and starting weights: fercli.ablation.ablate): recipe files shipped in the package,
+# fercli/train/presets/NAME.toml, each saying why it holds what it holds. Listed here in the
+# order `--preset`'s help explains them.
+PRESET_DIR = Path(__file__).with_name("presets")
+PRESETS = ("paper", "short", "fer2013-scratch", "ckplus-transfer")
 DEPRECATED_PRESETS = {"fast": "short"}  # old name -> name; the CLI warns when one is used
+# Fields of a run's config.json that belong to that run, not to its recipe: `--config
+# run/config.json` trains the same recipe again, into a directory of its own.
+RUN_ONLY_FIELDS = ("out", "resume", "force")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a recipe file sets: a TOML file of `field = value` lines (the
+    presets; dashes or underscores, `arch` for `model`), or a run's config.json / kfold.json
+    (its "config", less RUN_ONLY_FIELDS). A key that is no option, or a value of the wrong
+    type, is a one-line FerError naming the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FerError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+            raw = raw.get("config", raw) if isinstance(raw, dict) else raw
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            raw = {k: v for k, v in raw.items() if k not in RUN_ONLY_FIELDS}
+        else:
+            raw = tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise FerError(f"--config {path}: not a recipe ({exc})") from None
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = "model" if key == "arch" else key.replace("-", "_")
+        if name not in fields or name in RUN_ONLY_FIELDS:
+            raise FerError(f"--config {path}: {key!r} is not a `fer train` option")
+        if not _fits(value, fields[name]):
+            raise FerError(f"--config {path}: {key} = {value!r} should be {_kind(fields[name])}")
+        values[name] = value
+    return values
+
+
+def _kind(default: Any) -> str:
+    return "true or false" if isinstance(default, bool) else {int: "an integer", float: "a number"}.get(
+        type(default), "a string or a number" if default is None else "a string")
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a recipe value has the type of the field whose default is `default`."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and (isinstance(default, bool) or default is None)
+    if default is None:
+        return isinstance(value, (str, int, float))
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+PRESET_VALUES: dict[str, dict[str, Any]] = {name: read_recipe(PRESET_DIR / f"{name}.toml") for name in PRESETS}
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -109,13 +142,17 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESET_VALUES[name])
 
 
-def make_train_config(preset: str | None = None, **explicit: Any) -> TrainConfig:
-    """TrainConfig from a preset plus explicitly given options (explicit ones win)."""
+def make_train_config(preset: str | None = None, *, recipe: dict[str, Any] | None = None,
+                      **explicit: Any) -> TrainConfig:
+    """TrainConfig from, in rising order of precedence: its own defaults, a preset, a recipe
+    (`--config` file: read_recipe) and the options given explicitly."""
     values: dict[str, Any] = {}
     if preset is not None:
         values.update(preset_values(preset))
+    values.update(recipe or {})
     values.update({k: v for k, v in explicit.items() if v is not None})
-    if values.get("init_from") and explicit.get("pretrained") is None and not explicit.get("weights"):
+    chosen = {**(recipe or {}), **explicit}
+    if values.get("init_from") and chosen.get("pretrained") is None and not chosen.get("weights"):
         values["pretrained"] = False  # --init-from replaces ImageNet weights unless both are asked for
     return TrainConfig(**values)
 
@@ -129,7 +166,7 @@ def resolve_optimizer(cfg: TrainConfig, dataset_name: str) -> TrainConfig:
     return dataclasses.replace(cfg, optimizer=registry.paper_optimizer(dataset_name))
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")  # fer train --precision (inference has its own: infer.classifier)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -144,7 +181,7 @@ def validate_config(cfg: TrainConfig) -> None:
     allowed("arch", cfg.model, tuple(MODEL_NAMES))
     allowed("optimizer", cfg.optimizer, ("auto", *OPTIMIZER_NAMES))
     allowed("schedule", cfg.schedule, SCHEDULES)
-    allowed("precision", cfg.precision, PRECISIONS)
+    allowed("precision", cfg.precision, TRAIN_PRECISIONS)
     allowed("device", cfg.device, DEVICES)
     for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
         if getattr(cfg, name) < 1:
