@@ -123,6 +123,8 @@ def _kind(default: Any) -> str:
 
 def _fits(value: Any, default: Any) -> bool:
     """Whether a recipe value has the type of the field whose default is `default`."""
+    if value is None:  # JSON null: only where the field may be unset
+        return default is None
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and (isinstance(default, bool) or default is None)
     if default is None:
