@@ -143,3 +143,18 @@ def test_help_sentences_are_wrapped_by_the_terminal_not_the_docstring(columns: s
         assert "\n" not in first and rows[name] == first, name
         for paragraph in command.help.split("\n\n"):  # every paragraph is one line for the terminal
             assert "\n" not in paragraph, (name, paragraph)
+
+
+def test_the_recognizers_defaults_are_the_clis() -> None:
+    import inspect
+
+    import fercli
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PredictConfig) if f.default is not dataclasses.MISSING}
+    params = inspect.signature(fercli.Recognizer.__init__).parameters
+    shared = [n for n in params if n in defaults]
+    assert {"model", "device", "backend", "precision", "detector", "tta", "margin"} <= set(shared)
+    for name in shared:
+        assert params[name].default == defaults[name], name
+    cli = {p.name: p.default for p in COMMANDS["predict"].params}
+    assert all(cli[n] == defaults[n] for n in shared if n in cli)
