@@ -95,8 +95,8 @@ class Service:
         for ex in (self.pool, self.serial):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.batcher is not None:  # after a drain nothing is left to wait for but a stuck pass
+            self.batcher.close(timeout=1.0 if self.ops.draining else 30.0)
 
     def _find_faces(self, data: bytes) -> list:
         start = time.perf_counter()

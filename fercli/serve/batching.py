@@ -83,12 +83,12 @@ class MicroBatcher:
         self._queue.put(item)
         return item.future
 
-    def close(self) -> None:
-        """Finish the queued items, then stop the worker thread."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued items, then stop the worker thread (waiting at most `timeout` s)."""
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
 
     # ------------------------------------------------------------------ worker thread
 

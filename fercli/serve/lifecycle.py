@@ -3,8 +3,8 @@
 On SIGTERM or SIGINT the server drains: /readyz turns 503 at once and new requests get 503
 (ops.py), the requests in flight are answered, and then uvicorn stops (listeners closed, idle
 connections closed, the batcher finished) and the process exits 0. If requests are still in
-flight after `--drain-s` seconds, it stops anyway (those get cut about a second later). A
-second signal during the drain stops at once.
+flight after `--drain-s` seconds, it stops at once anyway (their connections are closed
+unanswered), and so does a second signal during the drain.
 
 uvicorn's own handler would set `should_exit` at the first signal (no drain) and re-raise the
 signal after shutdown (so the exit status would be the signal's); this Server does neither.
@@ -52,9 +52,10 @@ class DrainingServer(uvicorn.Server):
                 log.info("Drained: every request in flight was answered")
                 self.should_exit = True
             elif time.monotonic() >= self.drain_deadline:
-                log.warning("Drain timed out after %g s with %d request(s) in flight (--drain-s)",
-                            self.drain_s, self.ops.in_flight)
+                log.warning("Drain timed out after %g s with %d request(s) in flight (--drain-s): "
+                            "closing their connections", self.drain_s, self.ops.in_flight)
                 self.should_exit = True
+                self.force_exit = True  # no waiting on them (or on a forward pass stuck under them)
         return await super().on_tick(counter)
 
 

@@ -14,6 +14,7 @@ neither the log nor the metrics' labels grow with what clients send.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -103,7 +104,15 @@ def _route_resolver(app: Any) -> Callable[[str], str]:
     return route_of
 
 
-_DRAINING_BODY = json.dumps({"error": "the server is shutting down: retry (on another instance)"}).encode()
+_DRAINING = json.dumps({"error": "the server is shutting down: retry (on another instance)"}).encode()
+_CUT = json.dumps({"error": "the server shut down before answering (the drain ran past --drain-s): retry"}).encode()
+
+
+async def _send_503(send: Any, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class OpsMiddleware:
@@ -127,19 +136,23 @@ class OpsMiddleware:
         try:
             if ops.draining and route not in ALWAYS_ANSWERED:
                 status = 503
-                await send({"type": "http.response.start", "status": 503, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(_DRAINING_BODY)).encode()),
-                    (b"retry-after", b"1"), (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": _DRAINING_BODY})
+                await _send_503(send, _DRAINING)
                 return
+            started = False
 
             async def send_status(message: dict) -> None:
-                nonlocal status
+                nonlocal status, started
                 if message["type"] == "http.response.start":
-                    status = message["status"]
+                    status, started = message["status"], True
                 await send(message)
 
-            await self.app(scope, receive, send_status)
+            try:
+                await self.app(scope, receive, send_status)
+            except asyncio.CancelledError:  # cut by a drain that ran out of time: say so
+                if ops.draining and not started:
+                    status = 503
+                    await _send_503(send, _CUT)
+                raise
         finally:
             ops.in_flight -= 1
             seconds = time.perf_counter() - start
