@@ -30,9 +30,12 @@ def serve(
     timeout_s: float = typer.Option(S.timeout_s, help="Seconds allowed for the body to arrive (else 408), and again to detect and classify (else 503)."),
     workers_detect: int = typer.Option(S.workers_detect, help="Threads decoding and detecting faces; 0 = one request at a time, unbatched (needs --max-batch 1; a baseline for benchmarks)."),
     log_level: str = typer.Option(S.log_level, help="uvicorn's log level: critical, error, warning, info, debug."),
+    access_log: bool = typer.Option(S.access_log, "--access-log/--no-access-log", help="One JSON line per request on stderr: time, method, route, status, ms, faces, client."),
+    drain_s: float = typer.Option(S.drain_s, help="On SIGTERM or Ctrl-C: new requests get 503 while those in flight finish, for at most this many seconds; then the server exits 0."),
 ) -> None:
-    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a web page at /,
-    and the API reference at /docs (a plain page from /openapi.json: it opens offline).
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, GET /readyz,
+    GET /metrics (Prometheus), a web page at /, and the API reference at /docs (a plain page
+    from /openapi.json: it opens offline).
 
     POST an image as the raw body or as the multipart field `file`; the answer is one image of
     `fer predict --json`. Faces of requests arriving together are classified in one batched
@@ -42,7 +45,8 @@ def serve(
     cfg = ServeConfig(host=host, port=port, model=model, device=device, backend=backend,
                       precision=precision, detector=detector, tta=tta, max_batch=max_batch,
                       max_wait_ms=max_wait_ms, max_body_mb=max_body_mb, max_pixels=max_pixels,
-                      timeout_s=timeout_s, workers_detect=workers_detect, log_level=log_level)
+                      timeout_s=timeout_s, workers_detect=workers_detect, log_level=log_level,
+                      access_log=access_log, drain_s=drain_s)
     validate(cfg)  # flag errors before the model loads
     # deferred: fastapi and uvicorn (~0.2 s to import), which no other command needs
     from fercli.serve.app import serve as run_server

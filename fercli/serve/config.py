@@ -28,6 +28,8 @@ class ServeConfig:
     timeout_s: float = 30.0  # for reading the body, and again for detecting + classifying
     workers_detect: int = 2  # detection threads; 0 = one request at a time, unbatched
     log_level: str = "info"
+    access_log: bool = True  # one JSON line per request on stderr (ops.py)
+    drain_s: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
 
     @property
     def max_body_bytes(self) -> int:
@@ -51,6 +53,8 @@ def validate(cfg: ServeConfig) -> None:
                        f"limit), got {cfg.max_pixels}")
     if not (math.isfinite(cfg.timeout_s) and cfg.timeout_s > 0):
         raise FerError(f"--timeout-s must be > 0, got {cfg.timeout_s}")
+    if not (math.isfinite(cfg.drain_s) and 0 <= cfg.drain_s <= 3600):
+        raise FerError(f"--drain-s must be between 0 and 3600, got {cfg.drain_s}")
     if not 0 <= cfg.workers_detect <= 64:
         raise FerError(f"--workers-detect must be between 0 and 64, got {cfg.workers_detect}")
     if cfg.workers_detect == 0 and cfg.max_batch != 1:
