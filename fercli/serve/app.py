@@ -17,6 +17,8 @@ is wasted on it:
   400  an empty body; a multipart body that is malformed or has no `file` field
   408  the body took longer than --timeout-s to arrive (a slow or stalled client)
   503  detection + classification took longer than --timeout-s (an overloaded server)
+  401  with API keys set, no or a wrong `Authorization: Bearer` key (fercli/serve/auth.py)
+  503  more than --max-concurrent POST /v1/predict in flight (with Retry-After: 1)
 The request names no file on the server: the body is the image, and a multipart file name is
 only echoed back as "path".
 """
@@ -42,6 +44,7 @@ from fercli import __version__
 from fercli.api import Recognizer
 from fercli.errors import FerError
 from fercli.serve.apidocs import render_api_docs
+from fercli.serve.auth import Guard, is_loopback
 from fercli.serve.batching import MicroBatcher
 from fercli.serve.config import ServeConfig, validate
 from fercli.vision.images import BadImage, image_size
@@ -197,6 +200,8 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
     app.state.service = service
     app.router.on_shutdown.append(service.close)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # API keys and the in-flight cap (fercli/serve/auth.py): 401 / 503 before the body is read
+    app.add_middleware(Guard, keys=cfg.api_keys, max_concurrent=cfg.max_concurrent, counts=service.counts)
 
     @app.post("/v1/predict", summary="Faces and expressions in one image",
               responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
@@ -262,6 +267,10 @@ def serve(cfg: ServeConfig, announce: Any = print) -> None:
 
     app = create_app(cfg)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    announce(f"serving on http://{host}:{cfg.port}/ (the page at /, API docs at /docs); Ctrl-C stops")
+    scheme = "https" if cfg.ssl_certfile else "http"
+    keys = f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no API key"
+    announce(f"serving on {scheme}://{host}:{cfg.port}/ (the page at /, API docs at /docs; {keys}); Ctrl-C stops")
+    if cfg.no_auth and not is_loopback(cfg.host):
+        announce("warning: --no-auth: anyone who can reach this address can use the API")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=5,
-                server_header=False)
+                server_header=False, ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
