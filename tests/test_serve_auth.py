@@ -99,6 +99,7 @@ def test_cli_refuses_an_open_non_loopback_bind_in_one_line(monkeypatch: pytest.M
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0 lets other machines reach the API")
     assert "--no-auth" in lines[0] and "Traceback" not in res.output
+    assert lines[0] in (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()  # as documented
     # A bad key from the environment or a missing key file: one line, exit 2, the key not in it.
     res = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0"], env={ENV_VAR: "abc"})
     assert res.exit_code == 2 and res.output.strip().splitlines() == [
