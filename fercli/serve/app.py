@@ -17,6 +17,8 @@ is wasted on it:
   400  an empty body; a multipart body that is malformed or has no `file` field
   408  the body took longer than --timeout-s to arrive (a slow or stalled client)
   503  detection + classification took longer than --timeout-s (an overloaded server)
+  401  with API keys set, no or a wrong `Authorization: Bearer` key (fercli/serve/auth.py)
+  503  more than --max-concurrent POST /v1/predict in flight (with Retry-After: 1)
 The request names no file on the server: the body is the image, and a multipart file name is
 only echoed back as "path".
 """
@@ -42,6 +44,7 @@ from fercli import __version__
 from fercli.api import Recognizer
 from fercli.errors import FerError
 from fercli.serve.apidocs import render_api_docs
+from fercli.serve.auth import Guard, is_loopback
 from fercli.serve.batching import MicroBatcher
 from fercli.serve.config import ServeConfig, validate
 from fercli.serve.lifecycle import run as run_uvicorn
@@ -214,8 +217,11 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
     app.state.service = service
     app.router.on_shutdown.append(service.close)
     app.router.on_startup.append(lambda: service.ops.start_warm_up(service.rec.classify))
-    app.add_middleware(OpsMiddleware, ops=service.ops, routes=app)  # counts, times, logs, drains
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # API keys and the in-flight cap (fercli/serve/auth.py): 401 / 503 before the body is read
+    app.add_middleware(Guard, keys=cfg.api_keys, max_concurrent=cfg.max_concurrent, counts=service.counts)
+    # Added last, so outermost: every answer, the Guard's 401 and 503 included, is counted and logged
+    app.add_middleware(OpsMiddleware, ops=service.ops, routes=app)  # counts, times, logs, drains
 
     @app.post("/v1/predict", summary="Faces and expressions in one image",
               responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
@@ -290,5 +296,9 @@ def serve(cfg: ServeConfig, announce: Any = print) -> None:
     """Load the model once, then serve until a signal drains it (uvicorn, one process)."""
     app = create_app(cfg)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    announce(f"serving on http://{host}:{cfg.port}/ (the page at /, API docs at /docs); Ctrl-C stops")
+    scheme = "https" if cfg.ssl_certfile else "http"
+    keys = f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no API key"
+    announce(f"serving on {scheme}://{host}:{cfg.port}/ (the page at /, API docs at /docs; {keys}); Ctrl-C stops")
+    if cfg.no_auth and not is_loopback(cfg.host):
+        announce("warning: --no-auth: anyone who can reach this address can use the API")
     run_uvicorn(app, cfg, app.state.service.ops)

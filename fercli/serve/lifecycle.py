@@ -63,5 +63,5 @@ def run(app: Any, cfg: ServeConfig, ops: Ops) -> None:
     """Serve `app` until a signal has drained it; returns normally (exit status 0)."""
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=5,
                             server_header=False, access_log=False,  # ops.py logs each request once
-                            timeout_graceful_shutdown=1)
+                            timeout_graceful_shutdown=1, ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
     DrainingServer(config, ops, cfg.drain_s).run()
