@@ -368,3 +368,17 @@ def test_page_asks_for_the_key_once_keeps_it_for_the_tab_and_sends_it(keyed, tmp
         assert not driver.find_element(By.ID, "key-form").is_displayed()
     finally:
         driver.quit()
+
+
+def test_refused_requests_are_counted_in_metrics(keyed_client) -> None:  # type: ignore[no-untyped-def]
+    """The ops middleware wraps the Guard, so a 401 is in /metrics like any answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def refused() -> float:
+        text = keyed_client.get("/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"}).text
+        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                   if s.name.endswith("_total") and s.labels.get("status") == "401")
+
+    before = refused()
+    assert keyed_client.get("/v1/model").status_code == 401
+    assert refused() == before + 1
