@@ -102,11 +102,14 @@ class Service:
         loop = asyncio.get_running_loop()
         if self.serial is not None:
             return await loop.run_in_executor(self.serial, self._serial_predict, data)
-        found = await loop.run_in_executor(self.pool, self.rec.find_faces, data)
-        if not found:
-            return [], None
-        crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
-        probs = await asyncio.wrap_future(self.batcher.submit(crops))  # type: ignore[union-attr]
+        # An open batch waits (up to --max-wait-ms) for this request only while it detects.
+        with self.batcher.expecting():  # type: ignore[union-attr]
+            found = await loop.run_in_executor(self.pool, self.rec.find_faces, data)
+            if not found:
+                return [], None
+            crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
+            future = self.batcher.submit(crops)  # type: ignore[union-attr]
+        probs = await asyncio.wrap_future(future)
         return [b for b, _ in found], probs
 
 
