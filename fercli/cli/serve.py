@@ -24,11 +24,12 @@ def serve(
     tta: str = typer.Option(S.tta, help="Test-time augmentation: none, flip or ten-crop (ten-crop with the torch backend only)."),
     device: options.Device = S.device,
     max_batch: int = typer.Option(S.max_batch, help="Most faces classified in one forward pass; requests arriving together share it."),
-    max_wait_ms: float = typer.Option(S.max_wait_ms, help="How long the first face of a batch waits for others (ms)."),
+    max_wait_ms: float = typer.Option(S.max_wait_ms, help="How long a batch waits for requests still being detected (ms); with none on the way a face is classified at once."),
     max_body_mb: float = typer.Option(S.max_body_mb, help="Larger request bodies are refused with 413."),
     max_pixels: int = typer.Option(S.max_pixels, help="Images with more pixels (read from the header, before decoding) are refused with 413."),
     timeout_s: float = typer.Option(S.timeout_s, help="Seconds allowed for the body to arrive (else 408), and again to detect and classify (else 503)."),
     workers_detect: int = typer.Option(S.workers_detect, help="Threads decoding and detecting faces; 0 = one request at a time, unbatched (needs --max-batch 1; a baseline for benchmarks)."),
+    detect_max_side: Optional[int] = typer.Option(S.detect_max_side, help="Long side (px) photos are scaled down to for face detection (faces are cropped at full resolution); smaller is faster but misses small faces. \\[default: as `fer predict`: 640 yunet, 1280 haar]"),
     log_level: str = typer.Option(S.log_level, help="uvicorn's log level: critical, error, warning, info, debug."),
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a web page at /,
@@ -42,7 +43,8 @@ def serve(
     cfg = ServeConfig(host=host, port=port, model=model, device=device, backend=backend,
                       precision=precision, detector=detector, tta=tta, max_batch=max_batch,
                       max_wait_ms=max_wait_ms, max_body_mb=max_body_mb, max_pixels=max_pixels,
-                      timeout_s=timeout_s, workers_detect=workers_detect, log_level=log_level)
+                      timeout_s=timeout_s, workers_detect=workers_detect, log_level=log_level,
+                      detect_max_side=detect_max_side)
     validate(cfg)  # flag errors before the model loads
     # deferred: fastapi and uvicorn (~0.2 s to import), which no other command needs
     from fercli.serve.app import serve as run_server

@@ -187,7 +187,8 @@ def check_header(data: bytes, max_pixels: int) -> None:
 def _load_recognizer(cfg: ServeConfig) -> Any:
 
     return Recognizer(model=cfg.model, device=cfg.device, backend=cfg.backend,
-                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta)
+                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta,
+                      detect_max_side=cfg.detect_max_side)
 
 
 def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
@@ -215,6 +216,7 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
                 "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                             "max_body_bytes": cfg.max_body_bytes, "max_pixels": cfg.max_pixels,
                             "timeout_s": cfg.timeout_s, "workers_detect": cfg.workers_detect,
+                            "detect_max_side": getattr(service.rec, "detect_max_side", None),
                             "accepted_formats": sorted(set(ACCEPTED_FORMATS.values()))}}
 
     @app.get("/healthz", summary="Liveness, with request and batch counters")

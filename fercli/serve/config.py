@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from fercli.errors import FerError
+from fercli.vision.faces import MAX_DETECT_SIDE, MIN_DETECT_SIDE
 from fercli.vision.images import MAX_IMAGE_PIXELS
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -22,11 +23,12 @@ class ServeConfig:
     detector: str = "auto"
     tta: str = "none"
     max_batch: int = 32  # faces per batched forward pass
-    max_wait_ms: float = 5.0  # how long the first face of a batch waits for company
+    max_wait_ms: float = 5.0  # how long a batch waits for requests still detecting (none: no wait)
     max_body_mb: float = 20.0  # larger request bodies get 413 before they are read whole
     max_pixels: int = MAX_IMAGE_PIXELS  # larger images get 413, read from the header
     timeout_s: float = 30.0  # for reading the body, and again for detecting + classifying
     workers_detect: int = 2  # detection threads; 0 = one request at a time, unbatched
+    detect_max_side: int | None = None  # long side faces are detected at; None: fer predict's
     log_level: str = "info"
 
     @property
@@ -53,6 +55,9 @@ def validate(cfg: ServeConfig) -> None:
         raise FerError(f"--timeout-s must be > 0, got {cfg.timeout_s}")
     if not 0 <= cfg.workers_detect <= 64:
         raise FerError(f"--workers-detect must be between 0 and 64, got {cfg.workers_detect}")
+    if cfg.detect_max_side is not None and not MIN_DETECT_SIDE <= cfg.detect_max_side <= MAX_DETECT_SIDE:
+        raise FerError(f"--detect-max-side must be between {MIN_DETECT_SIDE} and {MAX_DETECT_SIDE}, "
+                       f"got {cfg.detect_max_side}")
     if cfg.workers_detect == 0 and cfg.max_batch != 1:
         raise FerError("--workers-detect 0 serves one request at a time (detect, then classify, "
                        "unbatched): give --max-batch 1 with it")
