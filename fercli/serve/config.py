@@ -28,7 +28,10 @@ class ServeConfig:
     max_pixels: int = MAX_IMAGE_PIXELS  # larger images get 413, read from the header
     timeout_s: float = 30.0  # for reading the body, and again for detecting + classifying
     workers_detect: int = 2  # detection threads; 0 = one request at a time, unbatched
-    detect_max_side: int | None = None  # long side faces are detected at; None: fer predict's
+    # Long side faces are detected at; None: fer predict's (YuNet 640), so the server answers as
+    # fer predict does. Not smaller: at 480 YuNet takes half the time but finds only 131 of the
+    # 177 faces 640 finds at 1/10 of a 960 px frame, 320 finds 13 (docs/benchmarks.md).
+    detect_max_side: int | None = None
     log_level: str = "info"
 
     @property
