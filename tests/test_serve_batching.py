@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -125,3 +126,40 @@ def test_many_threads_announcing_then_submitting_all_get_their_rows() -> None:
     assert results == {i: float(i) for i in range(24)}
     assert sum(len(x) for x in clf.batches) == 24 and max(len(x) for x in clf.batches) <= 8
     assert b.pending == 0
+
+
+# --------------------------------------------------------------------------- through the app
+
+
+def test_the_server_answers_one_client_without_waiting_out_max_wait_and_counts_every_request_down() -> None:
+    """With --max-wait-ms 1000, one client's photo is answered well inside that window (no
+    other request is detecting); after faces, no face, a corrupt image and a concurrent burst
+    the pending count is back at zero."""
+    import cv2
+    from fastapi.testclient import TestClient
+    from serving import sample
+
+    import fercli
+    from fercli.serve.app import create_app
+    from fercli.serve.config import ServeConfig
+
+    rec = fercli.Recognizer()
+    data = sample("astronaut.jpg")
+    with TestClient(create_app(ServeConfig(max_wait_ms=1000), recognizer=rec)) as client:
+        batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+        client.post("/v1/predict", content=data, headers={"Content-Type": "image/jpeg"})  # warm
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = client.post("/v1/predict", content=data, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200 and len(r.json()["faces"]) == 1
+            assert time.monotonic() - t0 < 0.7  # detection + classify, not the 1000 ms window
+        _, blank = cv2.imencode(".png", np.full((120, 160), 200, np.uint8))
+        assert client.post("/v1/predict", content=blank.tobytes(),
+                           headers={"Content-Type": "image/png"}).json()["faces"] == []
+        assert client.post("/v1/predict", content=data[:len(data) // 2],  # truncated: no EOI
+                           headers={"Content-Type": "image/jpeg"}).status_code == 422
+        assert batcher.pending == 0
+        with ThreadPoolExecutor(4) as ex:
+            codes = list(ex.map(lambda _: client.post("/v1/predict", content=data, headers={
+                "Content-Type": "image/jpeg"}).status_code, range(8)))
+        assert codes == [200] * 8 and batcher.pending == 0
