@@ -10,9 +10,9 @@ itself; tests/test_layers.py reads every import (inside functions too) and holds
     base         errors, files, provenance, device, paper, plots: no fercli imports but these
     vision       images (the one decoder) and faces (detect, crop)
     data         fer prepare's readers, the dataset registry, prepared and device-resident data
-    model        the networks (eqs. 1-7), checkpoints, the forward pass with TTA, temperature
+    model        the networks (eqs. 1-7), checkpoints, the resolver, the forward pass with TTA, temperature
     export       the .npz and ONNX formats; running an ONNX graph (onnx_runtime: no torch)
-    infer        the one inference path: resolver, classifier backends, Recognizer, predict
+    infer        the one inference path: classifier backends, Recognizer, predict
     evaluation   fer evaluate and fer calibrate: metrics, calibration
     train        fer train: config, GC optimizers, the engine, runs, jobs
     ablation     fer ablate: the paper's Table 5 ladder, runs of train measured by evaluation

@@ -99,7 +99,7 @@ def test_cli_evaluate_json_and_one_line_errors(fer_run) -> None:
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_shipped_model_reproduces_its_private_test_accuracy(fer2013_prepared) -> None:  # type: ignore[no-untyped-def]
-    from fercli.infer.locate import DEFAULT_MODEL
+    from fercli.model.locate import DEFAULT_MODEL
 
     ds = fer2013_prepared.out
     assets = DEFAULT_MODEL.parent

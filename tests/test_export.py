@@ -142,3 +142,16 @@ def test_amend_metadata_corrects_provenance_and_keeps_the_weights(run_dir: tuple
     assert fix["original_archive_sha256"] == original_sha
     with pytest.raises(FerError, match="beside the original"):
         amend_metadata(src, src, {"code_version": "x"}, why="", how="")
+
+
+def test_export_resolves_its_source_like_every_command(tmp_path):
+    """SOURCE goes through fercli.model.locate: the same references and one-line messages."""
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"onnx")
+    for source, fmt, message in [(str(graph), "onnx", "is an ONNX graph"), ("default", "npz", "is an exported model"),
+                                 (str(tmp_path / "absent"), "npz", "does not exist (give a run directory")]:
+        out = tmp_path / f"out.{fmt}"
+        r = runner.invoke(app, ["export", source, "--format", fmt, "--out", str(out)])
+        assert r.exit_code == 2 and not out.exists(), r.output
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"error: SOURCE {source}") and message in line, line

@@ -16,7 +16,7 @@ import pytest
 
 from fercli.export.onnx_runtime import OnnxClassifier
 from fercli.files import read_shards
-from fercli.infer.locate import DEFAULT_GRAPH
+from fercli.model.locate import DEFAULT_GRAPH
 from tests.fixtures import SAMPLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]

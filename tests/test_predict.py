@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fercli.cli import app
-from fercli.infer import locate
 from fercli.infer.torch_backend import FaceClassifier
+from fercli.model import locate
 from fercli.model.networks import build_model
 from fercli.vision.faces import crop_face
 from fercli.vision.images import load_grey

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.infer.locate import DEFAULT_MODEL
 from fercli.infer.sources import load_model_source
+from fercli.model.locate import DEFAULT_MODEL
 from fercli.model.networks import build_model
 from fercli.train import config, runs
 from tests.fixtures import fake_run, make_ck_like

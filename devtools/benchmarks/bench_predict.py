@@ -284,7 +284,7 @@ def folder_throughput(n: int, fer_root: Path, int8_calibration: str | None = Non
 
     from fercli.errors import FerError
     from fercli.infer import predict as P
-    from fercli.infer.locate import DEFAULT_MODEL
+    from fercli.model.locate import DEFAULT_MODEL
 
     root = fer_root / "fer2013" if (fer_root / "fer2013").is_dir() else fer_root
     files = sorted((root / "test").rglob("PrivateTest_*.jpg"))[:n]

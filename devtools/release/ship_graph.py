@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fercli.export.onnx_runtime import ONNX_FORMAT  # noqa: E402
 from fercli.files import atomic_write_many, shard_files  # noqa: E402
-from fercli.infer.locate import DEFAULT_GRAPH  # noqa: E402
 from fercli.infer.torch_backend import bundled_graph_bytes  # noqa: E402
+from fercli.model.locate import DEFAULT_GRAPH  # noqa: E402
 
 PART_BYTES = 15 * 1024 * 1024  # as the .npz's parts
 

@@ -47,9 +47,9 @@ from fercli.files import (
     read_json,
     read_shards,
     shard_files,
-    sharded_exists,
 )
-from fercli.model.checkpoints import BEST_CHECKPOINT, load_checkpoint, model_from_checkpoint
+from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
+from fercli.model.locate import locate
 from fercli.model.networks import model_from_spec
 from fercli.provenance import code_version
 from fercli.vision.faces import FACE_SIZE
@@ -66,22 +66,16 @@ _SAFE_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 # --------------------------------------------------------------------------- export
 
 
-def _find_checkpoint(src: Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, run dir or None) for a run directory or a .pt file."""
-    if src.is_dir():
-        ck = src / BEST_CHECKPOINT
-        if not ck.is_file():
-            if any(src.glob("fold-*/" + BEST_CHECKPOINT)):
-                raise FerError(f"{src} is a k-fold root with one model per fold: export one fold, "
-                               f"e.g. {src / 'fold-0'}")
-            raise FerError(f"{src}: no {BEST_CHECKPOINT} found (is it a `fer train` run directory?)")
-        return ck, src
-    if not src.exists():
-        raise FerError(f"{src} does not exist (give a run directory or a checkpoint .pt file)")
-    run_dir = src.parent if (src.parent / "config.json").is_file() else None
-    return src, run_dir
-
-
+def _checkpoint_ref(src: Path | str, fmt: str) -> tuple[Path, Path | None]:
+    """(checkpoint file, its run dir or None) of a run directory or a .pt file, through the one
+    resolver (fercli.model.locate: the same references and messages as every command)."""
+    ref = locate(src, "SOURCE")
+    if ref.kind != "checkpoint":
+        what = "an ONNX graph" if ref.kind == "onnx" else "an exported model"
+        other = " (--format onnx converts an exported .npz)" if ref.kind == "exported" else ""
+        raise FerError(f"SOURCE {src} is {what}: --format {fmt} exports a run directory or a .pt checkpoint{other}")
+    run_dir = ref.path.parent if (ref.path.parent / "config.json").is_file() else None
+    return ref.path, run_dir
 
 
 def _state_arrays(state: dict[str, torch.Tensor], dtype: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -119,9 +113,9 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
+def _checkpoint_meta(src: Path, dtype: str, fmt: str = "npz") -> tuple[nn.Module, dict[str, Any]]:
     """(model, provenance block) of a run directory's best.pt or a checkpoint file."""
-    ck_path, run_dir = _find_checkpoint(src)
+    ck_path, run_dir = _checkpoint_ref(src, fmt)
     ckpt = load_checkpoint(ck_path)
     model = model_from_checkpoint(ckpt, ck_path)  # proves the weights fit the spec before export
     config = ckpt.get("config") or {}
@@ -168,14 +162,14 @@ def _checkpoint_meta(src: Path, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
 def export_meta(src: Path | str, dtype: str) -> tuple[nn.Module, dict[str, Any]]:
     """(model, provenance block) of any export source: a run directory, a .pt checkpoint, or
     an already exported .npz (its recorded provenance is kept; this export is stamped)."""
-    src = Path(src)
-    if src.suffix == ".npz" or src.name.endswith(INDEX_SUFFIX) or (not src.exists() and sharded_exists(src)):
-        model, info = load_exported(src)
+    ref = locate(src, "SOURCE")
+    if ref.kind == "exported":
+        model, info = load_exported(ref.path)
         meta = {k: v for k, v in info.items() if k not in ("path", "bytes")}
         meta.update(dtype=dtype, source_model=str(src), exported_with_code_version=code_version(),
                     exported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return model, meta
-    return _checkpoint_meta(src, dtype)
+    return _checkpoint_meta(Path(src), dtype, "onnx")
 
 
 def export_model(

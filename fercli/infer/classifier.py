@@ -1,5 +1,5 @@
 """Which model classifies the faces, and on what: the model behind `fer predict --model` (one
-resolver, fercli.infer.locate) and the backend that runs it. No Typer or Rich here, and no
+resolver, fercli.model.locate) and the backend that runs it. No Typer or Rich here, and no
 torch unless the prediction needs it:
 
     bundled model, CPU, precision auto|int8, TTA none|flip
@@ -31,8 +31,8 @@ from fercli.errors import FerError, missing_extra
 from fercli.export.onnx_runtime import OnnxClassifier, ort_available
 from fercli.files import SHARD_INDEX_SUFFIX, read_shards
 from fercli.infer.config import PredictConfig
-from fercli.infer.locate import DEFAULT_GRAPH, ModelRef, locate
 from fercli.infer.model_info import ModelInfo, model_info
+from fercli.model.locate import DEFAULT_GRAPH, ModelRef, locate
 
 BACKENDS = ("auto", "torch", "onnx")
 # fer predict --precision: what the classifier computes in (the training precisions are

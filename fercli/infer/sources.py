@@ -1,6 +1,6 @@
 """A model reference → one loaded torch model with its provenance: what `fer evaluate`,
 `fer calibrate`, `fer export`, `fer train --init-from` and the torch backend of `fer predict`
-load. Which file a reference names is fercli.infer.locate (one resolver, one set of errors);
+load. Which file a reference names is fercli.model.locate (one resolver, one set of errors);
 this module reads it.
 
 Nothing here executes code from a file: checkpoints load with weights_only=True, exports with
@@ -18,8 +18,8 @@ from torch import nn
 from fercli.errors import FerError
 from fercli.export.npz_format import load_exported
 from fercli.files import SHARD_INDEX_SUFFIX, read_json, sha256_file
-from fercli.infer.locate import locate
 from fercli.model.checkpoints import load_checkpoint, model_from_checkpoint
+from fercli.model.locate import locate
 from fercli.provenance import training_label
 
 
@@ -94,7 +94,7 @@ def load_checkpoint_source(path: Path) -> ModelSource:
 
 
 def load_model_source(ref: str | Path | None, what: str = "model", *, fallback: bool = False) -> ModelSource:
-    """Load ONE torch model from a reference (fercli.infer.locate); `what` names the option."""
+    """Load ONE torch model from a reference (fercli.model.locate); `what` names the option."""
     found = locate(ref, what, fallback=fallback)
     if found.kind == "onnx":
         raise FerError(f"{what} {found.path} is an ONNX graph: it runs on onnxruntime (fer predict, fer serve) "

@@ -17,10 +17,10 @@ from fercli.errors import FerError
 from fercli.export.onnx_format import cached_onnx_bytes, int8_graph
 from fercli.export.onnx_runtime import OnnxClassifier, ort_available
 from fercli.infer.config import PredictConfig
-from fercli.infer.locate import BUNDLED, DEFAULT_MODEL, ModelRef
 from fercli.infer.model_info import ModelInfo, model_info
 from fercli.infer.sources import load_model_source
 from fercli.model.inference import GraphedInference, TemperatureScaled, predict_logits
+from fercli.model.locate import BUNDLED, DEFAULT_MODEL, ModelRef
 from fercli.model.temperature import check_temperature, temperature_of
 from fercli.vision.faces import FACE_SIZE
 

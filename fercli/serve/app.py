@@ -17,6 +17,8 @@ is wasted on it:
   400  an empty body; a multipart body that is malformed or has no `file` field
   408  the body took longer than --timeout-s to arrive (a slow or stalled client)
   503  detection + classification took longer than --timeout-s (an overloaded server)
+  401  with API keys set, no or a wrong `Authorization: Bearer` key (fercli/serve/auth.py)
+  503  more than --max-concurrent POST /v1/predict in flight (with Retry-After: 1)
 The request names no file on the server: the body is the image, and a multipart file name is
 only echoed back as "path".
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -42,8 +44,11 @@ from fercli import __version__
 from fercli.api import Recognizer
 from fercli.errors import FerError
 from fercli.serve.apidocs import render_api_docs
+from fercli.serve.auth import Guard, is_loopback
 from fercli.serve.batching import MicroBatcher
 from fercli.serve.config import ServeConfig, validate
+from fercli.serve.lifecycle import run as run_uvicorn
+from fercli.serve.ops import Ops, OpsMiddleware
 from fercli.vision.images import BadImage, image_size
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -75,6 +80,8 @@ class Service:
         self.rec = recognizer
         self.started = time.time()
         self.counts: Counter[str] = Counter()
+        self.ops = Ops(access_log=cfg.access_log)  # metrics, readiness, draining (ops.py)
+        self.ops.metrics.set_model(recognizer)
         if cfg.workers_detect == 0:  # the one-request-at-a-time server: no pool, no batching
             self.serial = ThreadPoolExecutor(1, thread_name_prefix="fer-serial")
             self.pool = None
@@ -83,19 +90,32 @@ class Service:
             self.serial = None
             self.pool = ThreadPoolExecutor(cfg.workers_detect, thread_name_prefix="fer-detect")
             self.batcher = MicroBatcher(recognizer.classify, max_batch=cfg.max_batch,
-                                        max_wait_ms=cfg.max_wait_ms)
+                                        max_wait_ms=cfg.max_wait_ms, on_batch=self.ops.metrics.on_batch)
+        self.ops.metrics.watch(lambda: self.ops.in_flight,
+                               lambda: self.batcher.waiting_faces if self.batcher else 0)
 
     def close(self) -> None:
         for ex in (self.pool, self.serial):
             if ex is not None:
                 ex.shutdown(wait=False, cancel_futures=True)
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.batcher is not None:  # after a drain nothing is left to wait for but a stuck pass
+            self.batcher.close(timeout=1.0 if self.ops.draining else 30.0)
+
+    def _find_faces(self, data: bytes) -> list:
+        start = time.perf_counter()
+        try:
+            return self.rec.find_faces(data)
+        finally:
+            self.ops.metrics.detect.observe(time.perf_counter() - start)
 
     def _serial_predict(self, data: bytes) -> tuple[list, np.ndarray | None]:
-        found = self.rec.find_faces(data)
-        crops = np.stack([c for _, c in found]) if found else None
-        return [b for b, _ in found], (self.rec.classify(crops) if crops is not None else None)
+        found = self._find_faces(data)
+        if not found:
+            return [], None
+        start = time.perf_counter()
+        probs = self.rec.classify(np.stack([c for _, c in found]))
+        self.ops.metrics.on_batch(len(found), [], time.perf_counter() - start)
+        return [b for b, _ in found], probs
 
     async def predict(self, data: bytes) -> tuple[list, np.ndarray | None]:
         """(boxes, probabilities (N, C) or None without faces) of one image's bytes."""
@@ -104,7 +124,7 @@ class Service:
             return await loop.run_in_executor(self.serial, self._serial_predict, data)
         # An open batch waits (up to --max-wait-ms) for this request only while it detects.
         with self.batcher.expecting():  # type: ignore[union-attr]
-            found = await loop.run_in_executor(self.pool, self.rec.find_faces, data)
+            found = await loop.run_in_executor(self.pool, self._find_faces, data)
             if not found:
                 return [], None
             crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
@@ -200,7 +220,12 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
                   description="Facial expression recognition (OBSR-Net bilinear ResNet34) over HTTP.")
     app.state.service = service
     app.router.on_shutdown.append(service.close)
+    app.router.on_startup.append(lambda: service.ops.start_warm_up(service.rec.classify))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # API keys and the in-flight cap (fercli/serve/auth.py): 401 / 503 before the body is read
+    app.add_middleware(Guard, keys=cfg.api_keys, max_concurrent=cfg.max_concurrent, counts=service.counts)
+    # Added last, so outermost: every answer, the Guard's 401 and 503 included, is counted and logged
+    app.add_middleware(OpsMiddleware, ops=service.ops, routes=app)  # counts, times, logs, drains
 
     @app.post("/v1/predict", summary="Faces and expressions in one image",
               responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
@@ -224,6 +249,16 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
         b = service.batcher
         return {"status": "ok", "uptime_s": round(time.time() - service.started, 1),
                 "requests": dict(service.counts), "batches": b.stats.as_dict() if b else None}
+
+    @app.get("/readyz", summary="Readiness: 200 once warmed up, 503 while starting or draining")
+    def readyz() -> JSONResponse:
+        problem = service.ops.not_ready()
+        return error_response(503, problem) if problem else JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    def metrics() -> Response:
+        body, ctype = service.ops.metrics.render()
+        return Response(body, media_type=ctype)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -257,16 +292,18 @@ async def _predict(service: Service, request: Request) -> JSONResponse:
         service.counts["disconnected"] += 1
         return error_response(400, "the client disconnected")  # nobody reads it
     faces = service.rec.faces(boxes, probs) if probs is not None else []
+    request.state.faces = len(faces)  # for the access log
     service.counts["200"] += 1
     return JSONResponse({"path": name, "faces": [f.to_dict() for f in faces], "error": None})
 
 
 def serve(cfg: ServeConfig, announce: Any = print) -> None:
-    """Load the model once, then serve until interrupted (uvicorn, one process)."""
-    import uvicorn
-
+    """Load the model once, then serve until a signal drains it (uvicorn, one process)."""
     app = create_app(cfg)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    announce(f"serving on http://{host}:{cfg.port}/ (the page at /, API docs at /docs); Ctrl-C stops")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=5,
-                server_header=False)
+    scheme = "https" if cfg.ssl_certfile else "http"
+    keys = f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no API key"
+    announce(f"serving on {scheme}://{host}:{cfg.port}/ (the page at /, API docs at /docs; {keys}); Ctrl-C stops")
+    if cfg.no_auth and not is_loopback(cfg.host):
+        announce("warning: --no-auth: anyone who can reach this address can use the API")
+    run_uvicorn(app, cfg, app.state.service.ops)

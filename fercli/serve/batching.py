@@ -36,12 +36,15 @@ import numpy as np
 PENDING_POLL_S = 0.001
 
 Classify = Callable[[np.ndarray], np.ndarray]  # uint8 crops (N, 48, 48) -> probabilities (N, C)
+# After each forward pass: (faces in it, each request's seconds in the queue, seconds of the pass)
+OnBatch = Callable[[int, list[float], float], None]
 
 
 @dataclass
 class _Item:
     crops: np.ndarray  # (n, 48, 48) uint8, n >= 1
     future: Future = field(default_factory=Future)
+    queued: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -64,13 +67,17 @@ class MicroBatcher:
     never split, so one request's faces always come from one forward pass.
     """
 
-    def __init__(self, classify: Classify, *, max_batch: int, max_wait_ms: float) -> None:
+    def __init__(self, classify: Classify, *, max_batch: int, max_wait_ms: float,
+                 on_batch: OnBatch | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.classify = classify
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
+        self.on_batch = on_batch
+        self.waiting_faces = 0  # submitted, forward pass not yet begun (for fer_queue_faces)
+        self._waiting_lock = threading.Lock()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._pending = 0  # requests on their way to submit(): expect() minus arrived()
@@ -84,6 +91,8 @@ class MicroBatcher:
         if crops.ndim != 3 or crops.shape[0] == 0:
             raise ValueError(f"crops must be (n>=1, H, W), got {crops.shape}")
         item = _Item(crops)
+        with self._waiting_lock:
+            self.waiting_faces += len(crops)
         self._queue.put(item)
         return item.future
 
@@ -111,12 +120,12 @@ class MicroBatcher:
         finally:
             self.arrived()
 
-    def close(self) -> None:
-        """Finish the queued items, then stop the worker thread."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued items, then stop the worker thread (waiting at most `timeout` s)."""
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
 
     # ------------------------------------------------------------------ worker thread
 
@@ -157,6 +166,9 @@ class MicroBatcher:
                 return
 
     def _classify(self, items: list[_Item]) -> None:
+        began = time.monotonic()
+        with self._waiting_lock:
+            self.waiting_faces -= sum(len(it.crops) for it in items)
         live = [it for it in items if it.future.set_running_or_notify_cancel()]
         if not live:
             return
@@ -170,6 +182,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.faces += len(crops)
         self.stats.largest = max(self.stats.largest, len(crops))
+        if self.on_batch is not None:
+            self.on_batch(len(crops), [began - it.queued for it in live], time.monotonic() - began)
         start = 0
         for it in live:
             it.future.set_result(probs[start:start + len(it.crops)])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
 from fercli.errors import FerError
+from fercli.serve.auth import check_access
 from fercli.vision.faces import MAX_DETECT_SIDE, MIN_DETECT_SIDE
 from fercli.vision.images import MAX_IMAGE_PIXELS
 
@@ -14,7 +16,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback only unless asked: the API has no authentication
+    host: str = "127.0.0.1"  # loopback only unless asked; any other address needs a key or no_auth
     port: int = 8000
     model: str | None = None  # run dir | .pt | .npz | .onnx; None = the bundled model
     device: str = "auto"
@@ -33,6 +35,13 @@ class ServeConfig:
     # 177 faces 640 finds at 1/10 of a 960 px frame, 320 finds 13 (docs/benchmarks.md).
     detect_max_side: int | None = None
     log_level: str = "info"
+    access_log: bool = True  # one JSON line per request on stderr (ops.py)
+    drain_s: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # Bearer keys; () = no authentication
+    no_auth: bool = False  # serve a non-loopback address without keys, on purpose
+    max_concurrent: int = 64  # POST /v1/predict in flight beyond this get 503; 0 = no cap
+    ssl_certfile: str | None = None  # both set: uvicorn serves https
+    ssl_keyfile: str | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -56,6 +65,8 @@ def validate(cfg: ServeConfig) -> None:
                        f"limit), got {cfg.max_pixels}")
     if not (math.isfinite(cfg.timeout_s) and cfg.timeout_s > 0):
         raise FerError(f"--timeout-s must be > 0, got {cfg.timeout_s}")
+    if not (math.isfinite(cfg.drain_s) and 0 <= cfg.drain_s <= 3600):
+        raise FerError(f"--drain-s must be between 0 and 3600, got {cfg.drain_s}")
     if not 0 <= cfg.workers_detect <= 64:
         raise FerError(f"--workers-detect must be between 0 and 64, got {cfg.workers_detect}")
     if cfg.detect_max_side is not None and not MIN_DETECT_SIDE <= cfg.detect_max_side <= MAX_DETECT_SIDE:
@@ -64,3 +75,20 @@ def validate(cfg: ServeConfig) -> None:
     if cfg.workers_detect == 0 and cfg.max_batch != 1:
         raise FerError("--workers-detect 0 serves one request at a time (detect, then classify, "
                        "unbatched): give --max-batch 1 with it")
+    if not 0 <= cfg.max_concurrent <= 100_000:
+        raise FerError(f"--max-concurrent must be between 0 (no cap) and 100000, got {cfg.max_concurrent}")
+    check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
+    check_access(cfg.host, cfg.api_keys, cfg.no_auth)
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Both or neither, and the pair loads (the key unencrypted), before uvicorn tries it."""
+    if (certfile is None) != (keyfile is None):
+        raise FerError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    if certfile is None or keyfile is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password="")
+    except (OSError, ssl.SSLError) as exc:
+        raise FerError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load them as a "
+                       f"PEM certificate and unencrypted key ({exc.strerror or exc})") from None

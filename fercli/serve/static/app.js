@@ -12,8 +12,55 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+// ------------------------------------------------------------------ the API key
+
+// A server started with API keys answers 401 until a request carries one. The page then asks
+// for it once (the form under the title), keeps it in sessionStorage (this tab only, gone when
+// it closes) and sends it as "Authorization: Bearer <key>" on every request to the server.
+const KEY_STORE = "fer-api-key";
+let keyAsked = null; // the one open question, shared by every request that got a 401
+
+const storedKey = () => sessionStorage.getItem(KEY_STORE) || "";
+
+function askKey(message) {
+  if (!keyAsked) {
+    keyAsked = new Promise((resolve) => {
+      const form = $("key-form");
+      $("key-message").textContent = message;
+      form.hidden = false;
+      $("key-input").focus();
+      form.onsubmit = (e) => {
+        e.preventDefault();
+        const key = $("key-input").value.trim();
+        if (!key) return;
+        sessionStorage.setItem(KEY_STORE, key);
+        $("key-input").value = "";
+        form.hidden = true;
+        keyAsked = null;
+        resolve();
+      };
+    });
+  }
+  return keyAsked;
+}
+
+// fetch() with the key; after a 401 it asks for a key (again, if the stored one was refused)
+// and retries, at most three times.
+async function api(path, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = storedKey();
+    const headers = { ...(options.headers || {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const res = await fetch(path, { ...options, headers });
+    if (res.status !== 401 || attempt === 3) return res;
+    if (storedKey() && storedKey() !== key) continue; // a new key came meanwhile: use it
+    sessionStorage.removeItem(KEY_STORE);
+    await askKey(key ? "The server refused that API key; enter another." : "This server needs an API key.");
+  }
+}
+
 async function postImage(blob) {
-  const res = await fetch("/v1/predict", {
+  const res = await api("/v1/predict", {
     method: "POST",
     headers: { "Content-Type": blob.type || "application/octet-stream" },
     body: blob,
@@ -224,7 +271,7 @@ function setupCamera() {
 
 async function describeModel() {
   try {
-    const res = await fetch("/v1/model");
+    const res = await api("/v1/model");
     const m = await res.json();
     state.classes = m.classes || [];
     const name = m.description || m.name || "model";
