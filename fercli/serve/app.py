@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +122,19 @@ class Service:
         loop = asyncio.get_running_loop()
         if self.serial is not None:
             return await loop.run_in_executor(self.serial, self._serial_predict, data)
-        # An open batch waits (up to --max-wait-ms) for this request only while it detects.
+        boxes, future = await loop.run_in_executor(self.pool, self._detect_and_submit, data)
+        return boxes, (None if future is None else await asyncio.wrap_future(future))
+
+    def _detect_and_submit(self, data: bytes) -> tuple[list, Future | None]:
+        """In a detection thread: the faces, handed to the batcher from this thread as soon as
+        they are found (not after a trip back to the event loop). While it detects, the request
+        is pending: an open batch waits (up to --max-wait-ms) for it, and for nothing else."""
         with self.batcher.expecting():  # type: ignore[union-attr]
-            found = await loop.run_in_executor(self.pool, self._find_faces, data)
+            found = self._find_faces(data)
             if not found:
                 return [], None
             crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
-            future = self.batcher.submit(crops)  # type: ignore[union-attr]
-        probs = await asyncio.wrap_future(future)
-        return [b for b, _ in found], probs
+            return [b for b, _ in found], self.batcher.submit(crops)  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- request body
