@@ -92,9 +92,11 @@ def test_batcher_waits_up_to_max_wait_for_company() -> None:
     seen: list[int] = []
     b = MicroBatcher(lambda c: (seen.append(len(c)), _rows(c))[1], max_batch=8, max_wait_ms=400)
     try:
+        b.expect()  # a second request is on its way: the first face waits for it
         f1 = b.submit(_crops(1))
         time.sleep(0.05)  # well inside the 400 ms window the first face opened
         f2 = b.submit(_crops(2))
+        b.arrived()
         f1.result(10), f2.result(10)
     finally:
         b.close()

@@ -1,12 +1,12 @@
 """Serving benchmark of `fer serve`: images/s and latency at 1, 8 and 32 concurrent clients.
 
     .venv/bin/python devtools/benchmarks/bench_serve.py [--seconds 20] [--clients 1 8 32] [--browser 15]
-        [--json out.json]
+        [--detect-max-side N] [--json out.json]
 
 Two servers, started one after the other with `python -m fercli serve` on a loopback port,
 each measured at every concurrency in the same run:
   * batched   - the defaults: 2 detection threads, micro-batched classify (--max-batch 32,
-                --max-wait-ms 5);
+                --max-wait-ms 5: a batch waits only while other requests are detecting);
   * unbatched - the reference: one request at a time, detect then classify on one thread
                 (--max-batch 1 --workers-detect 0).
 Each client is a thread with a keep-alive HTTP/1.1 connection that posts the three sample
@@ -14,7 +14,9 @@ photos in turn (two_faces.jpg has 2 faces, the portraits 1), for --seconds after
 Reported: images/s (answers per second), p50/p99 latency, errors (anything but a 200 with
 the expected number of faces), the server's mean faces per forward pass, the server's CPU
 time per image and cores used (from /proc), and the machine's load average before and after
-(the machine may be shared: then CPU time per image is the steadier figure).
+each row and at the start and end of the run (the machine may be shared: then CPU time per
+image is the steadier figure). --detect-max-side N is given to both servers (default: the
+server's own).
 
 Profile: the same Recognizer, in this process, one image at a time: how long find_faces
 (decode + detect + crop) and classify take per photo, i.e. where a request's CPU time goes.
@@ -133,13 +135,13 @@ def bench_server(name: str, args: list[str], clients: list[int], seconds: float,
     return rows
 
 
-def profile(repeats: int) -> dict:
+def profile(repeats: int, detect_max_side: int | None = None) -> dict:
     """Per photo, one at a time in this process: find_faces and classify medians (ms)."""
     import numpy as np
 
     import fercli
 
-    rec = fercli.Recognizer()
+    rec = fercli.Recognizer(detect_max_side=detect_max_side)
     out = {}
     for name in PHOTOS:
         data = (SAMPLES / name).read_bytes()
@@ -204,8 +206,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--profile-repeats", type=int, default=20)
     ap.add_argument("--browser", type=float, default=0.0, help="seconds of the page's camera loop (0: skip)")
+    ap.add_argument("--detect-max-side", type=int, default=None, help="passed to both servers")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    extra = [] if args.detect_max_side is None else ["--detect-max-side", str(args.detect_max_side)]
 
     import torch
 
@@ -214,14 +218,16 @@ def main() -> None:
         "command": "python devtools/benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version()},
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
         "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         for name, flags in SERVERS.items():
-            result["rows"] += bench_server(name, flags, args.clients, args.seconds, Path(tmp))
-        result["profile"] = profile(args.profile_repeats)
+            result["rows"] += bench_server(name, flags + extra, args.clients, args.seconds, Path(tmp))
+        result["profile"] = profile(args.profile_repeats, args.detect_max_side)
         if args.browser > 0:
             result["browser_camera"] = browser_fps(args.browser, Path(tmp))
+    result["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     by = {(r["server"], r["clients"]): r for r in result["rows"]}
     result["speedup_images_per_s"] = {
         c: round(by[("batched", c)]["images_per_s"] / by[("unbatched", c)]["images_per_s"], 2)

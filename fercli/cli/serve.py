@@ -27,11 +27,12 @@ def serve(
     tta: str = typer.Option(S.tta, help="Test-time augmentation: none, flip or ten-crop (ten-crop with the torch backend only)."),
     device: options.Device = S.device,
     max_batch: int = typer.Option(S.max_batch, help="Most faces classified in one forward pass; requests arriving together share it."),
-    max_wait_ms: float = typer.Option(S.max_wait_ms, help="How long the first face of a batch waits for others (ms)."),
+    max_wait_ms: float = typer.Option(S.max_wait_ms, help="How long a batch waits for requests still being detected (ms); with none on the way a face is classified at once."),
     max_body_mb: float = typer.Option(S.max_body_mb, help="Larger request bodies are refused with 413."),
     max_pixels: int = typer.Option(S.max_pixels, help="Images with more pixels (read from the header, before decoding) are refused with 413."),
     timeout_s: float = typer.Option(S.timeout_s, help="Seconds allowed for the body to arrive (else 408), and again to detect and classify (else 503)."),
     workers_detect: int = typer.Option(S.workers_detect, help="Threads decoding and detecting faces; 0 = one request at a time, unbatched (needs --max-batch 1; a baseline for benchmarks)."),
+    detect_max_side: Optional[int] = typer.Option(S.detect_max_side, help="Long side (px) photos are scaled down to for face detection (faces are cropped at full resolution); smaller is faster but misses small faces. \\[default: as `fer predict`: 640 yunet, 1280 haar]"),
     log_level: str = typer.Option(S.log_level, help="uvicorn's log level: critical, error, warning, info, debug."),
     access_log: bool = typer.Option(S.access_log, "--access-log/--no-access-log", help="One JSON line per request on stderr: time, method, route, status, ms, faces, client."),
     drain_s: float = typer.Option(S.drain_s, help="On SIGTERM or Ctrl-C: new requests get 503 while those in flight finish, for at most this many seconds; then the server exits 0."),
@@ -60,7 +61,7 @@ def serve(
                       access_log=access_log, drain_s=drain_s,
                       api_keys=gather_api_keys(api_key or (), os.environ.get(ENV_VAR), api_key_file),
                       no_auth=no_auth, max_concurrent=max_concurrent, ssl_certfile=ssl_certfile,
-                      ssl_keyfile=ssl_keyfile)
+                      ssl_keyfile=ssl_keyfile, detect_max_side=detect_max_side)
     validate(cfg)  # flag errors before the model loads
     # deferred: fastapi and uvicorn (~0.2 s to import), which no other command needs
     from fercli.serve.app import serve as run_server

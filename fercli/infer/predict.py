@@ -270,7 +270,7 @@ def _detect_all(items: list[_Input], rec: Recognizer, progress: ProgressFn) -> t
             records.append(ImageResult(path=str(it.path), error=str(exc)))
             boxes_per.append([])
             continue
-        found = rec.find_faces(grey)
+        found = rec.find_faces_in_grey(grey)  # already grey: not through to_grey again
         crops.extend(c for _, c in found)
         boxes_per.append([b for b, _ in found])
         records.append(ImageResult(path=str(it.path), size=(grey.shape[1], grey.shape[0])))

@@ -35,6 +35,8 @@ from fercli.model.tta import TTA_MODES
 from fercli.vision.faces import (
     DETECTORS,
     FACE_SIZE,
+    MAX_DETECT_SIDE,
+    MIN_DETECT_SIDE,
     Box,
     crop_face,
     detect_faces,
@@ -73,14 +75,17 @@ class Face:
 
 
 
-def find_faces(grey: np.ndarray, detector: str, margin: float) -> tuple[list[Box], list[np.ndarray]]:
-    """(boxes, 48×48 crops) of one photo: --detector haar|yunet crops every face found with
-    `margin`; --detector none takes the whole (already cropped) image as one face, resized
-    exactly as `fer prepare` resizes a dataset image. (`auto` is resolved before this.)"""
+def find_faces(grey: np.ndarray, detector: str, margin: float,
+               max_side: int | None = None) -> tuple[list[Box], list[np.ndarray]]:
+    """(boxes, 48×48 crops) of one photo: --detector haar|yunet detects at long side
+    `max_side` (None: the photo scale of detect_faces) and crops every face found with
+    `margin` from the full-resolution photo; --detector none takes the whole (already cropped)
+    image as one face, resized exactly as `fer prepare` resizes a dataset image. (`auto` is
+    resolved before this.)"""
     if detector == "none":
         h, w = grey.shape[:2]
         return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
-    boxes = [tuple(int(v) for v in b) for b in detect_faces(grey, detector)]
+    boxes = [tuple(int(v) for v in b) for b in detect_faces(grey, detector, max_side)]
     return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]  # type: ignore[arg-type]
 
 
@@ -154,7 +159,8 @@ class Recognizer:
     exported .npz or .onnx. device auto|cpu|cuda; backend auto|torch|onnx; precision
     auto|fp32|int8; detector auto|yunet|haar|none; tta none|flip|ten-crop (ten-crop: torch
     only); margin around each detected box (0.2 = 10% per side); batch_size faces per forward
-    pass for folders.
+    pass for folders; detect_max_side the long side photos are detected at (None: the photo
+    scale of fercli.vision.faces.detect_faces, what `fer predict` uses).
     `classifier` injects an already-built classifier (tests, benchmarks).
     """
 
@@ -163,12 +169,17 @@ class Recognizer:
                  backend: str = PredictConfig.backend, precision: str = PredictConfig.precision,
                  detector: str = PredictConfig.detector, tta: str = PredictConfig.tta,
                  margin: float = PredictConfig.margin, batch_size: int = PredictConfig.batch_size,
-                 classifier: Classifier | None = None) -> None:
+                 classifier: Classifier | None = None, detect_max_side: int | None = None) -> None:
         cfg = PredictConfig(inputs=(), model=None if model is None else str(model), detector=detector,
                             tta=tta, device=device, margin=margin, batch_size=batch_size, backend=backend,
                             precision=precision)
         validate(cfg)
+        if detect_max_side is not None and not (isinstance(detect_max_side, int)
+                                                and MIN_DETECT_SIDE <= detect_max_side <= MAX_DETECT_SIDE):
+            raise FerError(f"--detect-max-side must be between {MIN_DETECT_SIDE} and {MAX_DETECT_SIDE}, "
+                           f"got {detect_max_side}")
         self.config = cfg
+        self.detect_max_side = detect_max_side
         self.detector = resolve_detector(detector)
         self.tta, self.margin, self.batch_size = tta, float(margin), int(batch_size)
         if classifier is None:
@@ -234,7 +245,12 @@ class Recognizer:
             grey = to_grey(image, color)
         except BadImage as exc:
             raise FerError(f"{_describe_input(image)}: {exc}") from None
-        boxes, crops = find_faces(grey, self.detector, self.margin)
+        return self.find_faces_in_grey(grey)
+
+    def find_faces_in_grey(self, grey: np.ndarray) -> list[tuple[Box, np.ndarray]]:
+        """find_faces of an image already decoded to the decoder's grey (to_grey's (H, W)
+        uint8): for a caller that keeps the grey image, so it is not converted twice."""
+        boxes, crops = find_faces(grey, self.detector, self.margin, self.detect_max_side)
         return list(zip(boxes, crops, strict=True))
 
     def classify(self, crops: np.ndarray | list[np.ndarray], *, batch_size: int | None = None) -> np.ndarray:

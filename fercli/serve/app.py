@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +122,19 @@ class Service:
         loop = asyncio.get_running_loop()
         if self.serial is not None:
             return await loop.run_in_executor(self.serial, self._serial_predict, data)
-        found = await loop.run_in_executor(self.pool, self._find_faces, data)
-        if not found:
-            return [], None
-        crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
-        probs = await asyncio.wrap_future(self.batcher.submit(crops))  # type: ignore[union-attr]
-        return [b for b, _ in found], probs
+        boxes, future = await loop.run_in_executor(self.pool, self._detect_and_submit, data)
+        return boxes, (None if future is None else await asyncio.wrap_future(future))
+
+    def _detect_and_submit(self, data: bytes) -> tuple[list, Future | None]:
+        """In a detection thread: the faces, handed to the batcher from this thread as soon as
+        they are found (not after a trip back to the event loop). While it detects, the request
+        is pending: an open batch waits (up to --max-wait-ms) for it, and for nothing else."""
+        with self.batcher.expecting():  # type: ignore[union-attr]
+            found = self._find_faces(data)
+            if not found:
+                return [], None
+            crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
+            return [b for b, _ in found], self.batcher.submit(crops)  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- request body
@@ -204,7 +211,8 @@ def check_header(data: bytes, max_pixels: int) -> None:
 def _load_recognizer(cfg: ServeConfig) -> Any:
 
     return Recognizer(model=cfg.model, device=cfg.device, backend=cfg.backend,
-                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta)
+                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta,
+                      detect_max_side=cfg.detect_max_side)
 
 
 def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
@@ -237,6 +245,7 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
                 "serving": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
                             "max_body_bytes": cfg.max_body_bytes, "max_pixels": cfg.max_pixels,
                             "timeout_s": cfg.timeout_s, "workers_detect": cfg.workers_detect,
+                            "detect_max_side": getattr(service.rec, "detect_max_side", None),
                             "accepted_formats": sorted(set(ACCEPTED_FORMATS.values()))}}
 
     @app.get("/healthz", summary="Liveness, with request and batch counters")

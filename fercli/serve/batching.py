@@ -1,11 +1,17 @@
 """The micro-batcher: faces of requests that arrive together are classified in one call.
 
-As model servers (Triton's dynamic batcher, TorchServe's batch_size/max_batch_delay) do: the
-first waiting item opens a batch, which closes when it holds `max_batch` faces or when
-`max_wait_ms` has passed since it opened, whichever comes first; then one `classify` call
-(one forward pass) runs on the concatenated crops and each caller gets its own rows back.
-Items that queued while a forward pass ran are all taken at once by the next batch, so under
-load batches fill without waiting at all.
+The first waiting item opens a batch; every item already queued joins it at once. Then the
+batch closes, and one `classify` call (one forward pass) runs on the concatenated crops, each
+caller getting its own rows back, as soon as any of these holds:
+  * it holds `max_batch` faces;
+  * no request is on its way: the pending count (expect() when a request starts detection,
+    arrived() once it has submitted its faces or failed; or `with batcher.expecting():`) is
+    zero, so a lone client's face is classified without waiting;
+  * `max_wait_ms` has passed since it opened, whether or not the pending requests arrived.
+Waiting only for requests known to be coming (Triton's and TorchServe's batchers wait out
+their delay regardless) means batching never adds latency to a single client. Items that
+queued while a forward pass ran are all taken at once by the next batch, so under load
+batches fill without waiting at all.
 
 One worker thread runs every `classify` call, so the classifier is never entered by two
 threads at once and its own threads (onnxruntime / torch intra-op) are not oversubscribed.
@@ -18,11 +24,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# While requests are pending, an open batch looks for them this often (and closes as soon
+# as none is pending): well under the default max_wait_ms, and at most a few wake-ups a batch.
+PENDING_POLL_S = 0.001
 
 Classify = Callable[[np.ndarray], np.ndarray]  # uint8 crops (N, 48, 48) -> probabilities (N, C)
 # After each forward pass: (faces in it, each request's seconds in the queue, seconds of the pass)
@@ -69,6 +80,8 @@ class MicroBatcher:
         self._waiting_lock = threading.Lock()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
+        self._pending = 0  # requests on their way to submit(): expect() minus arrived()
+        self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="fer-batcher", daemon=True)
         self._thread.start()
 
@@ -82,6 +95,30 @@ class MicroBatcher:
             self.waiting_faces += len(crops)
         self._queue.put(item)
         return item.future
+
+    def expect(self) -> None:
+        """A request is on its way (detecting its faces): an open batch may wait for it."""
+        with self._pending_lock:
+            self._pending += 1
+
+    def arrived(self) -> None:
+        """The request announced by expect() has submitted its faces, or will not (no face,
+        an error): call it after submit(), so the batch sees the item before the count drops."""
+        with self._pending_lock:
+            self._pending = max(0, self._pending - 1)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """expect() on entry, arrived() on exit, however the block ends."""
+        self.expect()
+        try:
+            yield
+        finally:
+            self.arrived()
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued items, then stop the worker thread (waiting at most `timeout` s)."""
@@ -97,16 +134,16 @@ class MicroBatcher:
         items, n = [first], len(first.crops)
         deadline = time.monotonic() + self.max_wait_s
         while n < self.max_batch:
-            try:  # queued items are taken without waiting; then wait out the deadline
+            try:  # queued items are taken without waiting
                 nxt = self._queue.get_nowait()
-            except queue.Empty:
+            except queue.Empty:  # then wait, up to the deadline, only while some are pending
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._pending <= 0:
                     break
                 try:
-                    nxt = self._queue.get(timeout=remaining)
+                    nxt = self._queue.get(timeout=min(remaining, PENDING_POLL_S))
                 except queue.Empty:
-                    break
+                    continue
             if nxt is None:
                 return items, None, True
             if n + len(nxt.crops) > self.max_batch:

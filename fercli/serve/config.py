@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fercli.errors import FerError
 from fercli.serve.auth import check_access
+from fercli.vision.faces import MAX_DETECT_SIDE, MIN_DETECT_SIDE
 from fercli.vision.images import MAX_IMAGE_PIXELS
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -24,11 +25,15 @@ class ServeConfig:
     detector: str = "auto"
     tta: str = "none"
     max_batch: int = 32  # faces per batched forward pass
-    max_wait_ms: float = 5.0  # how long the first face of a batch waits for company
+    max_wait_ms: float = 5.0  # how long a batch waits for requests still detecting (none: no wait)
     max_body_mb: float = 20.0  # larger request bodies get 413 before they are read whole
     max_pixels: int = MAX_IMAGE_PIXELS  # larger images get 413, read from the header
     timeout_s: float = 30.0  # for reading the body, and again for detecting + classifying
     workers_detect: int = 2  # detection threads; 0 = one request at a time, unbatched
+    # Long side faces are detected at; None: fer predict's (YuNet 640), so the server answers as
+    # fer predict does. Not smaller: at 480 YuNet takes half the time but finds only 131 of the
+    # 177 faces 640 finds at 1/10 of a 960 px frame, 320 finds 13 (docs/benchmarks.md).
+    detect_max_side: int | None = None
     log_level: str = "info"
     access_log: bool = True  # one JSON line per request on stderr (ops.py)
     drain_s: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
@@ -64,6 +69,9 @@ def validate(cfg: ServeConfig) -> None:
         raise FerError(f"--drain-s must be between 0 and 3600, got {cfg.drain_s}")
     if not 0 <= cfg.workers_detect <= 64:
         raise FerError(f"--workers-detect must be between 0 and 64, got {cfg.workers_detect}")
+    if cfg.detect_max_side is not None and not MIN_DETECT_SIDE <= cfg.detect_max_side <= MAX_DETECT_SIDE:
+        raise FerError(f"--detect-max-side must be between {MIN_DETECT_SIDE} and {MAX_DETECT_SIDE}, "
+                       f"got {cfg.detect_max_side}")
     if cfg.workers_detect == 0 and cfg.max_batch != 1:
         raise FerError("--workers-detect 0 serves one request at a time (detect, then classify, "
                        "unbatched): give --max-batch 1 with it")
