@@ -163,3 +163,26 @@ def test_the_server_answers_one_client_without_waiting_out_max_wait_and_counts_e
             codes = list(ex.map(lambda _: client.post("/v1/predict", content=data, headers={
                 "Content-Type": "image/jpeg"}).status_code, range(8)))
         assert codes == [200] * 8 and batcher.pending == 0
+
+
+def test_a_request_is_not_pending_once_its_faces_are_queued() -> None:
+    """expecting()'s submit counts the request as arrived as its faces are queued: a lone
+    client's batch never waits (max_wait_ms) for the very request it holds."""
+    clf = _Recording()
+    b = MicroBatcher(clf, max_batch=32, max_wait_ms=500)
+    try:
+        for i in range(5):
+            with b.expecting() as submit:
+                t0 = time.monotonic()
+                submit(_crops(i)).result(10)  # answered while the block is still open
+                assert time.monotonic() - t0 < 0.1 and b.pending == 0
+            assert b.pending == 0
+        with b.expecting() as submit:  # a refused submit still counts the request down
+            try:
+                submit(np.zeros((0, 48, 48), np.uint8))
+            except ValueError:
+                pass
+        assert b.pending == 0
+    finally:
+        b.close()
+    assert clf.batches == [[0], [1], [2], [3], [4]]

@@ -129,12 +129,12 @@ class Service:
         """In a detection thread: the faces, handed to the batcher from this thread as soon as
         they are found (not after a trip back to the event loop). While it detects, the request
         is pending: an open batch waits (up to --max-wait-ms) for it, and for nothing else."""
-        with self.batcher.expecting():  # type: ignore[union-attr]
+        with self.batcher.expecting() as submit:  # type: ignore[union-attr]
             found = self._find_faces(data)
             if not found:
                 return [], None
             crops = np.stack([c for _, c in found])  # (n, 48, 48) uint8
-            return [b for b, _ in found], self.batcher.submit(crops)  # type: ignore[union-attr]
+            return [b for b, _ in found], submit(crops)
 
 
 # --------------------------------------------------------------------------- request body

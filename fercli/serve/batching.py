@@ -85,16 +85,27 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="fer-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, crops: np.ndarray) -> Future:
-        if self._closed:
-            raise RuntimeError("the batcher is closed")
-        if crops.ndim != 3 or crops.shape[0] == 0:
-            raise ValueError(f"crops must be (n>=1, H, W), got {crops.shape}")
-        item = _Item(crops)
-        with self._waiting_lock:
-            self.waiting_faces += len(crops)
-        self._queue.put(item)
-        return item.future
+    def submit(self, crops: np.ndarray, *, arrived: bool = False) -> Future:
+        """Queue one request's faces. With `arrived`, the request announced by expect() is
+        counted as arrived in the same step as its faces are queued (under one lock), so an open
+        batch never waits for a request whose faces are already in the queue."""
+        try:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if crops.ndim != 3 or crops.shape[0] == 0:
+                raise ValueError(f"crops must be (n>=1, H, W), got {crops.shape}")
+            item = _Item(crops)
+            with self._waiting_lock:
+                self.waiting_faces += len(crops)
+            with self._pending_lock:
+                self._queue.put(item)
+                if arrived:
+                    self._pending = max(0, self._pending - 1)
+                    arrived = False
+            return item.future
+        finally:
+            if arrived:  # refused: the request will not come
+                self.arrived()
 
     def expect(self) -> None:
         """A request is on its way (detecting its faces): an open batch may wait for it."""
@@ -112,13 +123,22 @@ class MicroBatcher:
         return self._pending
 
     @contextmanager
-    def expecting(self) -> Iterator[None]:
-        """expect() on entry, arrived() on exit, however the block ends."""
+    def expecting(self) -> Iterator[Callable[[np.ndarray], Future]]:
+        """expect() on entry; yields the submit of this request (which counts it as arrived as
+        its faces are queued); arrived() on exit if it never submitted, however the block ends."""
         self.expect()
+        submitted = False
+
+        def submit(crops: np.ndarray) -> Future:
+            nonlocal submitted
+            submitted = True  # submit(arrived=True) counts it down, even when it refuses
+            return self.submit(crops, arrived=True)
+
         try:
-            yield
+            yield submit
         finally:
-            self.arrived()
+            if not submitted:
+                self.arrived()
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued items, then stop the worker thread (waiting at most `timeout` s)."""
