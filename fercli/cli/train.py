@@ -94,9 +94,9 @@ def train(
     FER2013: train on Training, select on PublicTest, report PrivateTest (`fer evaluate`).
     CK+: test on one subject-independent fold, select on the next fold, train on the rest.
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
-    history.csv, loss_curve.png, last.pt (for --resume), best.pt and train_summary.json; at the
-    end a softmax temperature is fitted on the selection split and recorded in best.pt
-    (`fer calibrate` refits it).
+    history.csv, loss_curve.png, last.pt (for --resume), best.pt and train_summary.json (best
+    epoch, selection accuracy, speed); at the end the softmax temperature is fitted on the
+    selection split and recorded in best.pt and train_summary.json (`fer calibrate` refits it).
 
     Settings come from, in rising precedence: the defaults shown, --preset, --config, and the
     options given on the command line.
