@@ -92,7 +92,7 @@ def test_pretrained_without_weights_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("FER_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     ds = make_fer_like(tmp_path / "fer")
-    r = runner.invoke(app, ["train", "--dataset", str(ds), "--arch", "resnet34", "--epochs", "1",
+    r = runner.invoke(app, ["train", "--dataset", str(ds), "--arch", "resnet34", "--epochs", "1", "--pretrained",
                             "--device", "cpu", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()

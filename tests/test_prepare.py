@@ -167,8 +167,13 @@ def test_fer_duplicates_within_and_across_splits(tmp_path: Path) -> None:
     assert dup["extra_copies"] == 2
     assert dup["cross_split"] == 1
     assert dup["label_conflicts"] == 1
+    assert dup["also_in_train"] == {"public_test": 1}
     assert dup["examples"][0]["splits"] == ["public_test", "train"]
     assert "test/happy/PublicTest_dup1.jpg" in dup["examples"][0]["sources"]
+    res = runner.invoke(app, ["prepare", "fer2013", str(src), "--out", str(tmp_path / "o2")])
+    text = " ".join(res.stdout.split())
+    assert "the splits are kept as published" in text and "1 public_test image(s) also appear in train" in text
+    assert "1 group(s) carry different labels" in text
 
 
 def test_fer_converts_and_counts_non_grey_or_non_48(tmp_path: Path) -> None:

@@ -115,7 +115,8 @@ def test_a_failed_write_is_one_line_naming_epoch_step_and_file(tmp_path, monkeyp
     msg = str(err.value)
     assert "\n" not in msg and err.value.exit_code == 1
     assert f"epoch 4 (step 12): cannot write {run_dir / 'best.pt'}: {reason}" in msg
-    assert f"{run_dir / 'last.pt'} from epoch 2 is kept: {fix.format(run=run_dir)} and run" in msg and "--resume" in msg
+    assert f"{run_dir / 'last.pt'} from epoch 2 is kept: {fix.format(run=run_dir)}, then `fer train ... --resume`" in msg
+    assert "`fer ablate` resumes it by itself" in msg
     assert (run_dir / "last.pt").read_bytes() == b"the good one" and _temp_leftovers(tmp_path) == []
     ck.wait()  # the failure is raised once, not again
 
@@ -124,8 +125,8 @@ def test_without_a_last_checkpoint_the_error_says_to_start_over(tmp_path, monkey
     ck = _checkpointer(tmp_path / "run")
     monkeypatch.setattr(checkpoints, "save_checkpoint", _partial_write_then(OSError(errno.ENOSPC, "No space")))
     _save(ck, epoch=0)
-    with pytest.raises(FerError, match=r"no last.pt was written yet: free space and run the same command with "
-                                       r"--force \(same --out\)"):
+    with pytest.raises(FerError, match=r"no last.pt was written yet: free space, then `fer train \.\.\. --force` "
+                                       r"\(same --out\) starts it over"):
         ck.wait()
 
 

@@ -56,8 +56,13 @@ class _ClickStyleHelp:
 def _set_metavar(param: Any) -> None:
     # Only Typer versions that render types themselves (those with a type_descriptor) need it;
     # older ones print Click's names already.
-    if isinstance(param, typer.core.TyperOption) and param.metavar is None and hasattr(param, "type_descriptor"):
+    if not hasattr(param, "type_descriptor"):
+        return
+    if isinstance(param, typer.core.TyperOption) and param.metavar is None:
         param.metavar = "" if param.is_flag or param.count else _click_type_name(param)
+    elif isinstance(param, typer.core.TyperArgument):
+        # An argument's metavar is its name on the usage line; only its type column changes.
+        param.display_type = lambda ctx, p=param: _click_type_name(p)
 
 
 def reflow(text: str) -> str:
@@ -133,14 +138,23 @@ class FerTyper(typer.Typer):
         return super().command(*args, cls=cls or FerCommand, **kwargs)
 
 
+# `fer --help` (and `fer` alone) opens with the three ways in, then the commands.
+ROOT_HELP = """Facial expression recognition with the OBSR-Net bilinear ResNet34 (Optimized Bilinear ResNet34, 2024).
+
+Three ways in:
+
+`fer predict photo.jpg` (a folder, a video): faces and their expressions with the shipped model, no set-up.
+
+`fer serve`: the same over HTTP, with a web page at http://127.0.0.1:8000/.
+
+`fer prepare fer2013 fer2013.csv` (or `fer prepare ck+ CK+48/`), then `fer train --dataset fer2013` and `fer evaluate runs/RUN`: train and measure a model of your own.
+
+`fer COMMAND --help` explains each command."""
+
+
 app = FerTyper(
     name="fer",
-    help=(
-        "Facial expression recognition with the OBSR-Net bilinear ResNet34 "
-        "(Optimized Bilinear ResNet34, 2024): prepare FER2013/CK+, train, evaluate, "
-        "ablate and predict."
-    ),
-    no_args_is_help=True,
+    help=ROOT_HELP,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -153,10 +167,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Facial expression recognition with the OBSR-Net bilinear ResNet34."""
+    """`fer` alone prints the help above and exits 0 (it is a question, not a mistake)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)

@@ -76,7 +76,7 @@ E = EvaluateConfig  # every default below is EvaluateConfig's own
 def evaluate(
     target: str = typer.Argument(..., help="A run directory (single run or CK+ k-fold root), a checkpoint .pt, an exported .npz (or its shards), or 'default' (the shipped model)."),
     dataset: Optional[str] = typer.Option(E.dataset, "--dataset", "-d", help="Prepared dataset to evaluate on (fer2013, ck+ or a directory). \\[default: the one the model recorded]"),
-    split: Optional[str] = typer.Option(E.split, help="private-test (FER2013 default), public-test, test, or fold (CK+ default: the run's test fold)."),
+    split: Optional[str] = typer.Option(E.split, help="The split to report. FER2013: private-test (the default, the report split) or public-test (the selection split); a FER2013 prepared from train/ test/ folders has only test. CK+: fold (the default: the run's test fold; --fold K for another)."),
     fold: Optional[int] = typer.Option(E.fold, help="CK+: the test fold, for a model that does not record one (an export, or another dataset version)."),
     tta: str = typer.Option(E.tta, help=f"Test-time augmentation: {', '.join(TTA_MODES)}."),
     device: options.Device = E.device,

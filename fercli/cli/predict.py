@@ -135,8 +135,7 @@ def _predict_video(cfg, json_out: bool, quiet: bool) -> None:  # type: ignore[no
         if window is not None:
             window.close()
     err = report.err_console
-    err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
-              f"{_runner_text(result.runner)})[/]", highlight=False, soft_wrap=True)
+    _status(quiet, _model_line(result, result.runner))
     if json_out and not cfg.camera:
         report.print_json(result.as_dict())
     elif not json_out:
@@ -153,11 +152,11 @@ def _predict_video(cfg, json_out: bool, quiet: bool) -> None:  # type: ignore[no
     if not result.faces and json_out:
         err.print(f"{result.source}: no face found in {result.frames_analysed} analysed frame(s)", highlight=False)
     if result.csv:
-        err.print(f"wrote {result.csv}", highlight=False)
+        _status(quiet, f"wrote {result.csv}")
     if result.plot:
-        err.print(f"wrote emotions-over-time chart {result.plot}", highlight=False)
+        _status(quiet, f"wrote emotions-over-time chart {result.plot}")
     if result.annotated:
-        err.print(f"wrote annotated video {result.annotated}", highlight=False)
+        _status(quiet, f"wrote annotated video {result.annotated}")
 
 
 def _runner_text(runner: dict) -> str:
@@ -193,8 +192,10 @@ def predict(
 ) -> None:
     """Find every face in images and classify its expression.
 
-    Unreadable files are reported (one line each) and skipped; the exit code is 1 if any
-    failed. `--json` prints a list of {"path", "faces", "error"}; each face has "box"
+    Exit codes: 0 when every input was read; 1 when some file could not be read as an image
+    (each reported in one `error:` line and skipped, the others still predicted); 2 for a
+    mistake in the command itself, before anything runs: an unknown option or value, a path
+    that does not exist, a folder without images. `--json` prints a list of {"path", "faces", "error"}; each face has "box"
     (x, y, w, h), "label" and "probs" (class -> probability, summing to 1).
     A video prints one object {"path", "frames_read", "frames_analysed", "fps", "summary",
     "faces": [{"frame", "time_s", "track", "box", "label", "probs"}]}; --camera prints one JSON
@@ -228,15 +229,24 @@ def predict(
                         backend=backend, precision=precision)
     with _Progress(quiet=quiet or json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
-    _report_images(result, json_out)
+    _report_images(result, json_out, quiet)
 
 
-def _report_images(result, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+def _status(quiet: bool, text: str) -> None:
+    """A status line on stderr (the model line, `wrote ...`); -q drops it, never an error."""
+    if not quiet:
+        report.err_console.print(text, highlight=False, soft_wrap=True)
+
+
+def _model_line(result, runner: dict) -> str:  # type: ignore[no-untyped-def]
+    return (f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
+            f"{_runner_text(runner)})[/]")
+
+
+def _report_images(result, json_out: bool, quiet: bool) -> None:  # type: ignore[no-untyped-def]
     """The model line and failures on stderr, the tables or JSON on stdout; exit 1 if any failed."""
     err = report.err_console
-    err.print(f"model: {result.model.description} [dim]({result.model.source}: {result.model.path}; "
-              f"{_runner_text(result.runner)})[/]",
-              highlight=False, soft_wrap=True)
+    _status(quiet, _model_line(result, result.runner))
     for r in result.failed:
         err.print(f"[red]error:[/] {r.path}: {r.error}", highlight=False, soft_wrap=True)
     if json_out:
@@ -253,9 +263,9 @@ def _report_images(result, json_out: bool) -> None:  # type: ignore[no-untyped-d
             + (f", {len(result.failed)} failed" if result.failed else "")
             + f" in {result.seconds:.2f} s on {result.device}", highlight=False)
     if result.csv:
-        err.print(f"wrote {result.csv}", highlight=False)
+        _status(quiet, f"wrote {result.csv}")
     if result.annotate_dir:
         n = sum(1 for r in result.images if r.annotated)
-        err.print(f"wrote {n} annotated image(s) to {result.annotate_dir}", highlight=False)
+        _status(quiet, f"wrote {n} annotated image(s) to {result.annotate_dir}")
     if result.failed:
         raise typer.Exit(1)

@@ -157,6 +157,8 @@ def _render(result: Any, as_json: bool) -> None:
             f"copies; {dup['cross_split']} groups span splits; {dup['label_conflicts']} with "
             "conflicting labels)"
         )
+        for line in _duplicates_meaning(dup):
+            console.print(line, highlight=False)
         for ex in dup.get("examples", [])[:3]:
             more = f" (+{ex['copies'] - len(ex['sources'])} more)" if ex["copies"] > len(ex["sources"]) else ""
             console.print(f"  e.g. {', '.join(ex['sources'])}{more}", markup=False, highlight=False)
@@ -172,3 +174,19 @@ def _render(result: Any, as_json: bool) -> None:
         console.print(f"[yellow]skipped: {sk['total']} ({reasons})[/]")
     for note in m.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _duplicates_meaning(dup: dict) -> list[str]:  # type: ignore[type-arg]
+    """What the duplicates mean for the protocol, in one or two lines."""
+    lines = []
+    seen = dup.get("also_in_train") or {}
+    if dup.get("cross_split"):
+        where = ", ".join(f"{n} {s}" for s, n in seen.items())
+        lines.append("cross-split duplicates: the splits are kept as published (nothing moved or dropped), so "
+                     "results stay comparable with the paper's"
+                     + (f"; {where} image(s) also appear in train, so part of their accuracy is on images "
+                        "the model trained on" if where else ""))
+    if dup.get("label_conflicts"):
+        lines.append(f"{dup['label_conflicts']} group(s) carry different labels on identical images: kept as "
+                     "labelled, so no model can get all of them right")
+    return lines

@@ -49,13 +49,16 @@ def pct(x: float | None) -> str:
 
 
 class TrainProgress:
-    """Epoch bar + batch bar with img/s, fed by the engine's on_event callback."""
+    """Epoch bar + batch bar with img/s, fed by the engine's on_event callback. The bars draw
+    only on a terminal; stderr into a file or pipe gets one plain line per epoch instead (a
+    bar there is a stream of `0:00…` frames), and quiet gets neither."""
 
     def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=err_console, transient=False, disable=quiet,
+            console=err_console, transient=False, disable=quiet or not err_console.is_terminal,
         )
         self.epoch_task: Any = None
         self.batch_task: Any = None
@@ -81,8 +84,10 @@ class TrainProgress:
         if not self.started:
             p.start()
             self.started = True
-        if kind == "swept_temps":
-            if not p.disable:
+        if kind == "warning":
+            err_console.print(f"[yellow]warning:[/] {info['message']}", highlight=False, soft_wrap=True)
+        elif kind == "swept_temps":
+            if not self.quiet:
                 err_console.print(f"removed {len(info['files'])} temporary file(s), {info['bytes'] / 1e6:,.1f} MB, that "
                                   f"a killed writer left in {info['run_dir']}", highlight=False, soft_wrap=True)
         elif kind == "run_start":
@@ -104,7 +109,7 @@ class TrainProgress:
             line = (f"train {pct(info['train_acc'])}%  val {pct(info['val_acc'])}%  "
                     f"loss {info['val_loss']:.3f}  {info['img_per_s']:,.0f} img/s")
             p.update(self.epoch_task, advance=1, info=line)
-            if not err_console.is_terminal and not p.disable:
+            if not err_console.is_terminal and not self.quiet:
                 # Logs and nohup'ed runs get a plain line per epoch (no live bars there).
                 err_console.print(f"epoch {info['epoch']}: {line}", highlight=False)
 

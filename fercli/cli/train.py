@@ -48,7 +48,7 @@ def train(
     shard_data: bool = typer.Option(D.shard_data, "--shard-data", rich_help_panel=DATA, help="Data parallel: each process holds only its 1/N of the training images (less device memory; each shuffles its own shard, so the data order differs from one process)."),
     model: options.in_panel(options.Arch, MODEL) = D.model,
     shared_backbone: options.in_panel(options.SharedBackbone, MODEL) = D.shared_backbone,
-    pretrained: bool = typer.Option(D.pretrained, "--pretrained/--no-pretrained", rich_help_panel=MODEL, help="Start from ImageNet ResNet34 weights (paper §2.2)."),
+    pretrained: Optional[bool] = typer.Option(D.pretrained, "--pretrained/--no-pretrained", rich_help_panel=MODEL, show_default=False, help="Start from ImageNet ResNet34 weights (paper §2.2): --weights FILE, else torch's hub cache, else a download. Neither flag: ImageNet weights when at hand, else from scratch with one warning (offline); --pretrained (or --preset paper) refuses to train without them; --no-pretrained trains from scratch. config.json records which it was."),
     weights: options.in_panel(options.Weights, MODEL) = D.weights,
     init_from: Optional[str] = typer.Option(D.init_from, "--init-from", rich_help_panel=MODEL, help=f"FER2013-pretrained trunks: start from a from-scratch FER2013 model ({options.MODEL_REFERENCE}, or 'default': the shipped one) with a fresh classifier head; same --arch/--shared-backbone as that model. Implies --no-pretrained."),
     freeze_backbone: bool = typer.Option(D.freeze_backbone, "--freeze-backbone", rich_help_panel=MODEL, help="Train only the classifier (the paper's literal §2.2 transfer learning)."),
@@ -94,7 +94,9 @@ def train(
     FER2013: train on Training, select on PublicTest, report PrivateTest (`fer evaluate`).
     CK+: test on one subject-independent fold, select on the next fold, train on the rest.
     Each run directory holds config.json (config, dataset sha256, git commit, device, seed),
-    history.csv, loss_curve.png, last.pt (for --resume) and best.pt.
+    history.csv, loss_curve.png, last.pt (for --resume), best.pt and train_summary.json (best
+    epoch, selection accuracy, speed); at the end the softmax temperature is fitted on the
+    selection split and recorded in best.pt and train_summary.json (`fer calibrate` refits it).
 
     Settings come from, in rising precedence: the defaults shown, --preset, --config, and the
     options given on the command line.
@@ -173,7 +175,10 @@ def _train_jobs(cfg, seeds: Optional[str], jobs: int, devices: Optional[str], qu
     from fercli.train import jobs as scheduler
 
     def on_event(kind: str, info: dict) -> None:  # type: ignore[type-arg]
-        if quiet:
+        if quiet and kind != "warning":  # warnings go to stderr even with -q
+            return
+        if kind == "warning":
+            options.warn(info["message"])
             return
         if kind == "job_start":
             report.err_console.print(f"start {info['name']} on {info['device']} ({info['mode']}), pid {info['pid']}")

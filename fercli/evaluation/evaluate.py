@@ -45,8 +45,17 @@ from fercli.model.inference import TTA_MODES, TemperatureScaled, model_logits, p
 from fercli.model.temperature import softmax, temperature_of
 from fercli.plots import plot_confusion, plot_reliability
 
+# --split as the option spells it → the split as a prepared dataset stores it. Which exist:
+# FER2013 private-test (its report split) and public-test (its selection split), or test alone
+# when prepared from train/ test/ folders; CK+ fold (the run's test fold, or --fold K).
 SPLIT_NAMES = {"private-test": "private_test", "public-test": "public_test", "test": "test",
                "fold": "fold"}
+
+
+def split_choices(ds: PreparedDataset, kfold: bool) -> list[str]:
+    """The --split values that name a split of `ds`, spelled as the option takes them."""
+    present = set(ds.splits)
+    return [opt for opt, name in SPLIT_NAMES.items() if name in present or (name == "fold" and kfold)]
 
 
 def _load_sources(cfg: EvaluateConfig) -> tuple[list[ModelSource], Path | None]:
@@ -94,8 +103,8 @@ def _choose_rows(src: ModelSource, ds: PreparedDataset, same_data: bool,
         return plan.test, plan.test_name, plan
     if split in set(ds.split.tolist()):
         return ds.indices(split), split, plan
-    raise FerError(f"--split {cfg.split}: dataset {ds.name} has splits {', '.join(ds.splits)}"
-                   + (" and CK+ folds (use --split fold or --fold K)" if kfold else ""))
+    raise FerError(f"--split {cfg.split}: dataset {ds.name} has no such split; give --split "
+                   + " or ".join(split_choices(ds, kfold)) + (" (or --fold K)" if kfold else ""))
 
 
 def _dataset_for(src: ModelSource, cfg: EvaluateConfig) -> tuple[PreparedDataset, bool]:

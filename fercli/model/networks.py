@@ -454,8 +454,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def _weights_hint(cache: Path) -> str:
     return (
         f"ImageNet weights for resnet34 not found: put {RESNET34_WEIGHTS_FILE} "
-        f"(torchvision ResNet34_Weights.IMAGENET1K_V1) in {cache} or pass --weights FILE, "
-        f"or use --no-pretrained"
+        f"(torchvision ResNet34_Weights.IMAGENET1K_V1) in {cache} or pass --weights FILE"
     )
 
 

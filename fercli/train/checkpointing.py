@@ -183,12 +183,13 @@ class Checkpointer:
         step = (epoch + 1) * self.steps_per_epoch
         last = self.run_dir / LAST_CHECKPOINT
         fix = "free space" if _is_full(exc) else f"make {self.run_dir} writable"
+        # `fer train` and `fer ablate` both get here; each continues in its own way.
         if self.last_good is not None:
-            then = (f"{last} from epoch {self.last_good + 1} is kept: {fix} and run the same command "
-                    f"with --resume")
+            then = (f"{last} from epoch {self.last_good + 1} is kept: {fix}, then `fer train ... --resume` "
+                    f"(same --out) continues it and a rerun of `fer ablate` resumes it by itself")
         else:
-            then = (f"no {LAST_CHECKPOINT} was written yet: {fix} and run the same command with "
-                    f"--force (same --out) to start over")
+            then = (f"no {LAST_CHECKPOINT} was written yet: {fix}, then `fer train ... --force` (same --out) "
+                    f"starts it over and a rerun of `fer ablate` does so by itself")
         return FerError(f"training stopped in epoch {epoch + 1} (step {step}): cannot write {path}: "
                         f"{reason}; {then}", exit_code=1)
 

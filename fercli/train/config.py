@@ -33,7 +33,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | constant | onecycle (runs._lr_at)
     image_size: int = 48
-    pretrained: bool = True
+    # ImageNet trunks. None (the default): when at hand (--weights, torch's hub cache, a
+    # download), else from scratch with one warning (runs.resolve_pretraining); True: required.
+    # A run's config.json records what was used, true or false.
+    pretrained: bool | None = None
     weights: str | None = None
     # FER2013-pretrained trunks: RUN_DIR | CHECKPOINT.pt | EXPORT.npz | "default" (fercli.infer.sources);
     # the classifier head stays freshly initialised. Excludes --pretrained (ImageNet).
@@ -105,6 +108,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise FerError(f"--config {path}: not a recipe ({exc})") from None
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    fields["pretrained"] = True  # a recipe says true or false; unset is the default
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = "model" if key == "arch" else key.replace("-", "_")

@@ -32,7 +32,7 @@ from fercli.data import registry
 from fercli.errors import FerError
 from fercli.files import atomic_write_json, read_json
 from fercli.train.config import TrainConfig, resolve_optimizer, validate_config
-from fercli.train.runs import check_fold_all, run_dir_for, train
+from fercli.train.runs import check_fold_all, resolve_pretraining, run_dir_for, train
 
 # ("job_start", {"name", "pid", "device", "mode"}), ("job_end", JobResult as dict)
 JobEvent = Callable[[str, dict[str, Any]], None]
@@ -176,6 +176,9 @@ def train_many(cfg: TrainConfig, *, seeds: tuple[int, ...] | None = None, jobs: 
     ROOT/seed-S (several seeds) / fold-K (--fold all), each a normal run directory; a k-fold
     root gets its kfold.json (what `fer evaluate` aggregates) once all its folds finished."""
     validate_config(cfg)
+    cfg, warning = resolve_pretraining(cfg)  # once here: every run starts the same way
+    if warning and on_event is not None:
+        on_event("warning", {"message": warning})
     ds = registry.load_dataset(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
     folds: list[int | None] = [cfg.fold]

@@ -39,7 +39,7 @@ from fercli.evaluation.calibrate import (
 from fercli.files import atomic_write_json, read_json, sweep_stale_temps
 from fercli.infer.sources import load_model_source
 from fercli.model.checkpoints import LAST_CHECKPOINT, load_checkpoint
-from fercli.model.networks import build_model, init_trunks_from
+from fercli.model.networks import build_model, init_trunks_from, resolve_pretrained_weights
 from fercli.plots import plot_loss_curve
 from fercli.provenance import code_version, training_label
 from fercli.train import distributed
@@ -125,12 +125,61 @@ def check_fold_all(ds: PreparedDataset) -> None:
         raise FerError(f"--fold all is for CK+-style k-fold datasets; {ds.name} has fixed splits")
 
 
+# Printed once when a plain `fer train` finds no ImageNet weights (TrainConfig.pretrained None).
+NO_WEIGHTS_WARNING = ("no ImageNet weights at hand (offline?): training from scratch; pass --weights FILE for "
+                      "the paper's pretrained trunks, or --no-pretrained to silence this")
+
+
+def resolve_pretraining(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """(cfg with `pretrained` true or false, the warning to print once or None).
+
+    pretrained None, the default, means ImageNet trunks when the weights are at hand (--weights,
+    torch's hub cache, a download) and from scratch otherwise, with NO_WEIGHTS_WARNING, so that
+    a first `fer train` works offline and its config.json says what it did. Asked for (True:
+    --pretrained, the paper preset, --weights), weights that cannot be had are refused in one
+    line. A resumed run keeps what its config.json records. `fer ablate` sets it on each row and
+    runs the pretrained rows only when its plan found the weights."""
+    if cfg.init_from and cfg.pretrained is None:
+        return dataclasses.replace(cfg, pretrained=False), None  # FER2013 trunks instead
+    if cfg.pretrained is not None:
+        if cfg.pretrained and cfg.weights is None:
+            try:
+                resolve_pretrained_weights(None)
+            except FerError as exc:
+                raise FerError(f"{exc}, or --no-pretrained to train from scratch") from None
+        return cfg, None
+    if cfg.weights:
+        return dataclasses.replace(cfg, pretrained=True), None  # --weights FILE asks for them
+    saved = _saved_pretrained(cfg) if cfg.resume else None
+    if saved is not None:
+        return dataclasses.replace(cfg, pretrained=saved), None
+    try:
+        resolve_pretrained_weights(None)
+    except FerError:
+        return dataclasses.replace(cfg, pretrained=False), NO_WEIGHTS_WARNING
+    return dataclasses.replace(cfg, pretrained=True), None
+
+
+def _saved_pretrained(cfg: TrainConfig) -> bool | None:
+    """--resume: whether the run in --out started from ImageNet weights (its config.json)."""
+    for name in ("config.json", "kfold.json"):
+        path = Path(cfg.out or ".") / name
+        if cfg.out and path.is_file():
+            value = read_json(path, "run config").get("config", {}).get("pretrained")
+            if isinstance(value, bool):
+                return value
+    return None
+
+
 def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[TrainResult]:
     """Train one run (or every CK+ fold with fold=-1); returns one result per fold.
 
     Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk."""
     code_version()  # read here, as the code is imported: every run of this process records it
     validate_config(cfg)
+    cfg, warning = resolve_pretraining(cfg)
+    if warning and on_event is not None and distributed.env_rank() == 0:
+        on_event("warning", {"message": warning})
     ds = registry.load_dataset(cfg.dataset)
     cfg = resolve_optimizer(cfg, ds.name)
     runs, root = [cfg], None
@@ -142,7 +191,7 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
         if distributed.env_rank() == 0:
             _sweep_run_dirs(runs, on_event)  # before the space check: a killed write's temp counts as used
             ensure_checkpoint_space(runs, num_classes=len(ds.classes))
-        results = [_train_run(sub, ds, on_event) for sub in runs]
+        results = [_train_run(sub, ds, on_event, warning) for sub in runs]
         if root is not None and distributed.current().is_main:
             atomic_write_json(root / "kfold.json", {"folds": len(runs), "config": dataclasses.asdict(cfg)})
     finally:
@@ -182,7 +231,8 @@ def _quiet(kind: str, info: dict[str, Any]) -> None:
     pass
 
 
-def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None) -> TrainResult:
+def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback | None,
+               pretrained_note: str | None = None) -> TrainResult:
     """One run (one fold) in this process: set up the Run, train it, report. Under torchrun
     every rank runs this; only rank 0 validates, writes and reports."""
     device, dist_info = _join(cfg)
@@ -196,6 +246,8 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
         history, best, start_epoch = _resume(cfg, ds, run_dir / LAST_CHECKPOINT, dist_info, model, optimizer, ema)
     amp_dtype = autocast_dtype(device, cfg.precision)
     info = _run_info(cfg, ds, plan, n_train, dist_info, device, amp_dtype, model, init_source)
+    if pretrained_note:
+        info["pretrained_note"] = pretrained_note  # why config.pretrained is false: no weights at hand
     identity = {"model_spec": dict(model.spec), "classes": ds.classes, "config": dataclasses.asdict(cfg),
                 "training_command": train_command(dataclasses.asdict(cfg)), "dataset_sha256": ds.sha256, "dataset_name": ds.name, "fercli_version": __version__,
                 "code_version": info["code_version"], "world_size": dist_info.world_size}

@@ -100,7 +100,8 @@ def find_duplicates(
 
     count: duplicate groups (pixel patterns seen more than once); extra_copies: images beyond
     the first of each group; cross_split: groups that span more than one split;
-    label_conflicts: groups whose copies carry different labels; examples: source ids.
+    label_conflicts: groups whose copies carry different labels; also_in_train: per split
+    other than train, its images whose pixels also appear in train; examples: source ids.
     """
     groups: dict[bytes, list[int]] = {}
     for i in range(images.shape[0]):
@@ -123,12 +124,19 @@ def find_duplicates(
         {"copies": len(g), "sources": shown(g), "splits": sorted({str(split[i]) for i in g})}
         for g in pick
     ]
+    in_train: dict[str, int] = {}
+    for g in cross:
+        if any(str(split[i]) == "train" for i in g):
+            for i in g:
+                if str(split[i]) != "train":
+                    in_train[str(split[i])] = in_train.get(str(split[i]), 0) + 1
     return {
         "count": len(dups),
         "extra_copies": int(sum(len(g) - 1 for g in dups)),
         "images_in_groups": int(sum(len(g) for g in dups)),
         "cross_split": len(cross),
         "label_conflicts": len(conflicts),
+        "also_in_train": dict(sorted(in_train.items())),
         "examples": examples,
     }
 
