@@ -71,6 +71,7 @@ SITES: dict[str, tuple[str, ...]] = {
     "model/networks.py:_weights_hint": ("train", "ablate"),
     "model/networks.py:init_trunks_from": ("train",),  # ablate's rows take the source's own architecture
     "serve/config.py": ("serve",),
+    "serve/auth.py": ("serve",),
     "train/checkpointing.py": ("train", "ablate"),
     "train/config.py": ("train",),  # ablate builds each row's config itself, from valid values
     # ablate plans each run directory (resume/force) itself and runs the pretrained rows only
