@@ -15,6 +15,7 @@ from fercli.cli import app
 from fercli.errors import FerError
 from fercli.evaluation.evaluate import EvaluateConfig, evaluate_target, paper_per_class
 from fercli.export.npz_format import INDEX_SUFFIX, export_model
+from fercli.export.sidecar import read_sidecar
 from fercli.model.checkpoints import BEST_CHECKPOINT
 from tests.fixtures import fake_run, make_ck_like, make_fer_like
 
@@ -107,7 +108,7 @@ def test_shipped_model_reproduces_its_private_test_accuracy(fer2013_prepared) ->
     r = runner.invoke(app, ["evaluate", "default", "--dataset", str(ds), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
-    meta = json.loads((assets / "default_model.json").read_text())
+    meta = read_sidecar(DEFAULT_MODEL)
     assert m["split"] == "private_test" and m["num_samples"] == 3589
     assert m["dataset"]["same_as_training"] is True
     # The H200 measured 66.23% with the fp32 weights; this is the fp16 file on another device.
