@@ -26,7 +26,7 @@ def test_train_prints_and_returns_a_disk_estimate_close_to_the_real_files(tmp_pa
     res = runner.invoke(app, ["train", "--dataset", str(ds), *ARGS, "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     err = " ".join(res.stderr.split())
-    assert "disk: ~" in err and "for the checkpoints of the run in" in err and "MB free" in err
+    assert "disk: ~" in err and "for the checkpoints of the run on the disk of" in err and "MB free" in err
     assert "best.pt ~87 MB + last.pt ~257 MB" in err  # resnet34: fp32 weights, Adam's two moments
     res = runner.invoke(app, ["train", "--dataset", str(ds), *ARGS, "--out", str(tmp_path / "b"), "--json"])
     assert res.exit_code == 0, res.output

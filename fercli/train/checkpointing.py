@@ -296,7 +296,7 @@ class SpaceEstimate:
             files = f"best.pt ~{_mb(self.best_bytes)} MB kept{each}; last.pt ~{_mb(self.last_bytes)} MB while it trains"
         else:
             files = f"best.pt ~{_mb(self.best_bytes)} MB + last.pt ~{_mb(self.last_bytes)} MB{each}"
-        return (f"disk: ~{_mb(self.need_bytes)} MB for the checkpoints of {runs} in {self.where} ({files}; "
+        return (f"disk: ~{_mb(self.need_bytes)} MB for the checkpoints of {runs} on the disk of {self.where} ({files}; "
                 f"~{_mb(self.kept_bytes)} MB stay afterwards), {self.free_bytes / MB:,.0f} MB free")
 
 
