@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,19 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert [r["row"] for r in csv_rows] == list(rows)
     assert {r["training"] for r in csv_rows[1:]} == {"FER2013-pretrained"}
 
-    # Rerun: everything comes from the cache, nothing is retrained, no estimate is needed.
+    # The disk the ladder needs was said (and checked) before it trained: 4 runs that keep only
+    # best.pt once finished, which is what each run directory holds now (no last.pt).
+    (disk,) = result["disk"]
+    assert disk["runs"] == 4 and disk["runs_keeping_only_best_pt"] == 4 and disk["fits"]
+    best_files = [Path(r["runs"][0]["run_dir"]) / "best.pt" for r in rows.values()]
+    assert all(p.is_file() and not p.with_name("last.pt").exists() for p in best_files)
+    assert all((p.parent / "train_summary.json").is_file() for p in best_files)
+    real = sum(p.stat().st_size for p in best_files)
+    assert 0.8 * real < disk["kept_bytes"] < 1.5 * real, (disk, real)
+    assert disk["need_bytes"] > disk["kept_bytes"] + disk["last_pt_bytes"]  # + last.pt and its temp while training
+
+    # Rerun: everything comes from the cache (finished runs without last.pt), nothing is
+    # retrained, no estimate is needed.
     before = _mtimes(out)
     assert len(before) == 4
     res = runner.invoke(app, args)
@@ -122,9 +135,15 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert "FER2013-pretrained ladder" in text and "ImageNet weights for resnet34 not found" in text
     assert "'pretrained' = FER2013-pretrained" in text
 
+    # --keep-last keeps a finished run's last.pt (only the removed run trains again).
+    run = out / "ResNet34_FER2013Pretrain_BCN" / "seed0" / "fold0"
+    shutil.rmtree(run)
+    res = runner.invoke(app, [*args, "--keep-last", "--json", "--no-estimate"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["runs"] == {"total": 4, "cached": 3} and (run / "last.pt").is_file()
+
     # An interrupted run (last.pt but no summary) is resumed, not restarted: with --jobs 2 by a
     # scheduler child (the only run that needs training), and reported as resumed, not cached.
-    run = out / "ResNet34_FER2013Pretrain_BCN" / "seed0" / "fold0"
     (run / "train_summary.json").unlink()
     (run / "metrics.json").unlink()
     res = runner.invoke(app, [*args, "--jobs", "2", "--json", "--no-estimate"])
@@ -241,7 +260,9 @@ def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
     assert r3["change_pp"] == pytest.approx(5.0) and r3["change_folds"] == 1 and r3["change_exceeds_std"] is None
     assert r2["change_folds"] == 2
     assert (r4["status"], r4["n_runs"], r4["ours_mean_pct"], r4["change_pp"]) == ("pending", 0, None, None)
-    assert table["folds"]["done_every_row"] == 0 and table["folds"]["label"] == f"0 of all {k} folds done"
+    # Rows 1-2 have two folds, row 4 none: the heading says both ends, not just "0 of all k done".
+    assert table["folds"]["done_every_row"] == 0 and table["folds"]["done_some_row"] == 2
+    assert table["folds"]["label"] == f"0–2 of all {k} folds done, by row"
     prog = result["progress"]
     assert prog["counts"] == {"done": 5, "started": 1, "pending": 4 * k - 6} and prog["code_versions"] == ["c0de"]
     started = next(st for st in prog["runs"] if st["state"] == "started")
@@ -252,6 +273,7 @@ def test_partial_ladder_progress_prints_done_rows_and_pending_without_training(
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())
     assert "pending" in text and "(partial)" in text and f"2/{k}" in text and f"1/{k}" in text
+    assert f"0–2 of all {k} folds done, by row" in text and f"0 of all {k} folds done" not in text
     assert "70.00 ± 10.00" in text and "+10.00 (+0.17)" in text
     assert "FER2013-pretrained ladder" in text and "ImageNet weights for resnet34 not found" in text
     # on an 80-column console every column is there (Rich, left to fit 80, squeezes the row names
@@ -362,3 +384,11 @@ def test_changes_without_folds_compare_means_and_skip_unavailable_rows() -> None
     assert rows[2]["change_pp"] == pytest.approx(2.5) and rows[2]["change_exceeds_std"] is True  # 2.5 > max(1, 2)
     assert rows[3]["change_pp"] == pytest.approx(0.5) and rows[3]["change_exceeds_std"] is False
     assert rows[4]["change_pp"] == pytest.approx(7.0) and rows[4]["change_exceeds_std"] is None  # one seed: no std
+
+
+def test_fold_heading_counts_the_rows_ahead_not_only_the_slowest() -> None:
+    from fercli.ablation.ladder import folds_label
+
+    assert folds_label(10, 10, 0, 1) == "0–1 of all 10 folds done, by row"  # two rows at 1/10, two at 0/10
+    assert folds_label(10, 10, 1, 1) == "1 of all 10 folds done"
+    assert folds_label(3, 10, 3, 3) == "first 3 of 10 folds (--folds-limit)"

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from fercli.cli import app
 from fercli.errors import FerError
 from fercli.export.npz_format import INDEX_SUFFIX, META_KEY, export_model, load_exported
+from fercli.export.sidecar import find_sidecar, read_sidecar, sidecar_path
 from tests.fixtures import CLASSES, face_image, make_run
 
 runner = CliRunner()
@@ -52,7 +53,7 @@ def test_round_trip_fp16_matches_original(run_dir: tuple[Path, torch.nn.Module],
     with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
         assert z["fc.weight"].dtype == np.float16 and z["trunk.bn1.num_batches_tracked"].dtype == np.int64
         assert json.loads(z[META_KEY].tobytes())["format"] == "fercli-export-v1"
-    assert json.loads((tmp_path / "m.json").read_text())["classes"] == CLASSES
+    assert json.loads((tmp_path / "m.npz.json").read_text())["classes"] == CLASSES
 
 
 def test_shards_round_trip_and_cli(run_dir: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
@@ -155,3 +156,22 @@ def test_export_resolves_its_source_like_every_command(tmp_path):
         assert r.exit_code == 2 and not out.exists(), r.output
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith(f"error: SOURCE {source}") and message in line, line
+
+
+def test_sidecar_is_named_after_the_model_file_and_old_names_still_read(
+        run_dir: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    d, _ = run_dir
+    info = export_model(d, tmp_path / "sh" / "ck.npz", max_shard_mb=0.05)  # sharded: beside the index
+    assert info["sidecar"] == str(tmp_path / "sh" / "ck.npz.json")
+    assert sidecar_path(tmp_path / "sh" / f"ck.npz{INDEX_SUFFIX}") == tmp_path / "sh" / "ck.npz.json"
+    assert read_sidecar(tmp_path / "sh" / f"ck.npz{INDEX_SUFFIX}")["format"] == "fercli-export-v1"
+    # An export written before the sidecar had its model's extension in its name: ck.json.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "ck.json").write_text(json.dumps({"format": "fercli-export-v1", "classes": CLASSES}))
+    assert find_sidecar(old / "ck.npz") == old / "ck.json"
+    assert read_sidecar(old / "ck.npz")["classes"] == CLASSES
+    (old / "ck.npz.json").write_text(json.dumps({"format": "new"}))  # the own name wins when both exist
+    assert read_sidecar(old / "ck.npz")["format"] == "new"
+    with pytest.raises(FerError, match="other.onnx.json"):
+        read_sidecar(old / "other.onnx")

@@ -249,7 +249,7 @@ def real_prepare_out_on_read_only(t: Path, s: Stock, mp: pytest.MonkeyPatch, mou
 
 def real_export_npz_full_disk(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
     fs = mount(t / "fs", "1m")
-    intact = _previous(fs / "model.npz", fs / "model.json")
+    intact = _previous(fs / "model.npz", fs / "model.npz.json")
     mount.fill(fs)
     return Case(["export", str(s.run), "--out", str(fs / "model.npz")], WORDS[errno.ENOSPC], fs / "model.npz",
                 intact, space=True)
@@ -358,14 +358,14 @@ def prepare_folder_deleted_while_running(t: Path, s: Stock, mp: pytest.MonkeyPat
 
 
 def export_npz_read_only(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
-    intact = _previous(t / "out" / "model.npz", t / "out" / "model.json")
+    intact = _previous(t / "out" / "model.npz", t / "out" / "model.npz.json")
     fail_temp_files(mp, errno.EROFS)
     return Case(["export", str(s.run), "--out", str(t / "out" / "model.npz")], WORDS[errno.EROFS],
                 t / "out" / "model.npz", intact)
 
 
 def export_shards_disk_full_midway(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Mounts) -> Case:
-    intact = _previous(t / "model.npz.part0", t / "model.npz.part1", t / "model.npz.index.json", t / "model.json")
+    intact = _previous(t / "model.npz.part0", t / "model.npz.part1", t / "model.npz.index.json", t / "model.npz.json")
     fail_writes(mp, errno.ENOSPC, after=2)
     return Case(["export", str(s.run), "--out", str(t / "model.npz"), "--max-shard-mb", "8"],
                 WORDS[errno.ENOSPC], t / "model.npz.part2", intact, absent=[t / "model.npz.part3"], space=True)
@@ -376,7 +376,7 @@ def export_onnx_disk_full(t: Path, s: Stock, mp: pytest.MonkeyPatch, mount: Moun
 
     # The graph itself is tested in test_onnx; here only its write matters.
     mp.setattr(onnx_format, "onnx_bytes", lambda model, meta, dtype: b"\x08\x07" * 4096)
-    intact = _previous(t / "model.onnx", t / "model.json")
+    intact = _previous(t / "model.onnx", t / "model.onnx.json")
     fail_writes(mp, errno.ENOSPC)
     return Case(["export", str(s.run), "--format", "onnx", "--out", str(t / "model.onnx")], WORDS[errno.ENOSPC],
                 t / "model.onnx", intact, space=True)

@@ -314,3 +314,14 @@ def test_int8_calibration_folder_and_flag_errors(resnet_run, tmp_path: Path) -> 
     res = runner.invoke(app, ["export", str(d), "--format", "onnx", "--int8-calibration", str(tmp_path / "few"),
                               "-o", str(tmp_path / "x.onnx")])
     assert res.exit_code == 2 and "few" in res.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_npz_and_onnx_exports_in_one_folder_keep_their_own_sidecars(resnet_run, tmp_path: Path) -> None:
+    d, _ = resnet_run
+    for fmt, name in (("npz", "ck.npz"), ("onnx", "ck.onnx")):
+        res = runner.invoke(app, ["export", str(d), "--format", fmt, "--dtype", "float32", "-o", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        assert f"metadata: {tmp_path / (name + '.json')}" in res.output
+    assert json.loads((tmp_path / "ck.npz.json").read_text())["format"] == "fercli-export-v1"
+    assert json.loads((tmp_path / "ck.onnx.json").read_text())["format"] == ONNX_FORMAT
+    assert not (tmp_path / "ck.json").exists()

@@ -13,6 +13,8 @@ from torch import nn
 
 from fercli import provenance
 from fercli.errors import FerError
+from fercli.export.sidecar import read_sidecar
+from fercli.model.locate import DEFAULT_MODEL
 from fercli.train import config, runs
 from fercli.train.optim import build_optimizer
 from tests.fixtures import make_fer_like, tiny_cfg
@@ -70,7 +72,7 @@ def test_no_decay_on_bn_and_bias() -> None:
 
 def test_fer2013_scratch_preset_is_the_measured_h200_recipe() -> None:
     cfg = config.make_train_config("fer2013-scratch")
-    meta = json.loads((Path(__file__).resolve().parents[1] / "fercli" / "assets" / "default_model.json").read_text())
+    meta = read_sidecar(DEFAULT_MODEL)
     for key, value in meta["train_config"].items():  # the shipped model's own recorded config
         if key in ("device", "out", "dataset", "threads", "eval_batch_size"):
             continue  # where and how fast it ran, not the recipe

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.errors import FerError
+from fercli.export.sidecar import read_sidecar
 from fercli.infer.sources import load_model_source
 from fercli.model.locate import DEFAULT_MODEL
 from fercli.model.networks import build_model
@@ -33,7 +34,7 @@ def _archive_sha256() -> str:
 
 def _shipped_code() -> str:
     """The code version the shipped model's own provenance records (not a literal: it ships anew)."""
-    return json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["code_version"]
+    return read_sidecar(DEFAULT_MODEL)["code_version"]
 
 
 def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:

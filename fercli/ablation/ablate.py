@@ -19,7 +19,9 @@ FER2013 reports PrivateTest accuracy of the checkpoint selected on PublicTest; C
 subject-independent k-fold accuracy (test fold k, selection fold k+1, the rest trains), mean
 ± std over folds (and seeds). Every (row, seed, fold) run lives in its own run directory
 under --out; a finished one (train_summary.json + metrics.json) is reused, an interrupted
-one (last.pt) is resumed, so an ablation that was stopped picks up where it was. k-fold runs
+one (last.pt) is resumed, so an ablation that was stopped picks up where it was. A finished
+run keeps only best.pt unless --keep-last (last.pt is ~3x its size: a CK+ ladder of 40 runs
+would otherwise keep ~10 GB); before training the ladder says, and checks, the disk it needs. k-fold runs
 go fold by fold, so a stopped ladder has whole folds of every row; its table shows each row's
 fold count, "partial" or "pending" (fercli.ablation.ablate_status reads it without training).
 
@@ -120,7 +122,7 @@ def _train_config(cfg: AblateConfig, ds: _Dataset, rung: Rung, seed: int, fold: 
     base.update(dataset=ds.ref, model=rung.model, optimizer=optimizer_for(ds, rung.gc), pretrained=rung.pretrained,
                 weights=cfg.weights if rung.pretrained else None, seed=seed, fold=fold,
                 train_subset=cfg.train_subset, device=cfg.device, out=str(run_dir),
-                threads=cfg.threads)
+                threads=cfg.threads, keep_last=cfg.keep_last)
     return make_train_config(None, **base)
 
 
@@ -312,7 +314,8 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
             rows = [row(rung, "paper" if label == "paper" or not (rung.init_from or rung.pretrained) else label)
                     for rung in ladder]
         add_changes(rows)
-        done_folds = min((r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE), default=0)
+        counted = [r["folds_done"] or 0 for r in rows if r["status"] != WEIGHTS_UNAVAILABLE]
+        done_folds, most_folds = min(counted, default=0), max(counted, default=0)
         tables.append({
             "dataset": ds.key,
             "column": ds.label,
@@ -323,7 +326,8 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
             "pretrained_means": _pretrained_means(cfg, label),
             "weights": {"available": plan.weights_ok, "reason": plan.weights_reason},
             "folds": ({"planned": len(folds), "used": len(folds), "total": ds.num_folds, "done_every_row": done_folds,
-                       "label": folds_label(len(folds), ds.num_folds, done_folds)} if ds.kfold else None),
+                       "done_some_row": most_folds,
+                       "label": folds_label(len(folds), ds.num_folds, done_folds, most_folds)} if ds.kfold else None),
             "rows": rows,
         })
     return tables
@@ -352,7 +356,9 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     plan = plan_ablation(cfg)
     decisions = [_decide(cfg, r.tcfg, r.run_dir, r.ds.sha256) for r in plan.runs]
     # The checkpoints of every run still to train must fit on the disk before the first starts.
-    checkpointing.ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"], concurrent=max(1, cfg.jobs))
+    disks = checkpointing.ensure_checkpoint_space([d[2] for d in decisions if d[0] != "cached"],
+                                                  concurrent=max(1, cfg.jobs))
+    emit("ablate_disk", {"disks": [d.as_dict() for d in disks], "lines": [d.text() for d in disks]})
     estimate = None
     if cfg.estimate and any(d[0] != "cached" for d in decisions):
         # Before anything trains: how long it will take (said, never refused: it runs anyway).
@@ -379,6 +385,7 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     result["runs"] = {"total": len(plan.runs),
                       "cached": sum(r["status"] == "cached" for rs in done.values() for r in rs)}
     result["estimate"] = estimate
+    result["disk"] = [d.as_dict() for d in disks]
     # Both or neither: a full disk leaves the previous pair (or nothing), never a mixture.
     atomic_write_many([(plan.root / "ablation.json", json_bytes(result)),
                        (plan.root / "ablation.csv", ablation_csv(result).encode("utf-8"))])

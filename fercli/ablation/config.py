@@ -27,3 +27,5 @@ class AblateConfig:
     # (FER2013_LADDER); None runs the from-scratch ladder instead.
     init_from: str | None = "default"
     estimate: bool = True  # time a few train steps and report the expected wall time first; not identity
+    # a finished run keeps only best.pt (its last.pt, ~3x larger, is for --resume); not identity
+    keep_last: bool = False

@@ -167,9 +167,15 @@ def add_changes(rows: list[dict[str, Any]]) -> None:
         prev = r
 
 
-def folds_label(planned: int, total: int, done: int) -> str:
+def folds_label(planned: int, total: int, done: int, most: int | None = None) -> str:
+    """The table heading's fold count: `done` folds in every row, `most` in the furthest row
+    (a stopped ladder has some rows one fold ahead: "0–1 of all 10 folds done, by row")."""
     what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
-    return what if done >= planned else f"{done} of {what} done"
+    if done >= planned:
+        return what
+    if most is not None and most > done:
+        return f"{done}–{most} of {what} done, by row"
+    return f"{done} of {what} done"
 
 
 def ablation_csv(result: dict[str, Any]) -> str:

@@ -200,6 +200,7 @@ def ablate(
     force: bool = typer.Option(A.force, "--force", help="Retrain every run even if a finished one is cached."),
     progress_only: bool = typer.Option(False, "--progress", help="Show what the ladder under --out has done (rows done, partial with fold counts, pending; runs in flight) and exit: trains and writes nothing."),
     estimate: bool = typer.Option(A.estimate, "--estimate/--no-estimate", help="Before training, time a few steps and print the expected wall time (it runs anyway)."),
+    keep_last: bool = typer.Option(A.keep_last, "--keep-last/--no-keep-last", help="Keep each finished run's last.pt (optimizer state, for `fer train --resume`; ~3x best.pt). By default only best.pt and the records stay."),
     json_out: options.JsonOut = False,
     quiet: options.Quiet = False,
     paper_only: bool = typer.Option(False, "--paper", help="Print all of the paper's Tables 1–5 and its §3.2 settings, and exit (runs nothing)."),
@@ -226,7 +227,7 @@ def ablate(
                        train_subset=train_subset, weights=str(weights) if weights is not None else None,
                        batch_size=batch_size, lr=lr, force=force, threads=threads, jobs=jobs,
                        devices=parse_devices(devices), init_from=None if init_from.lower() == "none" else init_from,
-                       estimate=estimate)
+                       estimate=estimate, keep_last=keep_last)
     if progress_only:
         _print_progress(cfg, json_out)
         return
@@ -263,6 +264,9 @@ def _run_with_progress(cfg: Any, quiet: bool, json_out: bool) -> tuple[dict[str,
                     highlight=False)
             if kind == "ablate_estimate" and not json_out:
                 _print_estimate(info)
+            if kind == "ablate_disk" and not json_out:
+                for line in info["lines"]:
+                    report.err_console.print(line, highlight=False, soft_wrap=True)
             progress(kind, info)
 
         try:

@@ -15,7 +15,7 @@ from fercli.errors import FerError
 @app.command("export")
 def export_cmd(
     source: str = typer.Argument(..., help="A `fer train` run directory (its best.pt), a .pt checkpoint, or (for --format onnx) an exported .npz or 'default' (the shipped model)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The .npz (or .onnx) file to write (a .json sidecar goes beside it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .npz (or .onnx) file to write (its metadata goes beside it as <file>.json)."),
     fmt: str = typer.Option("npz", "--format", help="npz: pickle-free weights for fercli; onnx: the whole classifier (preprocessing + softmax, opset 17, dynamic batch) for onnxruntime or any ONNX runtime."),
     max_shard_mb: Optional[float] = typer.Option(None, "--max-shard-mb", help="Split the file into parts of at most N MB (FILE.part0, ... + FILE.index.json)."),
     dtype: str = typer.Option("float16", help="float16 (half the size) or float32."),

@@ -76,6 +76,7 @@ def train(
     threads: options.in_panel(options.Threads, RUN) = D.threads,
     seed: int = typer.Option(D.seed, rich_help_panel=RUN, help="Seed for init, shuffling and augmentation."),
     checkpoint_every: str = typer.Option(D.checkpoint_every, rich_help_panel=RUN, help="Write last.pt (with optimizer state, for --resume) every N epochs ('5') or once N seconds have passed ('60s'), and after the last epoch; a kill loses at most that much. best.pt (weights only) is written whenever validation improves."),
+    keep_last: bool = typer.Option(D.keep_last, "--keep-last/--no-keep-last", rich_help_panel=RUN, help="Once the run has finished, keep last.pt (its optimizer state: what --resume with more --epochs continues from; about 3x best.pt) or remove it, leaving best.pt and the records."),
     seeds: options.in_panel(options.Seeds, RUN) = None,
     jobs: options.in_panel(options.Jobs, RUN) = 1,
     devices: options.in_panel(options.Devices, RUN) = None,
@@ -130,15 +131,25 @@ def _train_in_process(cfg: Any, quiet: bool, json_out: bool) -> None:
     from fercli.train import runs
 
     main_rank = env_rank() == 0  # under torchrun only rank 0 reports
+    disk: list[Any] = []
     with report.TrainProgress(quiet=quiet or json_out or not main_rank) as progress:
-        results = runs.train(cfg, on_event=progress)
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "disk_estimate":  # the checkpoints' space, before the first epoch
+                disk.extend(info["disks"])
+                if not progress.progress.disable:
+                    for line in info["lines"]:
+                        progress.progress.console.print(line, highlight=False, soft_wrap=True)
+            progress(kind, info)
+
+        results = runs.train(cfg, on_event=on_event)
     if not main_rank:
         return
     if json_out:
         report.print_json([{"run_dir": str(r.run_dir), "fold": r.fold, "best_epoch": r.best_epoch,
                             "best_val_acc": r.best_val_acc, "val_split": r.val_split,
                             "test_split": r.test_split, "images_per_second": r.images_per_second,
-                            "seconds": r.seconds, "device": r.device, "history": r.history} for r in results])
+                            "seconds": r.seconds, "device": r.device, "disk_estimate": disk,
+                            "history": r.history} for r in results])
         return
     report.print_table(report.train_summary_table(results))
     root = results[0].run_dir.parent if len(results) > 1 else results[0].run_dir

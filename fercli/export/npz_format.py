@@ -10,8 +10,8 @@ The exported file is a plain NumPy archive (no pickle, nothing that executes on 
                                    accuracy (when the run has metrics.json), device,
                                    dataset sha256, fercli version, the calibration
                                    temperature and its split (when fitted), ...
-    <name>.json         the same JSON as a human-readable sidecar (informative only; the
-                        loader trusts only __meta__ inside the archive)
+    <name>.npz.json     the same JSON as a human-readable sidecar (informative only; the
+                        loader trusts only __meta__ inside the archive; fercli.export.sidecar)
 
 With `max_shard_mb` the archive's bytes are split into `<name>.npz.part0, .part1, ...` of at
 most that size and an index `<name>.npz.index.json` lists each part's size and sha256 and
@@ -39,6 +39,7 @@ from torch import nn
 
 from fercli import __version__
 from fercli.errors import FerError
+from fercli.export.sidecar import sidecar_path
 from fercli.files import (
     SHARD_INDEX_SUFFIX,
     SHARD_PART_SUFFIX,
@@ -201,7 +202,7 @@ def export_model(
 def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path: Path,
                   max_shard_mb: float | None) -> dict[str, Any]:
     """The .npz (weights + __meta__), whole or as ≤ max_shard_mb parts with an index written
-    last, and the .json sidecar; every file atomically. Returns meta plus where it all went."""
+    last, and the <name>.npz.json sidecar; every file atomically. Returns meta plus where it all went."""
     arrays = {**arrays, META_KEY: np.frombuffer(json.dumps(meta, sort_keys=False, default=str).encode("utf-8"),
                                                 dtype=np.uint8)}
     data = _npz_bytes(arrays)
@@ -216,7 +217,7 @@ def write_archive(arrays: dict[str, np.ndarray], meta: dict[str, Any], out_path:
         files += shard_files(out_path, data, max(1, int(max_shard_mb * 1024 * 1024)),
                              EXPORT_FORMAT + "-shards", {"meta": meta})
     written = [str(p) for p, _ in files]
-    sidecar = out_path.with_suffix(".json")
+    sidecar = sidecar_path(out_path)
     atomic_write_many([*files, (sidecar, json_bytes(meta))])
     return {**meta, "path": str(out_path), "sharded": max_shard_mb is not None, "files": written,
             "sidecar": str(sidecar), "bytes": len(data), "sha256": digest}

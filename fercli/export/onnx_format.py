@@ -45,6 +45,7 @@ from torch import nn
 from fercli.errors import FerError
 from fercli.export.npz_format import export_meta
 from fercli.export.onnx_runtime import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME
+from fercli.export.sidecar import sidecar_path
 from fercli.files import atomic_write_bytes, atomic_write_many, json_bytes
 from fercli.model.networks import BilinearResNet34, signed_sqrt
 from fercli.model.temperature import temperature_of
@@ -293,7 +294,7 @@ def export_onnx(src: Path | str, out_path: Path | str, dtype: str = "float16",
     else:
         data = onnx_bytes(model, meta, dtype)
     meta = {**meta, "format": ONNX_FORMAT, "opset": OPSET, "dtype": dtype}
-    sidecar = out_path.with_suffix(".json")
+    sidecar = sidecar_path(out_path)  # <name>.onnx.json: beside a <name>.npz export, each keeps its own
     atomic_write_many([(out_path, data), (sidecar, json_bytes(meta))])  # both or neither
     return {**meta, "path": str(out_path), "files": [str(out_path)], "sidecar": str(sidecar),
             "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "sharded": False}

@@ -11,7 +11,9 @@ device trains on; a write that fails stops the run at the next train step with o
 naming the file, the epoch and the step, and saying how to continue.
 
 Before the first epoch, `ensure_checkpoint_space` compares what the checkpoints will need with
-the free space of the disk they go to, and refuses a run that cannot fit.
+the free space of the disk they go to, refuses a run that cannot fit, and returns the estimate
+that `fer train` and `fer ablate` print. A run with keep_last off (`--no-keep-last`; `fer ablate`'s
+default) removes last.pt once it has finished (fercli.train.runs).
 """
 
 from __future__ import annotations
@@ -273,22 +275,46 @@ class SpaceEstimate:
     runs: int
     best_bytes: int  # one best.pt (the largest, of several runs)
     last_bytes: int  # one last.pt (the largest)
-    need_bytes: int  # free space the runs need on this disk
+    need_bytes: int  # free space the runs need on this disk, at the peak
     free_bytes: int
+    kept_bytes: int = 0  # what the runs leave on this disk once all have finished
+    pruned: int = 0  # runs that remove their last.pt when they finish (keep_last off)
 
     @property
     def fits(self) -> bool:
         return self.need_bytes <= self.free_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"where": str(self.where), "runs": self.runs, "best_pt_bytes": self.best_bytes,
+                "last_pt_bytes": self.last_bytes, "need_bytes": self.need_bytes, "kept_bytes": self.kept_bytes,
+                "free_bytes": self.free_bytes, "runs_keeping_only_best_pt": self.pruned, "fits": self.fits}
+
+    def text(self) -> str:
+        """'disk: ~N MB for the checkpoints of ... in WHERE (...), M MB free' (one line)."""
+        runs = f"{self.runs} runs" if self.runs > 1 else "the run"
+        each = " each" if self.runs > 1 else ""
+        if self.pruned == self.runs:
+            files = f"best.pt ~{_mb(self.best_bytes)} MB kept{each}; last.pt ~{_mb(self.last_bytes)} MB while it trains"
+        else:
+            files = f"best.pt ~{_mb(self.best_bytes)} MB + last.pt ~{_mb(self.last_bytes)} MB{each}"
+        return (f"disk: ~{_mb(self.need_bytes)} MB for the checkpoints of {runs} on the disk of {self.where} ({files}; "
+                f"~{_mb(self.kept_bytes)} MB stay afterwards), {self.free_bytes / MB:,.0f} MB free")
+
+
+def _mb(n: int) -> str:
+    return f"{math.ceil(n / MB):,}"
 
 
 def estimate_checkpoint_space(cfgs: Sequence[TrainConfig], num_classes: int = 7,
                               concurrent: int = 1) -> list[SpaceEstimate]:
     """What the checkpoints of `cfgs` (one run each, in cfg.out) need, per disk.
 
-    Each run keeps one best.pt and one last.pt; --checkpoint-every sets how often last.pt is
-    replaced, not how many are kept. Replacing a file needs room for its temp copy beside the
-    old one, so the peak adds one last.pt per run writing at once (`concurrent`). Checkpoints
-    already in a run directory (--resume, --force) are replaced, so their space counts as free.
+    Each run keeps one best.pt and one last.pt (a run with keep_last off removes last.pt
+    once it has finished); --checkpoint-every sets how often last.pt is replaced, not how many
+    are kept. Replacing a file needs room for its temp copy beside the old one, so the peak adds
+    one last.pt per run writing at once (`concurrent`), two where last.pt is not kept (it is
+    not counted among the kept files). Checkpoints already in a run directory (--resume,
+    --force) are replaced, so their space counts as free.
     """
     sizes: dict[tuple[Any, ...], tuple[int, int]] = {}
     disks: dict[int, dict[str, Any]] = {}
@@ -302,33 +328,42 @@ def estimate_checkpoint_space(cfgs: Sequence[TrainConfig], num_classes: int = 7,
             where = _existing(run_dir)
             old = sum(f.stat().st_size for f in (run_dir / BEST_CHECKPOINT, run_dir / LAST_CHECKPOINT) if f.is_file())
             disk = disks.setdefault(os.stat(where).st_dev, {"where": where, "runs": 0, "kept": 0, "old": 0,
-                                                            "best": 0, "last": 0})
+                                                            "best": 0, "last": 0, "pruned": 0})
         except OSError:  # a folder that cannot be looked at: the run's own error will say so
             continue
         disk["runs"] += 1
-        disk["kept"] += best + last + FILE_OVERHEAD  # + history.csv, config.json, loss_curve.png
+        disk["pruned"] += not cfg.keep_last
+        # + history.csv, config.json, loss_curve.png
+        disk["kept"] += best + (last if cfg.keep_last else 0) + FILE_OVERHEAD
         disk["old"] += old
         disk["best"], disk["last"] = max(disk["best"], best), max(disk["last"], last)
     out = []
     for d in disks.values():
-        need = max(0, d["kept"] - d["old"]) + d["last"] * min(concurrent, d["runs"])
+        writing = min(concurrent, d["runs"]) * (2 if d["pruned"] else 1)
+        need = max(0, d["kept"] - d["old"]) + d["last"] * writing
         try:
             free = shutil.disk_usage(d["where"]).free
         except OSError:
             continue
         out.append(SpaceEstimate(where=d["where"], runs=d["runs"], best_bytes=d["best"], last_bytes=d["last"],
-                                 need_bytes=need, free_bytes=free))
+                                 need_bytes=need, free_bytes=free, kept_bytes=d["kept"], pruned=d["pruned"]))
     return out
 
 
-def ensure_checkpoint_space(cfgs: Sequence[TrainConfig], num_classes: int = 7, concurrent: int = 1) -> None:
-    """Refuse, before the first epoch, runs whose checkpoints cannot fit on their disk."""
-    for est in estimate_checkpoint_space(cfgs, num_classes, concurrent):
+def ensure_checkpoint_space(cfgs: Sequence[TrainConfig], num_classes: int = 7,
+                            concurrent: int = 1) -> list[SpaceEstimate]:
+    """Refuse, before the first epoch, runs whose checkpoints cannot fit on their disk; else
+    return the estimate per disk (what `fer train` and `fer ablate` print)."""
+    estimates = estimate_checkpoint_space(cfgs, num_classes, concurrent)
+    for est in estimates:
         if not est.fits:
             runs, per = (f"{est.runs} runs", "per run, up to ") if est.runs > 1 else ("the run", "")
+            keep = (" (best.pt only is kept once a run finishes)" if est.pruned == est.runs else
+                    "; --no-keep-last keeps only best.pt of a finished run" if not est.pruned else "")
             raise FerError(
                 f"not enough disk space for {runs} in {est.where}: the checkpoints need ~"
-                f"{math.ceil(est.need_bytes / MB)} MB ({per}best.pt ~{math.ceil(est.best_bytes / MB)} MB + "
-                f"last.pt ~{math.ceil(est.last_bytes / MB)} MB with the optimizer state, and a temporary "
-                f"copy while replacing one), {est.free_bytes / MB:.0f} MB free: free space or choose another "
+                f"{_mb(est.need_bytes)} MB ({per}best.pt ~{_mb(est.best_bytes)} MB + "
+                f"last.pt ~{_mb(est.last_bytes)} MB with the optimizer state, and a temporary "
+                f"copy while replacing one){keep}, {est.free_bytes / MB:.0f} MB free: free space or choose another "
                 f"--out", exit_code=1)
+    return estimates

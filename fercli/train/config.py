@@ -70,6 +70,9 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels; off: cudnn.benchmark + TF32 on CUDA
     checkpoint_every: str = "60s"  # last.pt every N epochs ("5") or N seconds ("60s"), + the end
     shard_data: bool = False  # torchrun: each rank holds only its 1/W of the training rows
+    # After the run finishes: keep last.pt (optimizer state; --resume with more --epochs needs
+    # it) or remove it, leaving best.pt and the records (fer ablate's default: runs.prune_last)
+    keep_last: bool = True
 
 
 SCHEDULES = ("cosine", "constant", "onecycle")
@@ -83,7 +86,7 @@ PRESETS = ("paper", "short", "fer2013-scratch", "ckplus-transfer")
 DEPRECATED_PRESETS = {"fast": "short"}  # old name -> name; the CLI warns when one is used
 # Fields of a run's config.json that belong to that run, not to its recipe: `--config
 # run/config.json` trains the same recipe again, into a directory of its own.
-RUN_ONLY_FIELDS = ("out", "resume", "force")
+RUN_ONLY_FIELDS = ("out", "resume", "force", "keep_last")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -240,7 +243,7 @@ def checkpoint_cadence(spec: str) -> tuple[int | None, float | None]:
 def train_command(config: dict[str, Any]) -> str:
     """A `fer train ...` command line that reproduces `config` (non-default options only)."""
     defaults = dataclasses.asdict(TrainConfig())
-    skip = {"out", "resume", "force", "eval_batch_size", "channels_last"}  # not CLI flags
+    skip = {"out", "resume", "force", "keep_last", "eval_batch_size", "channels_last"}  # not the recipe
     parts = ["fer", "train"]
     for key, value in config.items():
         if key in skip or key not in defaults or (value == defaults[key] and key != "dataset"):

@@ -4,7 +4,8 @@
 checkpoints fit on the disk, plans the splits (selection never sees the report split), builds
 model, optimizer and weight EMA (or loads them from last.pt on --resume) into one Run
 (fercli.train.loop), runs its epochs and writes config.json, history.csv, best.pt, last.pt,
-loss_curve.png and train_summary.json.
+loss_curve.png and train_summary.json. With keep_last off (--no-keep-last) a finished run
+removes last.pt (the optimizer state only --resume reads), after train_summary.json is written.
 
     train(cfg)                          every fold of the config (CK+ --fold all: k runs)
       _train_run(cfg, ds)               one run in this process (every rank under torchrun)
@@ -174,7 +175,8 @@ def _saved_pretrained(cfg: TrainConfig) -> bool | None:
 def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[TrainResult]:
     """Train one run (or every CK+ fold with fold=-1); returns one result per fold.
 
-    Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk."""
+    Before the first epoch, rank 0 checks that the checkpoints of every fold fit on the disk
+    and reports the estimate (event "disk_estimate")."""
     code_version()  # read here, as the code is imported: every run of this process records it
     validate_config(cfg)
     cfg, warning = resolve_pretraining(cfg)
@@ -190,13 +192,30 @@ def train(cfg: TrainConfig, on_event: ProgressCallback | None = None) -> list[Tr
     try:
         if distributed.env_rank() == 0:
             _sweep_run_dirs(runs, on_event)  # before the space check: a killed write's temp counts as used
-            ensure_checkpoint_space(runs, num_classes=len(ds.classes))
+            disks = ensure_checkpoint_space(runs, num_classes=len(ds.classes))
+            on_event = _with_disk_estimate(on_event, disks)
         results = [_train_run(sub, ds, on_event, warning) for sub in runs]
         if root is not None and distributed.current().is_main:
             atomic_write_json(root / "kfold.json", {"folds": len(runs), "config": dataclasses.asdict(cfg)})
     finally:
         distributed.teardown(distributed.current())
     return results
+
+
+def _with_disk_estimate(on_event: ProgressCallback | None, disks: list[Any]) -> ProgressCallback | None:
+    """on_event that reports the checkpoints' disk estimate ("disk_estimate": per disk, a dict
+    and a line of text) just before the first run starts: after every check that can refuse
+    the run, so a refused run still says only its one error line."""
+    if on_event is None:
+        return None
+    pending = [{"disks": [d.as_dict() for d in disks], "lines": [d.text() for d in disks]}]
+
+    def emit(kind: str, info: dict[str, Any]) -> None:
+        if kind == "run_start" and pending:
+            on_event("disk_estimate", pending.pop())
+        on_event(kind, info)
+
+    return emit
 
 
 def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) -> None:
@@ -272,6 +291,8 @@ def _train_run(cfg: TrainConfig, ds: PreparedDataset, on_event: ProgressCallback
     result = _result(run, plan, info, time.perf_counter() - t_run, images)
     if dist_info.is_main:
         calibrate_run(run_dir, val_data, plan, ds, batch_size=cfg.eval_batch_size, amp_dtype=amp_dtype)
+        if not cfg.keep_last:  # finished and recorded (train_summary.json): best.pt is what stays
+            (run_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
     distributed.barrier(dist_info)  # the other ranks return once the run's files are written
     return result
 
@@ -298,7 +319,9 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
         raise FerError(f"run directory {run_dir} already exists: pass --resume to continue it "
                        f"or --force to start over")
     if cfg.resume and not last_path.is_file():
-        raise FerError(f"--resume: no checkpoint {last_path} to resume from")
+        pruned = (run_dir / "train_summary.json").is_file()
+        raise FerError(f"--resume: no checkpoint {last_path} to resume from"
+                       + (" (the run finished and kept only best.pt: --no-keep-last)" if pruned else ""))
 
 
 def _device_data(cfg: TrainConfig, ds: PreparedDataset, device: torch.device,
