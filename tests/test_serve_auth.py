@@ -382,3 +382,15 @@ def test_refused_requests_are_counted_in_metrics(keyed_client) -> None:  # type:
     before = refused()
     assert keyed_client.get("/v1/model").status_code == 401
     assert refused() == before + 1
+
+
+def test_unknown_paths_and_methods_answer_in_the_apis_error_shape() -> None:
+    with TestClient(create_app(ServeConfig(), recognizer=StubRecognizer())) as c:
+        r = c.get("/v2/nothing")
+        assert r.status_code == 404 and r.json() == {"error": "no such path: /v2/nothing"}
+        r = c.get("/v1/predict")
+        assert r.status_code == 405 and list(r.json()) == ["error"] and "GET" in r.json()["error"]
+        assert "allow" in {k.lower() for k in r.headers}
+        page = c.get("/").text
+        assert 'href="/docs"' in page and 'href="/static/favicon.svg"' in page
+        assert c.get("/static/favicon.svg").status_code == 200

@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
@@ -230,6 +231,15 @@ def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:
     app.add_middleware(Guard, keys=cfg.api_keys, max_concurrent=cfg.max_concurrent, counts=service.counts)
     # Added last, so outermost: every answer, the Guard's 401 and 503 included, is counted and logged
     app.add_middleware(OpsMiddleware, ops=service.ops, routes=app)  # counts, times, logs, drains
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405 and the like in the API's own shape, {"error": "..."}, not FastAPI's {"detail"}
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        message = {404: f"no such path: {request.url.path[:200]}",
+                   405: f"{request.method} is not allowed on {request.url.path[:200]}"}.get(exc.status_code, detail)
+        return JSONResponse({"error": " ".join(message.split())}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.post("/v1/predict", summary="Faces and expressions in one image",
               responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
