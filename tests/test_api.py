@@ -251,7 +251,7 @@ def test_one_recognizer_shared_by_8_threads_gives_the_sequential_results(
     (np.zeros((20, 20), "U1"), "rgb", "dtype"),
     (np.zeros((20, 20), np.uint8), "hsv", "color"),
     (np.zeros((8000, 8000), bool), "rgb", "too large"),
-    (object(), "rgb", "cannot read a object"),
+    (object(), "rgb", "cannot read an object"),
 ])
 def test_bad_input_is_a_one_line_fer_error(rec: fercli.Recognizer, image: object, color: str, match: str) -> None:
     with pytest.raises(fercli.FerError, match=re.escape(match)) as info:
@@ -265,8 +265,8 @@ def test_truncated_jpeg_bytes_and_bad_settings(rec: fercli.Recognizer) -> None:
         rec.predict(data[: len(data) // 2])
     with pytest.raises(fercli.FerError, match="classify: crops must be uint8"):
         rec.classify(np.zeros((2, 32, 32), np.uint8))
-    for kw, match in [({"detector": "mtcnn"}, "--detector"), ({"margin": -1.0}, "--margin"),
-                      ({"tta": "rotate"}, "--tta"), ({"backend": "tvm"}, "--backend")]:
+    for kw, match in [({"detector": "mtcnn"}, "^detector='mtcnn'"), ({"margin": -1.0}, "^margin "),
+                      ({"tta": "rotate"}, "^tta='rotate'"), ({"backend": "tvm"}, "^backend='tvm'")]:
         with pytest.raises(fercli.FerError, match=match):
             fercli.Recognizer(**kw)
     with pytest.raises(fercli.FerError, match="does not exist"):
@@ -306,3 +306,36 @@ def test_public_surface() -> None:
     assert fercli.FerError is core.FerError
     with pytest.raises(AttributeError):
         fercli.no_such_name  # noqa: B018
+
+
+def test_an_opencv_array_needs_no_color_and_a_file_object_reads(rec: fercli.Recognizer) -> None:
+    """A colour array is BGR unless told otherwise (the OpenCV convention); an RGB array read
+    as BGR would be a silent channel swap, so the default is checked against fer predict."""
+    import io
+
+    (entry,) = cli_json(str(TWO))
+    bgr = cv2.imread(str(TWO))
+    assert [f.to_dict() for f in rec.predict(bgr)] == entry["faces"]
+    assert [f.to_dict() for f in rec.predict(np.ascontiguousarray(bgr[:, :, ::-1]), color="rgb")] == entry["faces"]
+    assert [f.to_dict() for f in rec.predict(io.BytesIO(TWO.read_bytes()))] == entry["faces"]
+    with open(TWO, "rb") as fh:
+        assert [f.to_dict() for f in rec.predict(fh)] == entry["faces"]
+    with pytest.raises(fercli.FerError, match="binary mode"):
+        rec.predict(io.StringIO("text"))
+    with pytest.raises(fercli.FerError, match=r"cannot read an int \(5\)"):
+        rec.predict(5)
+
+
+def test_api_errors_name_keywords_and_cli_errors_name_flags() -> None:
+    from fercli.api import keyword_terms
+
+    with pytest.raises(fercli.FerError) as info:
+        fercli.Recognizer(detector="foo")
+    assert str(info.value).startswith("detector='foo' is not one of") and "--" not in str(info.value)
+    with pytest.raises(fercli.FerError, match=r"^margin must be between 0 and 2"):
+        fercli.Recognizer(margin=5)
+    assert keyword_terms("--device cuda requested but no CUDA GPU is available (use --device cpu)") == (
+        "device='cuda' requested but no CUDA GPU is available (use device='cpu')")
+    assert keyword_terms("--model /x/m.pt: not found") == "model='/x/m.pt': not found"
+    r = CliRunner().invoke(app, ["predict", str(TWO), "--detector", "foo"])
+    assert r.exit_code == 2 and "--detector 'foo' is not one of" in r.stderr

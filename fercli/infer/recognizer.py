@@ -98,12 +98,14 @@ def _warm_yunet() -> None:
             _YUNET_READY.append(True)
 
 
-def to_grey(image: Any, color: str = "rgb") -> np.ndarray:
+def to_grey(image: Any, color: str = "bgr") -> np.ndarray:
     """Any supported input → the decoder's 8-bit grey (H, W); BadImage if it cannot be.
 
-    A path (str / Path) or bytes go through the file decoder; a PIL image and a numpy array
-    through the same conversion rules (fercli.vision.images.pil_to_grey / array_to_grey);
-    `color` says the channel order of a colour array ("rgb" or "bgr")."""
+    A path (str / Path), bytes or a binary file object (anything with `read()`, as web
+    frameworks hand over uploads) go through the file decoder; a PIL image and a numpy array
+    through the same conversion rules (fercli.vision.images.pil_to_grey / array_to_grey).
+    `color` is the channel order of a colour array: "bgr" (the default: OpenCV's, as
+    cv2.imread and video frames give) or "rgb" (PIL, imageio, matplotlib)."""
     if color not in COLORS:
         raise BadImage(f"color must be 'rgb' or 'bgr', got {color!r}")
     if isinstance(image, (str, Path)):
@@ -112,13 +114,20 @@ def to_grey(image: Any, color: str = "rgb") -> np.ndarray:
         return decode_grey(bytes(image))[0]
     if isinstance(image, np.ndarray):
         return array_to_grey(image, color)
+    if callable(getattr(image, "read", None)):
+        data = image.read()
+        if isinstance(data, str):
+            raise BadImage("the file object gives text: open the image in binary mode ('rb')")
+        return decode_grey(bytes(data))[0]
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - PIL is a dependency
         Image = None  # type: ignore[assignment]
     if Image is not None and isinstance(image, Image.Image):
         return pil_to_grey(image)
-    raise BadImage(f"cannot read a {type(image).__name__}: give a path, bytes, a PIL image or a numpy array")
+    kind = type(image).__name__
+    raise BadImage(f"cannot read {'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({str(image)[:40]}): give a path, "
+                   "bytes, a binary file object, a PIL image or a numpy array")
 
 
 def _describe_input(image: Any) -> str:
@@ -128,6 +137,8 @@ def _describe_input(image: Any) -> str:
         return f"image bytes ({len(image)} bytes)"
     if isinstance(image, np.ndarray):
         return f"array {image.shape} {image.dtype}"
+    if callable(getattr(image, "read", None)):
+        return f"file object {getattr(image, 'name', '')}".rstrip()
     return type(image).__name__
 
 
@@ -238,7 +249,7 @@ class Recognizer:
 
     # ----------------------------------------------------------------- the three steps
 
-    def find_faces(self, image: Any, *, color: str = "rgb") -> list[tuple[Box, np.ndarray]]:
+    def find_faces(self, image: Any, *, color: str = "bgr") -> list[tuple[Box, np.ndarray]]:
         """[(box (x, y, w, h), 48x48 uint8 grey crop)] of every face in `image`, left to right.
         FerError (one line, naming the input) when it cannot be decoded."""
         try:
@@ -276,7 +287,7 @@ class Recognizer:
                             probs={c: round(float(p[j]), 6) for j, c in enumerate(classes)}))
         return out
 
-    def predict(self, image: Any, *, color: str = "rgb") -> list[Face]:
+    def predict(self, image: Any, *, color: str = "bgr") -> list[Face]:
         """Every face in one image (a path, bytes, a PIL image or a numpy array), left to right."""
         found = self.find_faces(image, color=color)
         if not found:

@@ -42,8 +42,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from fercli import __version__
-from fercli.api import Recognizer
 from fercli.errors import FerError
+from fercli.infer.recognizer import Recognizer  # the core's: `fer serve` errors name its flags
 from fercli.serve.apidocs import render_api_docs
 from fercli.serve.auth import Guard, is_loopback
 from fercli.serve.batching import MicroBatcher
