@@ -83,9 +83,9 @@ def test_intensity_modes() -> None:
 def test_frame_recrops_a_given_face() -> None:
     grey = np.zeros((100, 100), np.uint8)
     grey[25:75, 25:75] = 200
-    _, (same,) = find_faces(grey, "none", 0.2, frame=1.0)
-    _, (inner,) = find_faces(grey, "none", 0.2, frame=0.5)
-    _, (outer,) = find_faces(grey, "none", 0.2, frame=2.0)
+    _, (same,) = find_faces(grey, "none", 0.2, frame=1.0, intensity="none")
+    _, (inner,) = find_faces(grey, "none", 0.2, frame=0.5, intensity="none")
+    _, (outer,) = find_faces(grey, "none", 0.2, frame=2.0, intensity="none")
     assert (inner == 200).all()  # the centre half is all bright square
     assert 0.2 < (same == 200).mean() < 0.3
     assert (outer == 200).mean() < (same == 200).mean()  # padded with the (dark) edge pixels

