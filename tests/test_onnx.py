@@ -89,6 +89,10 @@ def test_export_onnx_matches_torch_and_carries_metadata(resnet_run, tmp_path: Pa
     # flip TTA averages the mirrored face, as the torch path does.
     tt = FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="flip")
     np.testing.assert_allclose(clf.predict_proba(faces, tta="flip"), tt, atol=1e-3)
+    # so do the shifted views (one batch through the fixed 48x48 graph)
+    tt = FaceClassifier(model, CLASSES, torch.device("cpu")).predict_proba(faces, tta="flip-shift")
+    np.testing.assert_allclose(clf.predict_proba(faces, tta="flip-shift"), tt, atol=1e-3)
+    assert np.abs(clf.predict_proba(faces, tta="shift") - got).max() > 1e-6  # the views differ
 
 
 def test_bcnn_graph_with_resize_matches_torch(tmp_path: Path) -> None:

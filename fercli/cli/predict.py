@@ -18,6 +18,7 @@ from fercli.infer import predict as core
 from fercli.infer import video
 from fercli.infer.config import PredictConfig
 from fercli.model.tta import TTA_MODES
+from fercli.vision.faces import INTENSITY_MODES
 
 
 def _transient_bar(enabled: bool, label, *extra):  # type: ignore[no-untyped-def]
@@ -180,13 +181,15 @@ def predict(
     every: int = typer.Option(video.VideoConfig.every, "--every", help="Video/camera: analyse every N-th frame."),
     max_frames: Optional[int] = typer.Option(video.VideoConfig.max_frames, "--max-frames", help="Video/camera: stop after reading this many frames."),
     smooth: Optional[float] = typer.Option(video.VideoConfig.smooth, "--smooth", help="Video/camera: follow faces across frames (IoU tracks) and average each track's probabilities exponentially with this weight for the newest frame (e.g. 0.3)."),
-    tta: str = typer.Option(P.tta, help=f"Test-time augmentation: {', '.join(TTA_MODES)} (flip averages with the mirrored face; ten-crop, with the torch backend, over ten crops and their mirrors)."),
+    tta: str = typer.Option(P.tta, help=f"Test-time augmentation: {', '.join(TTA_MODES)} (flip averages with the mirrored face; shift over the face moved 2 px four ways, flip-shift also their mirrors; ten-crop, with the torch backend, over ten crops and their mirrors)."),
     json_out: options.JsonOut = False,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row per face to this file (the table fercli's Python API returns: path, face, x, y, w, h, label, probability, p_<class>..., error; a video: one row per face per analysed frame, with frame, time_s and track)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Video/camera: write an emotions-over-time chart (PNG: each class's probability, averaged over the faces in each analysed frame) to this file."),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels drawn into this folder (inputs are never modified)."),
     device: options.Device = P.device,
-    margin: float = typer.Option(P.margin, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side)."),
+    margin: float = typer.Option(P.margin, help="Enlarge each detected box by this fraction of its size before cropping (0.2 = 10% per side; the default copies FER2013's framing)."),
+    frame: float = typer.Option(P.frame, help="--detector none: crop each image to the centred square this fraction of its long side (above 1 pads with edge pixels)."),
+    intensity: str = typer.Option(P.intensity, help=f"Grey levels of each 48x48 face: {', '.join(INTENSITY_MODES)} (stretch maps the 1st-99th percentile onto 0-255)."),
     batch_size: int = typer.Option(P.batch_size, help="Faces per forward pass."),
     quiet: options.Quiet = False,
 ) -> None:
@@ -215,7 +218,7 @@ def predict(
         vcfg = video.VideoConfig(
             source=str(camera) if camera is not None else str(inputs[0]), camera=camera is not None,
             model=model, backend=backend, precision=precision, detector=detector, tta=tta, device=device,
-            margin=margin, every=every, max_frames=max_frames, smooth=smooth, annotate=ann, csv=csv,
+            margin=margin, frame=frame, intensity=intensity, every=every, max_frames=max_frames, smooth=smooth, annotate=ann, csv=csv,
             plot=str(plot) if plot is not None else None)
         _predict_video(vcfg, json_out, quiet)
         return
@@ -226,7 +229,7 @@ def predict(
                        "these inputs are images")
     cfg = PredictConfig(inputs=tuple(str(p) for p in inputs), model=model, detector=detector, tta=tta,
                         device=device, margin=margin, batch_size=batch_size, annotate=ann, csv=csv,
-                        backend=backend, precision=precision)
+                        backend=backend, precision=precision, frame=frame, intensity=intensity)
     with _Progress(quiet=quiet or json_out) as progress:
         result = core.run_predict(cfg, on_progress=progress)
     _report_images(result, json_out, quiet)

@@ -24,7 +24,7 @@ def serve(
     detector: str = typer.Option(S.detector, help="auto (yunet if installed, else haar), yunet, haar or none (each image is one already-cropped face)."),
     backend: str = typer.Option(S.backend, help="auto, torch or onnx, as for `fer predict`."),
     precision: str = typer.Option(S.precision, help="auto, fp32 or int8 (onnxruntime), as for `fer predict`."),
-    tta: str = typer.Option(S.tta, help="Test-time augmentation: none, flip or ten-crop (ten-crop with the torch backend only)."),
+    tta: str = typer.Option(S.tta, help="Test-time augmentation: none, flip, shift, flip-shift or ten-crop (ten-crop with the torch backend only)."),
     device: options.Device = S.device,
     max_batch: int = typer.Option(S.max_batch, help="Most faces classified in one forward pass; requests arriving together share it."),
     max_wait_ms: float = typer.Option(S.max_wait_ms, help="How long a batch waits for requests still being detected (ms); with none on the way a face is classified at once."),

@@ -3,7 +3,7 @@ what `fer predict`, `fer serve` and fercli.Recognizer run the bundled model on (
 graph ships in fercli/assets), and any `.onnx` that `fer export --format onnx` wrote.
 
     faces uint8 (N, 48, 48) → (N, 1, 48, 48) → session.run → probs float32 (N, C)
-      → float64, [flip: mean with the mirrored faces' probs] → rows renormalised to sum 1
+      → float64, [TTA: mean over fercli.model.tta.face_views, one batch] → rows renormalised to sum 1
 
 The graph's format, names and metadata are described in fercli.export.onnx_format, which
 builds graphs from torch models.
@@ -19,6 +19,7 @@ import numpy as np
 
 from fercli.device import cpu_threads
 from fercli.errors import FerError
+from fercli.model.tta import ONNX_TTA_MODES, face_views
 from fercli.vision.faces import FACE_SIZE
 
 ONNX_FORMAT = "fercli-onnx-v1"
@@ -102,21 +103,20 @@ class OnnxClassifier:
 
     def predict_proba(self, faces: np.ndarray, *, tta: str = "none", batch_size: int = 64) -> np.ndarray:
         """uint8 faces (N, 48, 48) -> probabilities (N, C) float64, each row summing to 1.
-        tta flip averages the probabilities of the face and its mirror (as the torch path)."""
+        A TTA mode (flip, shift, flip-shift) averages the probabilities of the face's views,
+        run through the graph together (as the torch path)."""
         if faces.shape[0] == 0:
             return np.zeros((0, len(self.classes)))
         if faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
             raise ValueError(f"faces must be N x {FACE_SIZE} x {FACE_SIZE}, got {faces.shape}")
-        if tta not in ("none", "flip"):
+        if tta not in ONNX_TTA_MODES:
             raise FerError(f"--tta {tta} needs other crop sizes than the ONNX graph's fixed "
                            f"{FACE_SIZE}x{FACE_SIZE} input: use --backend torch")
         x = np.ascontiguousarray(faces, dtype=np.uint8)[:, None]  # (N, 1, 48, 48)
         out = []
         for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size]
-            p = self.session.run(None, {self.input_name: xb})[0].astype(np.float64)
-            if tta == "flip":
-                p = (p + self.session.run(None, {self.input_name: np.ascontiguousarray(xb[..., ::-1])})[0]) / 2
-            out.append(p)
+            views = face_views(x[s:s + batch_size], tta)
+            p = self.session.run(None, {self.input_name: np.concatenate(views)})[0].astype(np.float64)
+            out.append(p.reshape(len(views), -1, p.shape[1]).mean(axis=0))
         p = np.concatenate(out)
         return p / p.sum(axis=1, keepdims=True)

@@ -2,7 +2,7 @@
 resolver, fercli.model.locate) and the backend that runs it. No Typer or Rich here, and no
 torch unless the prediction needs it:
 
-    bundled model, CPU, precision auto|int8, TTA none|flip
+    bundled model, CPU, precision auto|int8, TTA none|flip|shift|flip-shift
         → its int8 ONNX graph shipped in fercli/assets, on onnxruntime        (no torch)
     an .onnx graph                                                          → onnxruntime (no torch)
     anything else (a run, a .pt, an .npz, --backend torch, CUDA, fp32, ten-crop)
@@ -33,6 +33,7 @@ from fercli.files import SHARD_INDEX_SUFFIX, read_shards
 from fercli.infer.config import PredictConfig
 from fercli.infer.model_info import ModelInfo, model_info
 from fercli.model.locate import DEFAULT_GRAPH, ModelRef, locate
+from fercli.model.tta import ONNX_TTA_MODES
 
 BACKENDS = ("auto", "torch", "onnx")
 # fer predict --precision: what the classifier computes in (the training precisions are
@@ -56,7 +57,7 @@ def shipped_graph_serves(cfg: PredictConfig, ref: ModelRef) -> bool:
     """The bundled model's shipped int8 graph answers exactly what the torch route would build
     for these settings (the same graph: tests/test_onnx.py), so no torch is needed."""
     return (ref.bundled and cfg.backend in ("auto", "onnx") and cfg.precision in ("auto", "int8")
-            and cfg.tta in ("none", "flip") and _cpu(cfg) and ort_available()
+            and cfg.tta in ONNX_TTA_MODES and _cpu(cfg) and ort_available()
             and Path(f"{DEFAULT_GRAPH}{SHARD_INDEX_SUFFIX}").is_file())
 
 
@@ -74,7 +75,7 @@ def _onnx_file(cfg: PredictConfig, ref: ModelRef) -> tuple[Classifier, ModelInfo
         raise FerError(f"--model {ref.path} is an ONNX graph: it runs with --backend onnx or auto, not torch")
     if not ort_available():
         raise FerError(f"--model {ref.path}: running an ONNX model needs onnxruntime (pip install onnxruntime)")
-    if cfg.tta not in ("none", "flip"):
+    if cfg.tta not in ONNX_TTA_MODES:
         raise FerError(f"--tta {cfg.tta} needs the torch backend; {ref.path} is an ONNX graph with a fixed 48x48 input")
     if cfg.device == "cuda":
         import onnxruntime as ort  # installed: ort_available() said so

@@ -35,11 +35,13 @@ from fercli.model.tta import TTA_MODES
 from fercli.vision.faces import (
     DETECTORS,
     FACE_SIZE,
+    INTENSITY_MODES,
     MAX_DETECT_SIDE,
     MIN_DETECT_SIDE,
     Box,
     crop_face,
     detect_faces,
+    normalise_face,
     resize_face,
     resolve_detector,
     yunet_faces,
@@ -75,18 +77,23 @@ class Face:
 
 
 
-def find_faces(grey: np.ndarray, detector: str, margin: float,
-               max_side: int | None = None) -> tuple[list[Box], list[np.ndarray]]:
+def find_faces(grey: np.ndarray, detector: str, margin: float, max_side: int | None = None, *,
+               frame: float = PredictConfig.frame,
+               intensity: str = PredictConfig.intensity) -> tuple[list[Box], list[np.ndarray]]:
     """(boxes, 48×48 crops) of one photo: --detector haar|yunet detects at long side
     `max_side` (None: the photo scale of detect_faces) and crops every face found with
     `margin` from the full-resolution photo; --detector none takes the whole (already cropped)
-    image as one face, resized exactly as `fer prepare` resizes a dataset image. (`auto` is
-    resolved before this.)"""
+    image as one face: at frame 1 resized exactly as `fer prepare` resizes a dataset image,
+    else the centred square `frame` × its long side (through the same crop_face). Every crop's
+    levels then go through normalise_face(`intensity`). (`auto` is resolved before this.)"""
     if detector == "none":
         h, w = grey.shape[:2]
-        return [(0, 0, w, h)], [resize_face(grey, FACE_SIZE)]
-    boxes = [tuple(int(v) for v in b) for b in detect_faces(grey, detector, max_side)]
-    return boxes, [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]  # type: ignore[arg-type]
+        boxes: list[Box] = [(0, 0, w, h)]
+        crops = [resize_face(grey, FACE_SIZE) if frame == 1 else crop_face(grey, boxes[0], FACE_SIZE, frame - 1)]
+    else:
+        boxes = [tuple(int(v) for v in b) for b in detect_faces(grey, detector, max_side)]  # type: ignore[misc]
+        crops = [crop_face(grey, b, FACE_SIZE, margin=margin) for b in boxes]
+    return boxes, [normalise_face(c, intensity) for c in crops]
 
 
 def _warm_yunet() -> None:
@@ -159,6 +166,10 @@ def validate(cfg: PredictConfig) -> None:
         raise FerError(f"--tta {cfg.tta!r} is not one of: {', '.join(TTA_MODES)}")
     if not (isinstance(cfg.margin, (int, float)) and math.isfinite(cfg.margin) and 0 <= cfg.margin <= 2):
         raise FerError(f"--margin must be between 0 and 2, got {cfg.margin}")
+    if not (isinstance(cfg.frame, (int, float)) and math.isfinite(cfg.frame) and 0.5 <= cfg.frame <= 2):
+        raise FerError(f"--frame must be between 0.5 and 2, got {cfg.frame}")
+    if cfg.intensity not in INTENSITY_MODES:
+        raise FerError(f"--intensity {cfg.intensity!r} is not one of: {', '.join(INTENSITY_MODES)}")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise FerError(f"--batch-size must be ≥ 1, got {cfg.batch_size}")
 
@@ -180,10 +191,11 @@ class Recognizer:
                  backend: str = PredictConfig.backend, precision: str = PredictConfig.precision,
                  detector: str = PredictConfig.detector, tta: str = PredictConfig.tta,
                  margin: float = PredictConfig.margin, batch_size: int = PredictConfig.batch_size,
-                 classifier: Classifier | None = None, detect_max_side: int | None = None) -> None:
+                 classifier: Classifier | None = None, detect_max_side: int | None = None,
+                 frame: float = PredictConfig.frame, intensity: str = PredictConfig.intensity) -> None:
         cfg = PredictConfig(inputs=(), model=None if model is None else str(model), detector=detector,
                             tta=tta, device=device, margin=margin, batch_size=batch_size, backend=backend,
-                            precision=precision)
+                            precision=precision, frame=frame, intensity=intensity)
         validate(cfg)
         if detect_max_side is not None and not (isinstance(detect_max_side, int)
                                                 and MIN_DETECT_SIDE <= detect_max_side <= MAX_DETECT_SIDE):
@@ -193,6 +205,7 @@ class Recognizer:
         self.detect_max_side = detect_max_side
         self.detector = resolve_detector(detector)
         self.tta, self.margin, self.batch_size = tta, float(margin), int(batch_size)
+        self.frame, self.intensity = float(frame), intensity
         if classifier is None:
             classifier, info, why = make_classifier(cfg)
         else:
@@ -209,7 +222,7 @@ class Recognizer:
     def from_config(cls, cfg: PredictConfig, *, classifier: Classifier | None = None) -> Recognizer:
         return cls(cfg.model, device=cfg.device, backend=cfg.backend, precision=cfg.precision,
                    detector=cfg.detector, tta=cfg.tta, margin=cfg.margin, batch_size=cfg.batch_size,
-                   classifier=classifier)
+                   classifier=classifier, frame=cfg.frame, intensity=cfg.intensity)
 
     # ----------------------------------------------------------------- description
 
@@ -241,7 +254,8 @@ class Recognizer:
                 "provenance": {k: m.details.get(k) for k in ("dataset_name", "dataset_sha256",
                                                             "training_command", "best_epoch")},
                 "accuracy": {"fer2013_private_test": acc} if isinstance(acc, (int, float)) else {},
-                "runner": self.runner, "device": self.device, "tta": self.tta, "margin": self.margin}
+                "runner": self.runner, "device": self.device, "tta": self.tta, "margin": self.margin,
+                "frame": self.frame, "intensity": self.intensity}
 
     def __repr__(self) -> str:
         return (f"Recognizer({self.model_info.description!r}, backend={self.runner['backend']!r}, "
@@ -261,7 +275,8 @@ class Recognizer:
     def find_faces_in_grey(self, grey: np.ndarray) -> list[tuple[Box, np.ndarray]]:
         """find_faces of an image already decoded to the decoder's grey (to_grey's (H, W)
         uint8): for a caller that keeps the grey image, so it is not converted twice."""
-        boxes, crops = find_faces(grey, self.detector, self.margin, self.detect_max_side)
+        boxes, crops = find_faces(grey, self.detector, self.margin, self.detect_max_side,
+                                  frame=self.frame, intensity=self.intensity)
         return list(zip(boxes, crops, strict=True))
 
     def classify(self, crops: np.ndarray | list[np.ndarray], *, batch_size: int | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ from fercli.infer.sources import load_model_source
 from fercli.model.inference import GraphedInference, TemperatureScaled, predict_logits
 from fercli.model.locate import BUNDLED, DEFAULT_MODEL, ModelRef
 from fercli.model.temperature import check_temperature, temperature_of
+from fercli.model.tta import ONNX_TTA_MODES, view_count
 from fercli.vision.faces import FACE_SIZE
 
 OPTIMIZE_MODES = ("auto", "eager", "jit")
@@ -105,7 +106,7 @@ class FaceClassifier:
         x = torch.from_numpy(np.ascontiguousarray(faces)).unsqueeze(1).to(self.device)
         # The frozen model was traced on 48x48 input (its resize branch is baked in): ten-crop's
         # smaller views must run eager.
-        model = self.model if tta == "ten-crop" else self._runner(faces.shape[0] * (2 if tta == "flip" else 1))
+        model = self.model if tta == "ten-crop" else self._runner(faces.shape[0] * view_count(tta))
         logp = predict_logits(model, x, batch_size=batch_size, amp_dtype=self.amp_dtype,
                               tta=tta, channels_last=self.channels_last)
         p = logp.double().exp().cpu().numpy()
@@ -126,7 +127,7 @@ def torch_classifier(cfg: PredictConfig, ref: ModelRef) -> tuple[Any, ModelInfo,
         problem = None
         if not ort_available():
             problem = "onnxruntime is not installed"
-        elif cfg.tta not in ("none", "flip"):
+        elif cfg.tta not in ONNX_TTA_MODES:
             problem = f"--tta {cfg.tta} needs other input sizes than the ONNX graph's 48x48"
         int8 = cfg.precision == "int8" or (cfg.precision == "auto" and ref.bundled and device.type == "cpu")
         if problem is None:

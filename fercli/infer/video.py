@@ -84,10 +84,12 @@ class VideoConfig:
     model: str | None = None
     backend: str = "auto"
     precision: str = "auto"
-    detector: str = "auto"
-    tta: str = "none"
+    detector: str = PredictConfig.detector
+    tta: str = PredictConfig.tta
     device: str = "auto"
-    margin: float = 0.2
+    margin: float = PredictConfig.margin
+    frame: float = PredictConfig.frame
+    intensity: str = PredictConfig.intensity
     every: int = 1  # analyse every N-th frame
     max_frames: int | None = None  # stop after reading this many frames
     smooth: float | None = None  # EMA alpha in (0, 1]; None = raw per-frame probabilities
@@ -456,7 +458,8 @@ def run_video(
     t0 = time.perf_counter()
     validate(cfg)
     pcfg = PredictConfig(inputs=(cfg.source,), model=cfg.model, detector=cfg.detector, tta=cfg.tta,
-                         device=cfg.device, margin=cfg.margin, backend=cfg.backend, precision=cfg.precision)
+                         device=cfg.device, margin=cfg.margin, backend=cfg.backend, precision=cfg.precision,
+                         frame=cfg.frame, intensity=cfg.intensity)
     validate_predict(pcfg)
     target = _check_outputs(cfg)
     cap = capture if capture is not None else open_capture(cfg)

@@ -18,7 +18,7 @@ from torch import nn
 
 from fercli.errors import FerError
 from fercli.model.temperature import check_temperature
-from fercli.model.tta import TTA_MODES
+from fercli.model.tta import ONNX_TTA_MODES, TTA_MODES, face_views
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):  # type: ignore[no-untyped-def]
@@ -40,8 +40,9 @@ def predict_logits(
 ) -> torch.Tensor:
     """Batched inference over uint8 (N, 1, H, W); returns float32 log-probabilities (N, C).
 
-    tta: none | flip (average with the mirrored face) | ten-crop (4 corners + centre at
-    90% size, each also mirrored; the model resizes crops back to its input size).
+    tta: none | flip (average with the mirrored face) | shift | flip-shift (fercli.model.tta)
+    | ten-crop (4 corners + centre at 90% size, each also mirrored; the model resizes crops
+    back to its input size).
     """
     if tta not in TTA_MODES:
         raise FerError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}")
@@ -66,8 +67,8 @@ def predict_logits(
 def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
     if tta == "none":
         return [x]
-    if tta == "flip":
-        return [x, x.flip(3)]
+    if tta in ONNX_TTA_MODES:  # same-size views: the numpy ones, on x's device
+        return [torch.from_numpy(v).to(x.device) for v in face_views(x.cpu().numpy(), tta)]
     h, w = x.shape[-2:]
     ch, cw = round(h * 0.9), round(w * 0.9)
     crops = [x[..., :ch, :cw], x[..., :ch, w - cw:], x[..., h - ch:, :cw], x[..., h - ch:, w - cw:],

