@@ -18,6 +18,7 @@ imageio or matplotlib. Paths, bytes, file objects and PIL images carry their own
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ def keyword_terms(message: str) -> str:
 class Recognizer(_core.Recognizer):
     __doc__ = _core.Recognizer.__doc__
 
+    @functools.wraps(_core.Recognizer.__init__)  # the same signature and defaults (PredictConfig's)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().__init__(*args, **kwargs)

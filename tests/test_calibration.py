@@ -247,14 +247,15 @@ def test_t_survives_export_onnx_and_predict(tmp_path: Path) -> None:
 
     cv2.imwrite(str(tmp_path / "face.png"), faces[0])
     r = runner.invoke(app, ["predict", str(tmp_path / "face.png"), "--model", str(tmp_path / "m.onnx"),
-                            "--detector", "none", "--json"])
+                            "--detector", "none", "--tta", "none", "--intensity", "none", "--json"])
     assert r.exit_code == 0, r.output
     probs = json.loads(r.stdout)[0]["faces"][0]["probs"]
     np.testing.assert_allclose([probs[c] for c in CLASSES], want[0], atol=1e-4)
     # the Python API (and so `fer serve`, which holds one Recognizer) gives the same calibrated probabilities
     import fercli
 
-    (face,) = fercli.Recognizer(tmp_path / "m.onnx", detector="none", precision="fp32").predict(tmp_path / "face.png")
+    (face,) = fercli.Recognizer(tmp_path / "m.onnx", detector="none", precision="fp32", tta="none",
+                                intensity="none").predict(tmp_path / "face.png")
     np.testing.assert_allclose([face.probs[c] for c in CLASSES], want[0], atol=1e-4)
     # without T: exactly the uncalibrated softmax
     plain = tmp_path / "plain"

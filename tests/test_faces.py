@@ -68,9 +68,11 @@ class _Recorder:
         return {}
 
 
-def _predict_faces(path: Path, detector: str = "none") -> list[np.ndarray]:
+def _predict_faces(path: Path, detector: str = "none", intensity: str = "none") -> list[np.ndarray]:
+    """The 48x48 arrays `fer predict` classifies; levels as they are unless `intensity` says."""
     rec = _Recorder()
-    res = P.run_predict(P.PredictConfig(inputs=(str(path),), detector=detector), classifier=rec)
+    res = P.run_predict(P.PredictConfig(inputs=(str(path),), detector=detector, intensity=intensity),
+                        classifier=rec)
     assert res.images[0].error is None, res.images[0].error
     return rec.faces
 
@@ -125,11 +127,16 @@ def test_the_shared_path_applies_the_policies(both_paths) -> None:
 
 def test_predict_detector_crop_is_crop_face_with_its_margin() -> None:
     path = SAMPLE_DIR / "astronaut.jpg"
+    default = P.PredictConfig(inputs=())
     (got,) = _predict_faces(path, "haar")
     grey = decode_grey(path.read_bytes())[0]
     (box,) = detect_faces(grey, "haar")
-    np.testing.assert_array_equal(got, crop_face(grey, box, 48, margin=0.2))
-    assert P.PredictConfig(inputs=()).margin == 0.2
+    crop = crop_face(grey, box, 48, margin=default.margin)
+    np.testing.assert_array_equal(got, crop)
+    assert default.margin == 0.05
+    # The default levels (contrast stretch) are applied to that one crop, after it.
+    (stretched,) = _predict_faces(path, "haar", default.intensity)
+    np.testing.assert_array_equal(stretched, faces.normalise_face(crop, default.intensity))
 
 
 # ------------------------------------------------------------------------------ decoder policy

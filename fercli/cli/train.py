@@ -136,9 +136,9 @@ def _train_in_process(cfg: Any, quiet: bool, json_out: bool) -> None:
         def on_event(kind: str, info: dict[str, Any]) -> None:
             if kind == "disk_estimate":  # the checkpoints' space, before the first epoch
                 disk.extend(info["disks"])
-                if not progress.progress.disable:
+                if not progress.quiet:  # also to a log, where no live bars are drawn
                     for line in info["lines"]:
-                        progress.progress.console.print(line, highlight=False, soft_wrap=True)
+                        report.err_console.print(line, highlight=False, soft_wrap=True)
             progress(kind, info)
 
         results = runs.train(cfg, on_event=on_event)
