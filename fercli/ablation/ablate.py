@@ -253,10 +253,11 @@ def _folds(cfg: AblateConfig, ds: _Dataset) -> list[int | None]:
     return list(range(ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)))
 
 
-def plan_ablation(cfg: AblateConfig) -> Plan:
+def plan_ablation(cfg: AblateConfig, *, download: bool = True) -> Plan:
     """Every run of the ablation, checked, before anything trains. On k-fold datasets the order
     is fold by fold (every row of fold 0, then of fold 1, ...), so a ladder stopped part way has
-    whole folds of every row to compare, not some rows done and others not started."""
+    whole folds of every row to compare, not some rows done and others not started. Without
+    `download`, ImageNet weights are looked for on disk only (--weights, torch's hub cache)."""
     _recipe(cfg)  # an unknown --preset fails here, before any run
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
         raise FerError(f"--folds-limit must be ≥ 1, got {cfg.folds_limit}")
@@ -268,7 +269,7 @@ def plan_ablation(cfg: AblateConfig) -> Plan:
         root = Path("runs") / f"ablate-{datasets[0].key}"
     weights_reason = None
     try:
-        resolve_pretrained_weights(cfg.weights)
+        resolve_pretrained_weights(cfg.weights, download=download)
     except FerError as exc:
         weights_reason = str(exc)
 

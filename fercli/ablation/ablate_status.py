@@ -51,7 +51,7 @@ def run_state(run: PlannedRun) -> dict[str, Any]:
 
 def ladder_progress(cfg: AblateConfig) -> dict[str, Any]:
     """Table 5 from the finished runs and the state of every planned run; trains and writes nothing."""
-    plan = plan_ablation(cfg)
+    plan = plan_ablation(cfg, download=False)  # reads what is on disk: never the network
     states = [run_state(r) for r in plan.runs]
     finished: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r, st in zip(plan.runs, states, strict=True):

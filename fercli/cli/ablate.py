@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -138,28 +135,11 @@ def _print_estimate(est: dict[str, Any]) -> None:
         report.err_console.print(f"[yellow]warning:[/] {est['advice']}", highlight=False)
 
 
-@contextlib.contextmanager
-def _weights_from_cache_only() -> Iterator[None]:
-    """--progress reads what is on disk and never touches the network: the ladder's plan looks
-    for ImageNet weights in --weights and torch's hub cache only (FER_OFFLINE, which
-    fercli.model.networks.resolve_pretrained_weights honours), never downloads them."""
-    before = os.environ.get("FER_OFFLINE")
-    os.environ["FER_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("FER_OFFLINE", None)
-        else:
-            os.environ["FER_OFFLINE"] = before
-
-
 def _print_progress(cfg: Any, json_out: bool) -> None:
     # deferred: the ladder's status reads runs through fercli.train, which imports torch (~2 s)
     from fercli.ablation.ablate_status import ladder_progress
 
-    with _weights_from_cache_only():
-        result = ladder_progress(cfg)
+    result = ladder_progress(cfg)  # reads what is on disk, never the network
     if json_out:
         report.print_json(result)
         return

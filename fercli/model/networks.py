@@ -458,12 +458,13 @@ def _weights_hint(cache: Path) -> str:
     )
 
 
-def resolve_pretrained_weights(weights: str | Path | None = None) -> Path:
+def resolve_pretrained_weights(weights: str | Path | None = None, *, download: bool = True) -> Path:
     """The resnet34 ImageNet state-dict file to load.
 
     An explicit `weights` file wins; else torch.hub's cache ($TORCH_HOME/hub/checkpoints);
-    else a download, tried only when download.pytorch.org answers within 2 s and FER_OFFLINE
-    is unset, because an offline urlopen can hang. Every failure is a one-line FerError.
+    else, with `download`, a download, tried only when download.pytorch.org answers within 2 s
+    and FER_OFFLINE is unset, because an offline urlopen can hang. Every failure is a one-line
+    FerError.
     """
     if weights is not None:
         path = Path(weights).expanduser()
@@ -477,7 +478,7 @@ def resolve_pretrained_weights(weights: str | Path | None = None) -> Path:
     cached = cache / RESNET34_WEIGHTS_FILE
     if cached.is_file():
         return cached
-    if os.environ.get("FER_OFFLINE", "").strip() not in ("", "0"):
+    if not download or os.environ.get("FER_OFFLINE", "").strip() not in ("", "0"):
         raise FerError(_weights_hint(cache))
     try:
         socket.create_connection(("download.pytorch.org", 443), timeout=2).close()
