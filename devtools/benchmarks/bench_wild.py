@@ -1,4 +1,4 @@
-"""Faces in the wild: inference settings (framing, TTA, intensity) against today's default on
+"""Faces in the wild: inference settings (framing, TTA, intensity) against the default on
 wild-dev, each beside FER2013 PublicTest through the same path (prints a table, or JSON).
 
     PYTHONPATH=. python devtools/benchmarks/bench_wild.py [--rows a,b] [--json FILE]
@@ -20,7 +20,7 @@ does with those settings. Images are decoded once (fercli.vision.images.load_gre
                 frame, TTA and intensity. The model chose its epoch on this split, so it is a
                 check that a setting does not hurt FER2013, not an unbiased score.
   PrivateTest   only with --private-test (the report split: read once, for the chosen
-                setting and today's default).
+                setting and the default).
   ms/face       one image at a time (crop + normalise + classify, detection included for a
                 detector row), median over --latency-faces wild-dev images after a warm-up,
                 the rows taking turns for --latency-rounds rounds (median of the rounds), so
