@@ -87,6 +87,8 @@ def stamp(**extra: Any) -> dict[str, Any]:
 
 def training_label(config: dict[str, Any]) -> str:
     """What the trunks started from, as every report must say it (never guessed)."""
+    if config.get("init_from") and config.get("init_head"):
+        return "from scratch, fine-tuned"  # the whole source model, on its own dataset (runs._init_from)
     if config.get("init_from"):
         return "FER2013-pretrained"
     if config.get("pretrained") or config.get("weights"):

@@ -1,18 +1,32 @@
-"""Recipe regularisers (fercli.train.regularize): random erasing, mixup and the weight EMA — exact
+"""Recipe regularisers (fercli.train.regularize, fercli.train.photometric): random erasing, mixup, the weight EMA and photometric jitter — exact
 math, their place in the train step, resume and the CLI."""
 
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from typer.testing import CliRunner
 
 from fercli.cli import app
 from fercli.data.resident import DeviceSplit
 from fercli.train import engine
+from fercli.train.photometric import (
+    CONTRAST,
+    GAMMA,
+    JPEG_LUMA,
+    PHOTO_DRAWS,
+    blur_with,
+    dct_matrix,
+    jpeg_table,
+    jpeg_with,
+    photometric_with,
+)
 from fercli.train.regularize import (
     ERASE_AREA,
     ERASE_DRAWS,
@@ -244,7 +258,8 @@ def test_erasing_and_mixup_change_the_step_and_off_means_the_old_step():
 
 
 @pytest.mark.parametrize("flag,value", [("--random-erasing", "1.5"), ("--mixup", "-1"), ("--ema", "1.0"),
-                                        ("--ema", "-0.1"), ("--cutmix", "nan"), ("--scale-aug", "1")])
+                                        ("--ema", "-0.1"), ("--cutmix", "nan"), ("--scale-aug", "1"),
+                                        ("--photometric", "1.5")])
 def test_bad_regulariser_values_are_one_line_errors(tmp_path, flag, value):
     ds = make_fer_like(tmp_path / "fer", n_per_split=(8, 4, 4))
     r = CliRunner().invoke(app, ["train", "--dataset", str(ds), "--device", "cpu", "--epochs", "1",
@@ -289,3 +304,94 @@ def test_the_regularisers_never_read_a_tensor_back_to_the_host(monkeypatch):
     with pytest.raises(AssertionError, match="host sync"):  # the trap itself works
         monkeypatch.setattr(torch.Tensor, "item", sync)
         torch.tensor(1.0).item()
+
+
+# ------------------------------------------------------------------------------ photometric jitter
+
+
+def _face48() -> np.ndarray:
+    from tests.fixtures import sample_image
+
+    return np.asarray(Image.fromarray(sample_image()).convert("L").resize((48, 48), Image.BILINEAR))
+
+
+@pytest.mark.parametrize("quality", [10, 50, 75, 90])
+def test_jpeg_with_decodes_what_libjpeg_does_to_a_grey_face(quality):
+    """Against Pillow's libjpeg at the same quality: the simulated round trip lands within a
+    grey level of the real one on average, while the compression itself moves pixels by
+    several levels (the test is not passed by returning the input)."""
+    face = _face48()
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, "JPEG", quality=quality)
+    real = np.asarray(Image.open(buf), dtype=np.float32)
+    ours = jpeg_with(torch.from_numpy(face.astype(np.float32))[None, None] / 255,
+                     torch.tensor([float(quality)]))[0, 0].numpy() * 255
+    assert np.array_equal(ours, np.round(ours))  # 8-bit output
+    moved = np.abs(real - face).mean()
+    assert np.abs(ours - real).mean() < min(1.5, 0.5 * moved), (quality, np.abs(ours - real).mean(), moved)
+
+
+def test_jpeg_table_is_ijg_scaling_and_a_flat_block_survives_any_quality():
+    assert torch.equal(jpeg_table(torch.tensor([50.0]))[0], JPEG_LUMA)  # q = 50: the table itself
+    assert torch.equal(jpeg_table(torch.tensor([100.0]))[0], torch.ones(8, 8))  # q = 100: steps of 1
+    assert int(jpeg_table(torch.tensor([10.0]))[0, 0, 0]) == (16 * 500 + 50) // 100  # 5000 / 10 = 500 %
+    d = dct_matrix()
+    torch.testing.assert_close(d @ d.T, torch.eye(8), atol=1e-6, rtol=0)  # orthonormal
+    # A flat block has only its DC term, 8·(v − 128); at q = 10 its step is 80, so grey 100
+    # (DC −224) is quantised to −240 and decodes to 128 − 240 / 8 = 98, in every block.
+    flat = torch.full((1, 1, 16, 24), 100 / 255)
+    out = jpeg_with(flat, torch.tensor([10.0]))
+    assert torch.equal(out * 255, torch.full_like(out, 98.0))
+    odd = jpeg_with(torch.rand(2, 1, 13, 21), torch.tensor([50.0, 90.0]))  # padded, cropped back
+    assert odd.shape == (2, 1, 13, 21)
+
+
+def test_blur_with_keeps_a_flat_image_and_its_mean_and_spreads_a_point_by_sigma():
+    flat = torch.full((2, 1, 20, 20), 0.3)
+    torch.testing.assert_close(blur_with(flat, torch.tensor([0.5, 1.4])), flat)
+    point = torch.zeros(1, 1, 21, 21)
+    point[0, 0, 10, 10] = 1.0
+    for sigma in (0.6, 1.2):
+        out = blur_with(point, torch.tensor([sigma]))[0, 0]
+        assert abs(float(out.sum()) - 1.0) < 1e-5
+        ys = torch.arange(21, dtype=torch.float32) - 10
+        var = float((out.sum(1) * ys ** 2).sum())  # variance along one axis of the spread point
+        t = torch.arange(-3, 4, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        assert abs(var - float((k / k.sum() * t ** 2).sum())) < 1e-4  # the 7-tap kernel's own variance
+
+
+def test_photometric_with_applies_each_jitter_only_where_its_draw_is_below_p():
+    x = torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    r = torch.full((4, PHOTO_DRAWS), 0.9)  # nothing applied at p = 0.5
+    assert torch.equal(photometric_with(x, r, 0.5), x)
+    r[1, 0], r[1, 1] = 0.0, 1.0  # image 1: contrast at the top of the range, nothing else
+    out = photometric_with(x, r, 0.5)
+    assert torch.equal(out[[0, 2, 3]], x[[0, 2, 3]])
+    mean = x[1].mean()
+    torch.testing.assert_close(out[1], ((x[1] - mean) * CONTRAST[1] + mean).clamp(0, 1))
+    r = torch.full((4, PHOTO_DRAWS), 0.9)
+    r[2, 2], r[2, 3] = 0.0, 0.0  # image 2: gamma at the bottom of its range (x ** (1 / 1.6))
+    torch.testing.assert_close(photometric_with(x, r, 0.5)[2], x[2].clamp_min(1e-6) ** GAMMA[0])
+    r = torch.zeros(4, PHOTO_DRAWS)  # everything on: output is 8-bit JPEG
+    out = photometric_with(x, r, 0.5) * 255
+    torch.testing.assert_close(out, out.round())
+
+
+def test_train_step_with_photometric_widens_its_draws_and_changes_the_step():
+    data = DeviceSplit(torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8), torch.randint(0, 7, (8,)))
+    idx = torch.arange(4)
+
+    def step_loss(**kw):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = engine.make_train_step(model, opt, data, batch_size=4, amp_dtype=None, **kw)
+        r = torch.full((4, step.draw_width), 0.0)
+        return step.draw_width, float(step(idx, r)[0])
+
+    width, plain = step_loss()
+    assert step_loss(photometric=0.0) == (width, plain)
+    assert step_loss(photometric=0.5)[0] == width + PHOTO_DRAWS and step_loss(photometric=0.5)[1] != plain
+    erase = step_loss(random_erasing=0.5, photometric=0.5)[0]
+    assert erase == 4 + ERASE_DRAWS + PHOTO_DRAWS  # affine, erasing's, then the jitter's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from fercli.cli import app
+from fercli.data.prepared import load_prepared
 from fercli.errors import FerError
 from fercli.export.sidecar import read_sidecar
 from fercli.infer.sources import load_model_source
 from fercli.model.locate import DEFAULT_MODEL
 from fercli.model.networks import build_model
+from fercli.provenance import training_label
 from fercli.train import config, runs
-from tests.fixtures import fake_run, make_ck_like
+from tests.fixtures import fake_run, make_ck_like, make_fer_like
 
 runner = CliRunner()
 
@@ -43,7 +46,7 @@ def test_init_copies_the_trunk_and_leaves_a_fresh_head() -> None:
     model = build_model("bcnn-resnet34", 7, shared_backbone=True)
     cfg = config.make_train_config(None, dataset="ck+", init_from="default", shared_backbone=True)
     assert cfg.pretrained is False  # --init-from replaces the ImageNet default
-    info = runs._init_trunks(cfg, model)
+    info = runs._init_from(cfg, None, model)  # no dataset: a transfer reads only the source
     for (k, v), (k2, v2) in zip(model.trunk_a.state_dict().items(), src.model.trunk_a.state_dict().items(),
                                 strict=True):
         assert k == k2 and torch.equal(v, v2), k  # weights and BatchNorm statistics
@@ -59,7 +62,7 @@ def test_one_source_trunk_starts_every_trunk() -> None:
     src = load_model_source("default").model.trunk_a.state_dict()
     cfg = config.make_train_config(None, init_from="default")
     for model in (build_model("resnet34", 7), build_model("bcnn-resnet34", 7)):
-        info = runs._init_trunks(cfg, model)
+        info = runs._init_from(cfg, None, model)  # no dataset: a transfer reads only the source
         assert info["tensors_copied"] == len(src) * len(model.trunks())
         for trunk in model.trunks():
             for k, v in trunk.state_dict().items():
@@ -75,10 +78,46 @@ def test_architecture_mismatch_and_imagenet_mix_are_refused(tmp_path: Path) -> N
         init_trunks_from(build_model("resnet34", 7), build_model("bcnn-resnet34", 7))
     with pytest.raises(FerError, match="cannot be combined"):
         config.validate_config(config.make_train_config(None, init_from="default", pretrained=True))
-    ck_run = fake_run(tmp_path / "ckrun", make_ck_like(tmp_path / "ck"))  # a model trained on CK+
+    ck = make_ck_like(tmp_path / "ck")
+    ck_run = fake_run(tmp_path / "ckrun", ck)  # a model trained on CK+
     with pytest.raises(FerError, match="not FER2013"):
-        runs._init_trunks(config.make_train_config(None, init_from=str(ck_run), model="resnet34"),
-                          build_model("resnet34", 7))
+        runs._init_from(config.make_train_config(None, init_from=str(ck_run), model="resnet34"),
+                        load_prepared(ck), build_model("resnet34", 7))
+
+
+def test_init_head_copies_the_whole_model_and_is_labelled_a_fine_tune(tmp_path: Path) -> None:
+    fer = make_fer_like(tmp_path / "fer2013")
+    src_run = fake_run(tmp_path / "src", fer, seed=3)  # a from-scratch resnet34 on FER2013's classes
+    src = load_model_source(str(src_run), "--init-from").model
+    cfg = config.make_train_config(None, init_from=str(src_run), init_head=True, model="resnet34")
+    torch.manual_seed(0)
+    model = build_model("resnet34", 7)
+    info = runs._init_from(cfg, load_prepared(fer), model)
+    assert info["head"] == "copied" and info["label"] == "from scratch, fine-tuned"
+    for (name, a), b in zip(model.state_dict().items(), src.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # head (fc) included
+    assert training_label(dataclasses.asdict(cfg)) == "from scratch, fine-tuned"
+    # without --init-head the head stays the fresh one
+    fresh = build_model("resnet34", 7)
+    head = fresh.fc.weight.detach().clone()
+    runs._init_from(dataclasses.replace(cfg, init_head=False), load_prepared(fer), fresh)
+    assert torch.equal(fresh.fc.weight, head) and not torch.equal(fresh.fc.weight, src.fc.weight)
+    # a fine-tune of a from-scratch model may start a transfer (the chain saw FER2013 only)
+    assert training_label({"init_from": "x", "init_head": True}) in ("from scratch, fine-tuned",)
+
+
+def test_init_head_refuses_another_dataset_or_architecture(tmp_path: Path) -> None:
+    fer = make_fer_like(tmp_path / "fer2013")
+    src_run = fake_run(tmp_path / "src", fer)
+    cfg = config.make_train_config(None, init_from=str(src_run), init_head=True, model="resnet34")
+    ck = make_ck_like(tmp_path / "ck")
+    with pytest.raises(FerError, match="drop --init-head"):
+        runs._init_from(cfg, load_prepared(ck), build_model("resnet34", 7))
+    with pytest.raises(FerError, match="--init-head: .* this run builds"):
+        runs._init_from(dataclasses.replace(cfg, model="bcnn-resnet34"), load_prepared(fer),
+                        build_model("bcnn-resnet34", 7, shared_backbone=True))
+    with pytest.raises(FerError, match="give --init-from"):
+        config.validate_config(config.make_train_config(None, init_head=True))
 
 
 @pytest.mark.realdata

@@ -41,6 +41,9 @@ class TrainConfig:
     # FER2013-pretrained trunks: RUN_DIR | CHECKPOINT.pt | EXPORT.npz | "default" (fercli.infer.sources);
     # the classifier head stays freshly initialised. Excludes --pretrained (ImageNet).
     init_from: str | None = None
+    # With init_from: copy the source's classifier head too (same classes), so the run goes
+    # on training the source model: a fine-tune (runs._init_from). Off: transfer, fresh head.
+    init_head: bool = False
     # Recipe options for the from-scratch search; the defaults keep the measured behaviour.
     label_smoothing: float = 0.0  # cross-entropy target smoothing (engine.make_train_step)
     warmup_epochs: int = 0  # linear lr warm-up over the first N epochs, then the schedule
@@ -49,6 +52,7 @@ class TrainConfig:
     mixup: float = 0.0  # mixup Beta(α, α) parameter; 0 = off
     cutmix: float = 0.0  # cutmix Beta(α, α) parameter; 0 = off (excludes mixup)
     scale_aug: float = 0.0  # random zoom in [1 − s, 1 + s] in the affine augmentation; 0 = off
+    photometric: float = 0.0  # probability of each of contrast, gamma, blur, JPEG jitter (fercli.train.photometric)
     ema: float = 0.0  # decay of the weight EMA that is validated and saved; 0 = off
     shared_backbone: bool = False
     freeze_backbone: bool = False
@@ -209,6 +213,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FerError(f"--cutmix is the Beta(α, α) parameter, ≥ 0 (0 = off), got {cfg.cutmix}")
     if not 0.0 <= cfg.scale_aug < 1.0:
         raise FerError(f"--scale-aug is the largest relative zoom, in [0, 1) (e.g. 0.2), got {cfg.scale_aug}")
+    if not 0.0 <= cfg.photometric <= 1.0:
+        raise FerError(f"--photometric is a probability in [0, 1], got {cfg.photometric}")
+    if cfg.init_head and not cfg.init_from:
+        raise FerError("--init-head copies the classifier of the --init-from model: give --init-from")
     if cfg.mixup > 0 and cfg.cutmix > 0:
         raise FerError("--mixup and --cutmix are alternatives: set one of them to 0")
     if cfg.schedule == "onecycle" and cfg.warmup_epochs:

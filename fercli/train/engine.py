@@ -46,6 +46,7 @@ from fercli.train.regularize import (
     mixed_cross_entropy,
     mixup_lambdas,
 )
+from fercli.train.photometric import PHOTO_DRAWS, photometric_with
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -65,9 +66,10 @@ class TrainStep:
     """One optimisation step on a full batch: step(idx, r) -> (loss, correct), no host sync.
 
     idx: int64 (B,) rows of `data`; r: float32 (B, draw_width) augmentation draws: 4 for
-    augment_with (5 with --scale-aug), then ERASE_DRAWS for erase_with when random erasing is on; None without
-    augmentation. lam: the step's mixing draws, 0-d float32 λ (mixup on) or (λ, cy, cx) float32
-    (3,) (cutmix on). Returns 0-d tensors: mean loss (float32) and the number of correct
+    augment_with (5 with --scale-aug), then ERASE_DRAWS for erase_with when random erasing is
+    on, then PHOTO_DRAWS for photometric_with (--photometric); None without augmentation.
+    lam: the step's mixing draws, 0-d float32 λ (mixup on) or (λ, cy, cx) float32 (3,)
+    (cutmix on). Returns 0-d tensors: mean loss (float32) and the number of correct
     predictions (int64; under mixup or cutmix, of the first label).
     With a graph they live in graph memory that the next step overwrites: accumulate them
     before calling again (train_one_epoch does). ema (WeightEMA) is updated after each step.
@@ -78,7 +80,7 @@ class TrainStep:
                  augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
                  label_smoothing: float = 0.0, model: nn.Module | None = None,
                  random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
-                 ema: WeightEMA | None = None, scale_aug: float = 0.0) -> None:
+                 ema: WeightEMA | None = None, scale_aug: float = 0.0, photometric: float = 0.0) -> None:
         if mixup > 0 and cutmix > 0:
             raise FerError("mixup and cutmix are alternatives: turn one of them off")
         self.forward, self.optimizer, self.data = forward, optimizer, data
@@ -89,10 +91,13 @@ class TrainStep:
         self.label_smoothing = label_smoothing
         self.random_erasing, self.mixup, self.cutmix, self.ema = random_erasing, mixup, cutmix, ema
         self.scale_aug = scale_aug if augment else 0.0
-        # Per-image draws: 4 affine (+1 zoom with scale_aug), then erasing's. Widths grow only
-        # with the options on, so runs without them keep their random stream.
+        self.photometric = photometric if augment else 0.0
+        # Per-image draws: 4 affine (+1 zoom with scale_aug), then erasing's, then the
+        # photometric jitter's. Widths grow only with the options on, so runs without them
+        # keep their random stream.
         self.affine_width = 4 + (1 if self.scale_aug > 0 else 0)
-        self.draw_width = self.affine_width + (ERASE_DRAWS if augment and random_erasing > 0 else 0)
+        self.erase_end = self.affine_width + (ERASE_DRAWS if augment and random_erasing > 0 else 0)
+        self.draw_width = self.erase_end + (PHOTO_DRAWS if self.photometric > 0 else 0)
         # Static inputs: each step copies its indices and draws into these, then runs `_body`.
         self.idx = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
         self.r = torch.full((self.batch, self.draw_width), 0.5, dtype=torch.float32, device=self.device)
@@ -111,8 +116,10 @@ class TrainStep:
         y = self.data.y[self.idx]  # (B,)
         if self.augment:
             x = augment_with(x, self.r[:, :self.affine_width], max_scale=self.scale_aug)
-            if self.draw_width > self.affine_width:
-                x = erase_with(x, self.r[:, self.affine_width:], self.random_erasing)
+            if self.photometric > 0:  # the photo's look, then (below) what covers the face
+                x = photometric_with(x, self.r[:, self.erase_end:], self.photometric)
+            if self.erase_end > self.affine_width:
+                x = erase_with(x, self.r[:, self.affine_width:self.erase_end], self.random_erasing)
         lam = self.lam  # the loss's weight of y: mixup's λ, or the share cutmix left unpasted
         if self.mixup > 0:
             x = mix_with(x, self.lam)
@@ -281,7 +288,8 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
                     augment: bool = True, channels_last: bool = False, cuda_graphs: bool = False,
                     label_smoothing: float = 0.0, model: nn.Module | None = None,
                     random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
-                    ema: WeightEMA | None = None, scale_aug: float = 0.0) -> TrainStep:
+                    ema: WeightEMA | None = None, scale_aug: float = 0.0,
+                    photometric: float = 0.0) -> TrainStep:
     """The train step for `data`: `forward` is the model, or torch.compile(model) for
     --compile (then pass `model`). cuda_graphs captures the step on CUDA when the optimizer
     is capturable (fused Adam/AdamW: adam*, adamw*); sgd* and CPU run the same body eagerly.
@@ -289,4 +297,4 @@ def make_train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
     return TrainStep(forward, optimizer, data, batch_size=batch_size, amp_dtype=amp_dtype,
                      augment=augment, channels_last=channels_last, cuda_graphs=cuda_graphs,
                      label_smoothing=label_smoothing, model=model, random_erasing=random_erasing,
-                     mixup=mixup, cutmix=cutmix, ema=ema, scale_aug=scale_aug)
+                     mixup=mixup, cutmix=cutmix, ema=ema, scale_aug=scale_aug, photometric=photometric)

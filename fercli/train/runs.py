@@ -232,18 +232,31 @@ def _sweep_run_dirs(runs: list[TrainConfig], on_event: ProgressCallback | None) 
                                      "bytes": sum(b for _, b in removed)})
 
 
-def _init_trunks(cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
-    """--init-from: copy a FER2013 model's trunks into `model` (fresh head); its provenance."""
+def _init_from(cfg: TrainConfig, ds: PreparedDataset, model: torch.nn.Module) -> dict[str, Any]:
+    """--init-from: copy a FER2013 model's trunks into `model` (fresh head), or with
+    --init-head the whole model (a fine-tune on the source's own dataset); its provenance."""
     src = load_model_source(cfg.init_from, "--init-from")
     if registry.find(src.dataset_name) is not registry.FER2013:
         raise FerError(f"--init-from {src.path} was trained on {src.dataset_name or 'an unrecorded dataset'}, "
                        f"not FER2013: FER2013-pretrained runs start from a FER2013 model")
-    if src.train_config.get("init_from") or src.train_config.get("pretrained"):
+    if training_label(src.train_config) not in ("from scratch", "from scratch, fine-tuned"):
         raise FerError(f"--init-from {src.path} did not start from scratch ({training_label(src.train_config)}): "
                        f"give a from-scratch FER2013 model")
-    copied = init_trunks_from(model, src.model)
-    return {**src.provenance(), "ref": cfg.init_from, "tensors_copied": copied, "head": "fresh (random init)",
-            "label": "FER2013-pretrained"}
+    if not cfg.init_head:
+        copied = init_trunks_from(model, src.model)
+        return {**src.provenance(), "ref": cfg.init_from, "tensors_copied": copied, "head": "fresh (random init)",
+                "label": "FER2013-pretrained"}
+    if registry.find(ds.name) is not registry.FER2013 or list(ds.classes) != list(src.classes):
+        raise FerError(f"--init-head continues {src.path} on its own dataset (FER2013, its classes); "
+                       f"this run trains on {ds.name}: drop --init-head to transfer the trunks only")
+    mine, theirs = dict(model.spec), dict(src.model.spec)
+    if mine != theirs:
+        raise FerError(f"--init-head: {src.path} is {theirs}, this run builds {mine}: give the source's "
+                       f"--arch, --image-size and --shared-backbone")
+    state = src.model.state_dict()
+    model.load_state_dict(state, strict=True)
+    return {**src.provenance(), "ref": cfg.init_from, "tensors_copied": len(state), "head": "copied",
+            "label": "from scratch, fine-tuned"}
 
 
 def _quiet(kind: str, info: dict[str, Any]) -> None:
@@ -345,7 +358,7 @@ def _build(cfg: TrainConfig, ds: PreparedDataset, device: torch.device,
     model = build_model(cfg.model, len(ds.classes), image_size=cfg.image_size,
                         pretrained=cfg.pretrained, weights=cfg.weights,
                         shared_backbone=cfg.shared_backbone, freeze_backbone=cfg.freeze_backbone)
-    init_source = _init_trunks(cfg, model) if cfg.init_from and not cfg.resume else None
+    init_source = _init_from(cfg, ds, model) if cfg.init_from and not cfg.resume else None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -366,7 +379,8 @@ def _resume(cfg: TrainConfig, ds: PreparedDataset, last_path: Path, dist_info: d
         raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
     saved = ckpt.get("config", {})
     for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                "init_from", "random_erasing", "mixup", "cutmix", "ema", "scale_aug"):
+                "init_from", "init_head", "random_erasing", "mixup", "cutmix", "ema", "scale_aug",
+                "photometric"):
         # Options newer than a checkpoint were off when it was written: compare with the default.
         if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
             raise FerError(f"--resume: --{key.replace('_', '-')} {getattr(cfg, key)!r} differs from "
@@ -449,6 +463,7 @@ def _make_step(cfg: TrainConfig, model: Any, optimizer: Any, train_data: Any, am
                            augment=cfg.augment, channels_last=cfg.channels_last, model=model,
                            label_smoothing=cfg.label_smoothing, random_erasing=cfg.random_erasing,
                            mixup=cfg.mixup, cutmix=cfg.cutmix, ema=ema, scale_aug=cfg.scale_aug,
+                           photometric=cfg.photometric,
                            cuda_graphs=cfg.cuda_graphs and not cfg.compile and not dist_info.enabled)
 
 
