@@ -139,6 +139,14 @@ def test_the_device_calls_recipes_are_valid_fer_train_command_lines() -> None:
         assert cfg.image_size == r["image_size"] and not cfg.pretrained
         seen.add(tuple(argv))
     assert len(seen) == len(recipes)
+    # The robustness recipe: zoom and photometric jitter on top of every option of another
+    # recipe (the pair then measures the two together), FER2013 Training only like the rest.
+    cfgs = {r["name"]: train_config(train_cmd.make_context("train", ["--preset", "fer2013-scratch", *r["args"]]))
+            for r in recipes}
+    robust = [r for r in recipes if cfgs[r["name"]].photometric > 0 and cfgs[r["name"]].scale_aug > 0]
+    assert len(robust) == 1
+    assert any(set(o["args"]) < set(robust[0]["args"]) and cfgs[o["name"]].photometric == 0 for o in recipes)
+    assert all(cfg.dataset == "fer2013" for cfg in cfgs.values())
     # The CK+ transfer step: the same check, with the options recipe_search adds itself.
     ck = json.loads(RECIPES_FILE.read_text())["ck_transfer"]
     ctx = train_cmd.make_context("train", ["--dataset", "ck+", "--init-from", "default", "--fold", "all", *ck["args"]])
@@ -155,3 +163,4 @@ def test_recipe_search_sizes_epochs_to_the_share() -> None:
     assert rs.epochs_for(135.0, 21500.0, 200, 28709) == int((135 - rs.START_S) / per_epoch) == 60
     assert rs.epochs_for(135.0, 21500.0, 40, 28709) == 40  # the recipe's cap
     assert rs.epochs_for(10.0, 21500.0, 200, 28709) == 1  # never zero
+
