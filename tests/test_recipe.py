@@ -164,3 +164,34 @@ def test_recipe_search_sizes_epochs_to_the_share() -> None:
     assert rs.epochs_for(135.0, 21500.0, 40, 28709) == 40  # the recipe's cap
     assert rs.epochs_for(10.0, 21500.0, 200, 28709) == 1  # never zero
 
+
+def test_wild_inputs_are_the_recognizers_crops_and_scored_like_bench_wild(tmp_path: Path) -> None:
+    """gpu_payload/wild_inputs.npz holds what fercli.Recognizer's default path (--detector none)
+    gives the classifier for each image, and wild_eval scores it as bench_wild does."""
+    import cv2
+    import numpy as np
+
+    from devtools.gpu_check.make_wild_inputs import wild_inputs
+    from devtools.gpu_check.wild_eval import scores
+    from fercli.infer.recognizer import Recognizer, to_grey
+
+    rng = np.random.default_rng(0)
+    rows = ["label,file"]
+    for i, (label, shape) in enumerate([("happy", (60, 50)), ("sad", (48, 48)), ("happy", (31, 77))]):
+        (tmp_path / label).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / label / f"{i}.jpg"), rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+        rows.append(f"{label},{i}.jpg")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    arrays = wild_inputs(tmp_path)
+
+    class NoModel:  # the crops are made before any model runs
+        classes = ("happy", "sad")
+
+    rec = Recognizer(classifier=NoModel(), detector="none")  # type: ignore[arg-type]
+    want = [rec.find_faces_in_grey(to_grey(tmp_path / f))[0][1] for f in ("happy/0.jpg", "sad/1.jpg", "happy/2.jpg")]
+    assert arrays["inputs"].shape == (3, 48, 48) and arrays["inputs"].dtype == np.uint8
+    assert all(np.array_equal(a, b) for a, b in zip(arrays["inputs"], want, strict=True))
+    assert list(arrays["classes"]) == ["happy", "sad"] and list(arrays["labels"]) == [0, 1, 0]
+    assert str(arrays["tta"]) == rec.tta and len(str(arrays["labels_csv_sha256"])) == 64
+    s = scores(np.array([0, 1, 0, 0]), np.array([0, 0, 0, 1]), ["happy", "sad"])
+    assert (s["accuracy"], s["mean_recall"], s["per_class_recall"]) == (50.0, 33.33, {"happy": 66.67, "sad": 0.0})

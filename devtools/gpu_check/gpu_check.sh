@@ -171,6 +171,8 @@ elif [ "$MODE" = recipes ]; then
   # run is evaluated on PrivateTest and exported.
   RS_ARGS=""
   [ "$DRY" = 1 ] && RS_ARGS="--dry"
+  # wild-dev beside PublicTest for every recipe: the inputs make_gpu_payload.sh made of it
+  [ -f "$PAYLOAD/wild_inputs.npz" ] && RS_ARGS="$RS_ARGS --wild-inputs $PAYLOAD/wild_inputs.npz"
   LEFT=$((T_END - $(date +%s) - 25))  # 25 s: the summary and copying back
   run_step recipes $((LEFT > 30 ? LEFT : 0)) "$PY" devtools/gpu_check/recipe_search.py --recipes "$RECIPES" \
     --budget-s $((LEFT - 20)) --device "$DEVICE" --work "$WORK/recipes" --json "$WORK/recipes.json" \

@@ -110,8 +110,11 @@ def main() -> None:
     rs = result["recipe_search"]
     if rs:
         for r in rs.get("recipes", []):
+            w = r.get("wild_dev") or {}
+            wild = (f", wild-dev {w.get('accuracy')} (mean recall {w.get('mean_recall')}, n={w.get('n')})"
+                    if "wild_dev" in r else "")
             print(f"  recipe {r['name']:<16} {r.get('epochs_done')} epochs, {r.get('seconds')} s, "
-                  f"PublicTest {r.get('public_test')} (epoch {r.get('best_epoch')}), {r['status']}")
+                  f"PublicTest {r.get('public_test')} (epoch {r.get('best_epoch')}){wild}, {r['status']}")
         ch = rs.get("chosen") or {}
         print(f"  chosen on PublicTest: {ch.get('name')}; PrivateTest "
               f"{(ch.get('private_test') or {}).get('accuracy')}, flip TTA "

@@ -2,7 +2,9 @@
 # Assemble gpu_payload/ (git-ignored) for devtools/gpu_check/gpu_check.sh: by default the FER2013 jpegpack,
 # its unpacker and the CK+48 crops (MODE=recipes ends with a CK+ transfer), copied from
 # ../shared (override with FER_SHARED=DIR); PAYLOAD_DATA=fer2013 leaves CK+48 out;
-# PAYLOAD_DATA=ck+ takes CK+48 alone (MODE=ablate on CK+: the shipped model then travels too). The device
+# PAYLOAD_DATA=ck+ takes CK+48 alone (MODE=ablate on CK+: the shipped model then travels too);
+# with wild-dev in ../shared, gpu_payload/wild_inputs.npz (devtools/gpu_check/make_wild_inputs.py,
+# run by $PYTHON, python3 by default) for the recipe search's wild-dev scores. The device
 # tool carries it with `carry: ["gpu_payload"]`; everything that travels (this payload plus
 # the repo's tracked and untracked-not-ignored files) must stay within 64 MiB.
 set -euo pipefail
@@ -32,6 +34,20 @@ if [ "$DATA" != fer2013 ]; then
       || { echo "make_gpu_payload: CK+48 fails its sha256 check" >&2; exit 1; }
   fi
   cp -r "$SHARED/datasets/CK+48" gpu_payload/
+fi
+# wild-dev (evaluation only, never trained on) travels as the 48x48 inputs fercli's default
+# predict path makes of it: its 14 MB of images do not fit beside FER2013, the inputs (~2 MB) do.
+WILD=$SHARED/datasets/wild-dev
+if [ "$DATA" != ck+ ] && [ -f "$WILD/labels.csv" ]; then
+  if [ -f "$SHARED/datasets/wild-dev.sha256" ]; then
+    (cd "$WILD" && sha256sum --quiet -c ../wild-dev.sha256) \
+      || { echo "make_gpu_payload: wild-dev fails its sha256 check" >&2; exit 1; }
+  fi
+  PY=${PYTHON:-python3}
+  PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" devtools/gpu_check/make_wild_inputs.py --wild "$WILD" \
+    --out gpu_payload/wild_inputs.npz
+elif [ "$DATA" != ck+ ]; then
+  echo "make_gpu_payload: no $WILD: the call reports no wild-dev numbers" >&2
 fi
 chmod -R u+w gpu_payload  # the shared copies are read-only; let the next run replace them
 

@@ -18,6 +18,11 @@
    pooled. The CK+ recipe is fixed in the file, chosen beforehand on CK+ selection folds; its
    time is reserved before the FER2013 shares are cut. "FER2013-pretrained", never ImageNet.
 
+With --wild-inputs (gpu_payload/wild_inputs.npz, devtools/gpu_check/make_wild_inputs.py), each
+recipe's selected checkpoint is also scored on wild-dev right after its run
+(devtools/gpu_check/wild_eval.py: `fer predict`'s default path on the torch backend, flip TTA),
+beside its PublicTest number. wild-dev is reported, never used to choose: PublicTest alone does.
+
 Everything measured (probe rates, per-run epochs, seconds, PublicTest curve, the choice, its
 PrivateTest numbers) goes into --json. --dry runs the same flow on a CPU at toy sizes
 (--train-subset, 2 epochs) to check it end to end; its numbers mean nothing.
@@ -87,6 +92,27 @@ def fer(args: list[str], timeout: float) -> tuple[int, str]:
         return 124, exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
 
 
+def wild_dev(run: Path, inputs: dict | None, device: str, dry: bool) -> dict | None:
+    """wild-dev scores of the run's selected checkpoint (best.pt); None without inputs. A
+    failure is recorded, never raised: it must not cost the other recipes their runs."""
+    if inputs is None or not (run / "best.pt").is_file():
+        return None
+    from devtools.gpu_check.wild_eval import wild_scores
+
+    if dry:  # a CPU classifying 96 px faces twice over: every 12th face checks the flow
+        inputs = {**inputs, "inputs": inputs["inputs"][::12], "labels": inputs["labels"][::12]}
+    t = time.monotonic()
+    try:
+        out = wild_scores(run / "best.pt", inputs, device=device, backend="torch")
+    except Exception as exc:
+        out = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()  # the next run is another process: give this memory back
+    return {**out, "seconds": round(time.monotonic() - t, 1)}
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("FER_DATA_DIR") or REPO / "data")
 
@@ -132,6 +158,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/fer_recipes")
     ap.add_argument("--json", required=True)
     ap.add_argument("--export", default=None, help="export the chosen model here (≤ 15 MiB shards)")
+    ap.add_argument("--wild-inputs", default=None, help="wild_inputs.npz: score each recipe's checkpoint on wild-dev")
     ap.add_argument("--dry", action="store_true")
     args = ap.parse_args()
     t0 = time.monotonic()
@@ -160,7 +187,15 @@ def main() -> None:
                        "seconds": round(time.monotonic() - t, 1)}
     print(f"probe: {report['probe']}", file=sys.stderr, flush=True)
 
+    wild = None
+    if args.wild_inputs:
+        from devtools.gpu_check.wild_eval import load_inputs
+
+        wild = load_inputs(Path(args.wild_inputs))
+        report["wild_dev_inputs"] = {k: wild[k] for k in ("labels_csv_sha256", "code_version", "detector",
+                                                           "frame", "intensity", "tta")} | {"n": len(wild["labels"])}
     reserve = 30.0 if args.dry else 45.0  # evaluate ×2 + export of the chosen run
+    reserve += 8.0 * len(recipes) if wild else 0.0  # wild-dev: a checkpoint load and 1,596 forwards per recipe
     ck_s = (90.0 if args.dry else float(ck_spec.get("reserve_s", 120))) if ck_spec else 0.0
     reserve += ck_s  # step 4's time comes off the top, before the recipes' shares
     for i, r in enumerate(recipes):
@@ -197,7 +232,11 @@ def main() -> None:
                          final_train_acc=h[-1]["train_acc"], epochs_done=len(h),
                          img_per_s=sorted(row["img_per_s"] for row in h)[len(h) // 2])
         entry["status"] = "ok" if rc == 0 else ("timed out (best.pt so far kept)" if rc == 124 else "failed")
-        print(f"   {r['name']}: exit {rc}, PublicTest {entry.get('public_test')}", file=sys.stderr, flush=True)
+        w = wild_dev(run, wild, args.device, args.dry)
+        if w is not None:
+            entry["wild_dev"] = w
+        print(f"   {r['name']}: exit {rc}, PublicTest {entry.get('public_test')}, wild-dev "
+              f"{(w or {}).get('accuracy')} (mean recall {(w or {}).get('mean_recall')})", file=sys.stderr, flush=True)
 
     done = [e for e in report["recipes"] if e.get("public_test") is not None
             and (work / "runs" / e["name"] / "best.pt").is_file()]
@@ -230,7 +269,8 @@ def main() -> None:
     tmp = Path(args.json).with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, args.json)
-    summary = [(e["name"], e.get("epochs_done"), e.get("public_test")) for e in report["recipes"]]
+    summary = [(e["name"], e.get("epochs_done"), e.get("public_test"), (e.get("wild_dev") or {}).get("accuracy"))
+               for e in report["recipes"]]
     ck = (report.get("ck_transfer") or {}).get("test", {}).get("kfold")
     print(json.dumps({"recipes": summary, "chosen": report.get("chosen", {}).get("name"),
                       "ck_transfer_mean": ck and ck.get("accuracy_mean")}), flush=True)
