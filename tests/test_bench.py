@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fercli.cli import app
@@ -44,6 +45,7 @@ def test_bench_json_on_synthetic_data(no_data):
     assert r["peak_matmul_tflops"] > 0 and 0 < r["fraction_of_peak"]
     # Only the dtype the engine trains in is timed (no emulated bf16 matmuls on AVX2 CPUs).
     assert set(r["matmul_tflops"]) == {r["peak_dtype"]} == {r["engine"]["precision"]}
+    assert r["cpu_isa"] == torch.backends.cpu.get_cpu_capability()  # the peak is this ISA's
     assert r["engine_graphed"] is False and r["engine_eager_img_per_s"] is None  # CPU: eager only
     assert r["inference_ms_per_face_batch1"] > 0 and r["inference_img_per_s_batched"] > 0
     assert r["reference"]["precision"] == "fp32" and r["engine"]["channels_last"] is True

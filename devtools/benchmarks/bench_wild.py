@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--private-test", action="store_true", help="also read PrivateTest (the report split)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--backend", default=PredictConfig.backend)
+    ap.add_argument("--precision", default=PredictConfig.precision,
+                    help="fp32 compares models on one footing (a checkpoint has no shipped int8 graph)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-faces", type=int, default=100)
@@ -233,7 +235,7 @@ def main() -> None:
         data["public_test"] = load_fer(args.fer_test, "PublicTest")
     if args.private_test:
         data["private_test"] = load_fer(args.fer_test, "PrivateTest")
-    clf = Recognizer(args.model, backend=args.backend, detector="none").classifier
+    clf = Recognizer(args.model, backend=args.backend, precision=args.precision, detector="none").classifier
     results = [run_row(n, f, clf, data, args) for n, f in rows]
     recs = [Recognizer(classifier=clf, **f) for _, f in rows]
     rounds = [[latency_ms(r, data["wild"][0], args.latency_faces) for r in recs] for _ in range(args.latency_rounds)]

@@ -357,6 +357,8 @@ def _report(cfg: BenchConfig, plan: _Plan, data: BenchData, eng: _EngineResult,
         "inference_img_per_s_batched": round(infer_ips, 1) if infer_ips is not None else None,
         "device": device_name(device),
         "device_type": device.type,
+        # The vector ISA torch dispatches to (AVX2, AVX512, ...): what the peak depends on.
+        "cpu_isa": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
         "data": data.kind,
         "data_path": data.path,
         "distinct_images": int(len(data.labels)),

@@ -113,7 +113,8 @@ def _table(r: dict[str, Any]) -> Any:
     t.add_row("speedup", f"[bold]{_fmt(r['speedup'], '.2f')}×[/]", "", "", "engine / reference")
     t.add_row("FLOPs / image", f"{r['flops_per_image'] / 1e9:.2f} G", "", "", "fwd+bwd")
     mm = r["matmul_tflops"]
-    t.add_row("matmul peak", "", ", ".join(f"{v:.3g} {k}" for k, v in mm.items()), "", "measured now")
+    isa = f"; CPU ISA {r['cpu_isa']}" if r.get("cpu_isa") else ""
+    t.add_row("matmul peak", "", ", ".join(f"{v:.3g} {k}" for k, v in mm.items()), "", f"measured in this run{isa}")
     t.add_row("inference", f"{_fmt(r['inference_ms_per_face_batch1'], '.2f')} ms/face", "", "",
               f"batch 1; {_fmt(r['inference_img_per_s_batched'])} img/s at {r['inference_batch']}")
     return t
