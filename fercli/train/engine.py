@@ -36,6 +36,7 @@ from fercli.errors import FerError
 from fercli.model.inference import autocast, predict_logits
 from fercli.train import distributed
 from fercli.train.optim import graph_capturable, use_tensor_lr
+from fercli.train.photometric import PHOTO_DRAWS, photometric_with
 from fercli.train.regularize import (
     ERASE_DRAWS,
     WeightEMA,
@@ -46,7 +47,6 @@ from fercli.train.regularize import (
     mixed_cross_entropy,
     mixup_lambdas,
 )
-from fercli.train.photometric import PHOTO_DRAWS, photometric_with
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
