@@ -392,3 +392,58 @@ def test_fold_heading_counts_the_rows_ahead_not_only_the_slowest() -> None:
     assert folds_label(10, 10, 0, 1) == "0–1 of all 10 folds done, by row"  # two rows at 1/10, two at 0/10
     assert folds_label(10, 10, 1, 1) == "1 of all 10 folds done"
     assert folds_label(3, 10, 3, 3) == "first 3 of 10 folds (--folds-limit)"
+
+
+
+def test_ablate_shows_each_step_paired_fold_by_fold(tiny_ck: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    out = tmp_path / "abl"
+    cfg = ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, folds_limit=4, device="cpu", out=str(out))
+    plan = ablate.plan_ablation(cfg)
+    by = {(r.rung.name, r.fold): r for r in plan.runs}
+    names = [r.name for r in ablate.FER2013_LADDER]
+    # rows finished different folds: each step pairs only the folds both rows have
+    accs = {names[0]: {0: 0.80, 1: 0.70, 2: 0.60, 3: 0.90}, names[1]: {0: 0.81, 1: 0.72, 2: 0.63},
+            names[2]: {1: 0.75, 2: 0.60, 3: 0.95}, names[3]: {3: 0.96}}
+    for name, folds in accs.items():
+        for fold, acc in folds.items():
+            _fake_done_run(by[(name, fold)], acc)
+    args = ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--folds-limit", "4", "--device", "cpu",
+            "--out", str(out)]
+    res = runner.invoke(app, [*args, "--progress", "--json"])  # reads the runs on disk, trains nothing
+    assert res.exit_code == 0, res.output
+    (table,) = json.loads(res.stdout)["tables"]
+    s1, s2, s3 = table["steps"]
+    assert [(s["from"], s["to"]) for s in table["steps"]] == list(zip(names[:-1], names[1:], strict=True))
+    # 1, 2, 3 points: mean 2, sd 1, t = 2√3 on 2 df (p = 1 − √(6/7)), all three positive (Wilcoxon 2/8)
+    assert (s1["n"], s1["folds"], s1["paired_on"]) == (3, ["0", "1", "2"], "folds")
+    assert s1["mean_diff"] == pytest.approx(2.0)
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) / math.sqrt(3)
+    assert s1["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert s1["t_p"] == pytest.approx(1 - math.sqrt(6 / 7)) and s1["wilcoxon_p"] == pytest.approx(0.25)
+    assert s1["paper_step"] == pytest.approx(97.98 - 97.81)
+    assert (s2["folds"], s2["mean_diff"], s2["t_p"], s2["wilcoxon_p"]) == (["1", "2"], pytest.approx(0.0),
+                                                                           pytest.approx(1.0), 1.0)
+    assert (s3["n"], s3["folds"], s3["ci95"], s3["t_p"]) == (1, ["3"], None, None) and "at least 2" in s3["note"]
+    assert s3["mean_diff"] == pytest.approx(1.0)
+
+    res = runner.invoke(app, [*args, "--progress"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "Paired steps on ck+" in text and "fold by fold" in text
+    assert f"[{2 - half:+.2f}, {2 + half:+.2f}]" in text and "0.074" in text and "+0.17" in text
+    assert re.search(rf"{names[3]} │ {names[2]} │ +1 │ +\+1\.00 │ +— │", text), text
+
+    # a whole ladder (runs faked) writes the steps into ablation.json beside the keys it had
+    monkeypatch.setattr(ablate, "_run_one", lambda *a, **k: {
+        "seed": 0, "fold": a[4]["fold"], "run_dir": str(a[2]), "status": "cached", "split": "fold",
+        "accuracy": 0.5 + 0.01 * a[4]["fold"] + 0.02 * names.index(a[4]["row"]), "best_epoch": 1,
+        "rerun_reason": None})
+    res = runner.invoke(app, [*args, "--no-estimate", "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    written = json.loads((out / "ablation.json").read_text())["tables"][0]
+    assert written["steps"] == json.loads(res.stdout)["tables"][0]["steps"]
+    assert [(s["n"], s["mean_diff"]) for s in written["steps"]] == [(4, pytest.approx(2.0))] * 3
+    assert written["rows"][1]["change_pp"] == pytest.approx(2.0)  # the old keys stay

@@ -52,6 +52,7 @@ from fercli.ablation.ladder import (
     optimizer_for,
     row_result,
 )
+from fercli.ablation.paired import paired_steps
 from fercli.data import registry
 from fercli.data.prepared import MANIFEST_FILE
 from fercli.errors import FerError
@@ -330,6 +331,8 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
                        "done_some_row": most_folds,
                        "label": folds_label(len(folds), ds.num_folds, done_folds, most_folds)} if ds.kfold else None),
             "rows": rows,
+            # each row − the row above, fold by fold (seed by seed): whether a step helps
+            "steps": paired_steps(rows),
         })
     return tables
 

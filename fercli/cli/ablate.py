@@ -65,6 +65,36 @@ def _change(r: dict[str, Any]) -> str:
     return f"{r['change_pp']:+.2f}{mark}{paper_txt}"
 
 
+def _p(x: Optional[float]) -> str:
+    return "—" if x is None else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def _steps_table(t: dict[str, Any]) -> Table:
+    """Each step of the ladder paired fold by fold (seed by seed), beside the paper's step."""
+    over = t["steps"][0]["paired_on"]
+    tab = Table(title=f"Paired steps on {t['dataset']}: row − row above, {over[:-1]} by {over[:-1]}",
+                title_justify="left")
+    tab.add_column("row", min_width=24)
+    tab.add_column("minus", min_width=12)
+    tab.add_column(over, justify="right", no_wrap=True)
+    tab.add_column("paired Δ", justify="right", no_wrap=True)
+    tab.add_column("95% interval", justify="right", no_wrap=True)
+    tab.add_column("t p", justify="right", no_wrap=True)
+    tab.add_column("Wilcoxon p", justify="right", no_wrap=True)
+    tab.add_column("paper step", justify="right", no_wrap=True)
+    for s in t["steps"]:
+        ci = "—" if s["ci95"] is None else f"[{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]"
+        mean = "—" if s["mean_diff"] is None else f"{s['mean_diff']:+.2f}"
+        paper_step = "—" if s["paper_step"] is None else f"{s['paper_step']:+.2f}"
+        tab.add_row(s["to"], s["from"], str(s["n"]), mean, ci, _p(s["t_p"]), _p(s["wilcoxon_p"]), paper_step)
+    notes = [f"paired Δ = mean of this row − the row above over the {over} both finished (points); "
+             "95% interval = Student t on those differences (assumes them roughly normal and the "
+             f"{over} independent); t p = paired t-test, Wilcoxon p = exact signed-rank, both two-sided."]
+    notes += [f"{s['to']}: {s['note']}." for s in t["steps"] if s["note"]]
+    tab.caption = escape(" ".join(notes))
+    return tab
+
+
 def _ours(r: dict[str, Any]) -> str:
     if r["status"] in ("pending", "weights unavailable"):
         return f"[yellow]{r['status']}[/]"
@@ -115,6 +145,8 @@ def _result_tables(result: dict[str, Any]) -> list[Any]:
                      "* = larger than the fold-to-fold std of either row.")
         tab.caption = escape(" ".join(notes))
         out.append(tab)
+        if t.get("steps"):
+            out.append(_steps_table(t))
     if footnote:
         out.append(f"* {paper.NOT_TRANSCRIBED_NOTE}")
     return out
