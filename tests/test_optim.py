@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 
 from fercli.errors import FerError
+from fercli.model.networks import build_model
+from fercli.train.config import make_train_config, validate_config
 from fercli.train.optim import (
     OPTIMIZER_NAMES,
     SGDGC,
@@ -23,6 +25,7 @@ from fercli.train.optim import (
     set_lr,
     use_tensor_lr,
 )
+from fercli.train.runs import _param_groups
 
 D = torch.float64
 
@@ -134,7 +137,6 @@ def test_gc_step_on_resnet34_is_batched_not_per_tensor():
     """GC of a whole ResNet34 (36 conv + 1 FC weights) in a handful of mean kernels."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fercli.model.networks import build_model
 
     model = build_model("resnet34", 7, pretrained=False)
     opt = build_optimizer("adamw-gc", model, lr=1e-3)
@@ -373,3 +375,38 @@ def test_nothing_trainable_is_a_fer_error():
     model = tiny_model().requires_grad_(False)
     with pytest.raises(FerError, match="trainable"):
         build_optimizer("adam", model, lr=1e-3)
+
+
+@pytest.mark.parametrize("no_decay", [False, True])
+def test_trunk_lr_scales_the_trunks_groups_only(no_decay):
+    """--trunk-lr F: every trunk parameter sits in a group whose lr is F × the schedule's, every
+    other parameter at the full lr; each parameter in exactly one group; and Adam's first step
+    (≈ lr · sign(grad)) moves a trunk weight F times as far as the head's."""
+
+    torch.manual_seed(0)
+    model = build_model("resnet34", 7)
+    cfg = make_train_config(None, model="resnet34", trunk_lr=0.1, no_decay_bn_bias=no_decay)
+    opt = build_optimizer("adam-gc", _param_groups(model, cfg), lr=1e-3)
+    set_lr(opt, 1e-3)
+    trunk = {id(p) for p in model.trunk.parameters()}
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # each once
+    for g in opt.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= trunk or not ids & trunk  # a group is all trunk or all head
+        assert g["lr"] == pytest.approx(1e-4 if ids <= trunk else 1e-3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.rand(4, 1, 48, 48)).logsumexp(1).sum().backward()
+    opt.step()
+    step = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert step["trunk.layer1.0.conv1.weight"] == pytest.approx(1e-4, rel=0.05)
+    assert step["fc.weight"] == pytest.approx(1e-3, rel=0.05)
+
+
+def test_trunk_lr_one_keeps_the_single_group_and_bad_values_are_refused():
+
+    model = build_model("resnet34", 7)
+    assert _param_groups(model, make_train_config(None, model="resnet34")) is model
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(FerError, match="--trunk-lr"):
+            validate_config(make_train_config(None, trunk_lr=bad))

@@ -58,6 +58,7 @@ def train(
     epochs: int = typer.Option(D.epochs, rich_help_panel=OPTIM, help="Epochs (paper preset: 200)."),
     batch_size: int = typer.Option(D.batch_size, rich_help_panel=OPTIM, help="Batch size (paper preset: 16)."),
     lr: float = typer.Option(D.lr, rich_help_panel=OPTIM, help="Peak learning rate."),
+    trunk_lr: float = typer.Option(D.trunk_lr, rich_help_panel=OPTIM, help="The trunks learn at this fraction of --lr, the classifier head at the full --lr (e.g. 0.1 when fine-tuning pretrained trunks under a fresh head, --init-from). 1 = one lr for all."),
     weight_decay: float = typer.Option(D.weight_decay, rich_help_panel=OPTIM, help="Weight decay (decoupled for adamw*, added to the gradient before GC for sgd*/adam*)."),
     schedule: str = typer.Option(D.schedule, rich_help_panel=OPTIM, help="Learning-rate schedule: cosine, constant (paper preset), or onecycle (a half-cosine rise from lr/25 to lr over the first 30% of the epochs, then a half-cosine fall)."),
     warmup_epochs: int = typer.Option(D.warmup_epochs, rich_help_panel=OPTIM, help="Linear learning-rate warm-up over the first N epochs, then --schedule."),

@@ -30,6 +30,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-4
+    trunk_lr: float = 1.0  # the trunks' lr as a fraction of lr (the head keeps lr): runs._param_groups
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | constant | onecycle (runs._lr_at)
     image_size: int = 48
@@ -201,6 +202,8 @@ def validate_config(cfg: TrainConfig) -> None:
             raise FerError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise FerError(f"--lr must be a positive number, got {cfg.lr}")
+    if not (0 < cfg.trunk_lr <= 1 and math.isfinite(cfg.trunk_lr)):
+        raise FerError(f"--trunk-lr is a fraction of --lr in (0, 1] (e.g. 0.1), got {cfg.trunk_lr}")
     if cfg.weight_decay < 0:
         raise FerError(f"--weight-decay must be ≥ 0, got {cfg.weight_decay}")
     if not 0.0 <= cfg.label_smoothing < 1.0:

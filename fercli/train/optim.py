@@ -348,9 +348,11 @@ def use_tensor_lr(optimizer: torch.optim.Optimizer, on: bool) -> None:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr: in place for a tensor lr (no re-capture), else a plain float."""
+    """Set every group's lr to the schedule's `lr` times the group's "lr_scale" (1 unless set:
+    --trunk-lr): in place for a tensor lr (no re-capture), else a plain float."""
     for group in optimizer.param_groups:
+        value = lr * group.get("lr_scale", 1.0)
         if torch.is_tensor(group["lr"]):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(value)
         else:
-            group["lr"] = lr
+            group["lr"] = value

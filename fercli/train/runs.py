@@ -111,13 +111,24 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> Any:
-    """--no-decay-bn-bias: 1-d parameters (BatchNorm weight/bias, conv/linear biases) get weight
-    decay 0; every other tensor keeps --weight-decay. Otherwise the model itself (one group)."""
-    if not cfg.no_decay_bn_bias:
+    """The optimizer's groups. --no-decay-bn-bias: 1-d parameters (BatchNorm weight/bias,
+    conv/linear biases) get weight decay 0, every other tensor keeps --weight-decay.
+    --trunk-lr F (≠ 1): the trunks' parameters learn at F × the schedule's lr ("lr_scale",
+    read by optim.set_lr), the head and the rest at the full lr. Neither: the model itself."""
+    if not cfg.no_decay_bn_bias and cfg.trunk_lr == 1.0:
         return model
+    in_trunk = {id(p) for t in model.trunks() for p in t.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim > 1]},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = []
+    for trunk in ((True, False) if cfg.trunk_lr != 1.0 else (None,)):
+        mine = [p for p in params if trunk is None or (id(p) in in_trunk) == trunk]
+        scale = {"lr_scale": cfg.trunk_lr} if trunk else {}
+        if cfg.no_decay_bn_bias:
+            groups += [{"params": [p for p in mine if p.ndim > 1], **scale},
+                       {"params": [p for p in mine if p.ndim <= 1], "weight_decay": 0.0, **scale}]
+        else:
+            groups.append({"params": mine, **scale})
+    return [g for g in groups if g["params"]]
 
 
 def check_fold_all(ds: PreparedDataset) -> None:
@@ -379,7 +390,7 @@ def _resume(cfg: TrainConfig, ds: PreparedDataset, last_path: Path, dist_info: d
         raise FerError(f"--resume: {last_path} was trained on different data (dataset sha256 differs)")
     saved = ckpt.get("config", {})
     for key in ("model", "optimizer", "image_size", "shared_backbone", "seed", "batch_size", "fold",
-                "init_from", "init_head", "random_erasing", "mixup", "cutmix", "ema", "scale_aug",
+                "init_from", "init_head", "trunk_lr", "random_erasing", "mixup", "cutmix", "ema", "scale_aug",
                 "photometric"):
         # Options newer than a checkpoint were off when it was written: compare with the default.
         if saved.get(key, _DEFAULTS.get(key)) != getattr(cfg, key):
