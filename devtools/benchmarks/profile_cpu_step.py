@@ -14,6 +14,9 @@ self CPU time per op, and for the convolutions their FLOPs and achieved rate.
 Variants (VARIANTS): baseline (the engine's defaults: bf16 autocast on a CPU with bf16
 kernels, channels_last, batch 64), contiguous (NCHW), b128 / b256 (batch size), fp32
 (no autocast), compile (torch.compile of the model, inductor: `fer train --compile`).
+Process-wide settings are compared in alternating processes: --threads, and the environment
+variable THP_MEM_ALLOC_ENABLE (torch's CPU allocator on transparent huge pages, which `fer`
+sets: fercli.device.HUGE_PAGES_ENV), recorded in the output.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="bcnn-resnet34")
     ap.add_argument("--shared-backbone", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--image-size", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--variants", default="baseline,contiguous,b128,b256,fp32")
@@ -124,6 +128,8 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or "baseline" not in names:
         sys.exit(f"--variants: give baseline and any of {', '.join(VARIANTS)} (unknown: {unknown})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     dtype = autocast_dtype(device, "auto") or torch.float32
     peak0 = matmul_tflops(device, dtype, n=1024)
@@ -147,11 +153,11 @@ def main() -> None:
            "isa": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
            "peak_dtype": str(dtype).replace("torch.", ""), "peak_matmul_tflops": [round(peak0, 3), round(peak1, 3)],
-           "flops_per_image": int(built["baseline"]["flops"]), "load_average": os.getloadavg(),
+           "flops_per_image": int(built["baseline"]["flops"]), "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "load_average": os.getloadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     if args.profile:
         out["profile"] = profile_table(built["baseline"])
-    print(f"ISA {out['isa']}, {out['threads']} threads, {args.arch}{' shared' if args.shared_backbone else ''}, "
+    print(f"THP_MEM_ALLOC_ENABLE={out['huge_pages']}, ISA {out['isa']}, {out['threads']} threads, {args.arch}{' shared' if args.shared_backbone else ''}, "
           f"peak {out['peak_dtype']} matmul {peak0:.3f}/{peak1:.3f} TFLOP/s")
     for r in rows:
         print(f"{r['variant']:>12}  {r['img_per_s']:7.1f} img/s  x{r['vs_baseline']:.3f}  "
