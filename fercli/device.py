@@ -66,27 +66,6 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if "AVX512" in caps.upper() else None
 
 
-# torch's CPU allocator asks the kernel for transparent huge pages (2 MiB) for every block of
-# 2 MiB or more when this variable is 1. torch reads it once, at its first allocation.
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
-
-
-def prefer_huge_pages() -> bool:
-    """Before torch is imported: let its CPU allocator use transparent huge pages, unless the
-    environment already says otherwise. Returns whether it is on for this process.
-
-    Why: a CPU train step of the B-CNN allocates several fresh (64, 512·512) fp32 tensors (64
-    MiB each) in the head and its backward; glibc hands each one new pages, and the kernel
-    faults them in 4 KiB at a time: 16,384 page faults per tensor per step, a large share of
-    the head's time (docs/benchmarks.md, "Training engine on a CPU"). In 2 MiB pages that is
-    32. Nothing changes where the kernel offers no huge pages (transparent_hugepage "never").
-    """
-    if "torch" in sys.modules:  # too late: torch has read it, or will have
-        return os.environ.get(HUGE_PAGES_ENV) == "1"
-    os.environ.setdefault(HUGE_PAGES_ENV, "1")
-    return os.environ[HUGE_PAGES_ENV] == "1"
-
-
 def configure_backends(device: torch.device, deterministic: bool) -> None:
     """Fast kernels on CUDA unless --deterministic.
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from fercli.cli import ablate, bench, calibrate, evaluate, export, predict, prepare, serve, train  # noqa: F401,E402,I001
 from fercli.cli.app import app
-from fercli.device import prefer_huge_pages
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
     """Console-script entry point (`fer`, `python -m fercli`)."""
-    prefer_huge_pages()  # before any command imports torch
     app(prog_name="fer")
