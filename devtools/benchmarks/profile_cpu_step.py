@@ -15,8 +15,8 @@ Variants (VARIANTS): baseline (the engine's defaults: bf16 autocast on a CPU wit
 kernels, channels_last, batch 64), contiguous (NCHW), b128 / b256 (batch size), fp32
 (no autocast), compile (torch.compile of the model, inductor: `fer train --compile`).
 Process-wide settings are compared in alternating processes: --threads, and the environment
-variable THP_MEM_ALLOC_ENABLE (torch's CPU allocator on transparent huge pages, which `fer`
-sets: fercli.device.HUGE_PAGES_ENV), recorded in the output.
+variable THP_MEM_ALLOC_ENABLE (1: torch's CPU allocator on transparent huge pages), recorded
+in the output.
 """
 
 from __future__ import annotations
