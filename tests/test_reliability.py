@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -56,6 +57,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     time.sleep(0.2)  # inside epoch 2 (6 steps of ~0.2 s on a 2-core CPU)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()  # else the pipe is closed by the garbage collector, with a ResourceWarning in a later test
     assert proc.returncode == -signal.SIGKILL
     # Whatever the kill interrupted, what is on disk loads and is a complete epoch.
     ckpt = checkpoints.load_checkpoint(killed_run / "last.pt")
@@ -114,6 +116,7 @@ def test_crafted_pickle_checkpoint_is_refused_and_never_runs(tmp_path, container
     else:
         evil.write_bytes(pickle.dumps(payload))
     assert not marker.exists()
+    gc.collect()  # what earlier tests left to the collector warns now, not inside the block below
     with warnings.catch_warnings(record=True) as caught:  # outside pytest, a warning prints on stderr
         warnings.simplefilter("always")
         r = CliRunner().invoke(app, ["evaluate", str(evil)])

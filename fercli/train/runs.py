@@ -117,7 +117,7 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> Any:
     read by optim.set_lr), the head and the rest at the full lr. Neither: the model itself."""
     if not cfg.no_decay_bn_bias and cfg.trunk_lr == 1.0:
         return model
-    in_trunk = {id(p) for t in model.trunks() for p in t.parameters()}
+    in_trunk = {id(p) for t in model.trunks() for p in t.parameters()} if cfg.trunk_lr != 1.0 else set()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = []
     for trunk in ((True, False) if cfg.trunk_lr != 1.0 else (None,)):
