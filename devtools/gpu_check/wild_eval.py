@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from devtools.benchmarks.bench_wild import _scores  # noqa: E402
 from fercli.infer.classifier import make_classifier  # noqa: E402
 from fercli.infer.config import PredictConfig  # noqa: E402
 
@@ -37,11 +38,11 @@ def load_inputs(path: Path) -> dict[str, Any]:
 
 
 def scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy and mean per-class recall (%), as bench_wild.py rounds them, plus each class's recall."""
-    recall = {c: float(np.mean(pred[y == j] == j)) for j, c in enumerate(classes) if np.any(y == j)}
-    return {"n": int(len(y)), "accuracy": round(100 * float(np.mean(pred == y)), 2),
-            "mean_recall": round(100 * float(np.mean(list(recall.values()))), 2),
-            "per_class_recall": {c: round(100 * r, 2) for c, r in recall.items()}}
+    """Accuracy and mean per-class recall (%), bench_wild.py's point values and rounding, plus
+    each present class's recall."""
+    acc, mean_recall, _, recall = _scores(y, pred, len(classes))
+    return {"n": int(len(y)), "accuracy": round(100 * acc, 2), "mean_recall": round(100 * mean_recall, 2),
+            "per_class_recall": {c: round(100 * float(r), 2) for c, r in zip(classes, recall, strict=True) if not np.isnan(r)}}
 
 
 def wild_scores(model: str | Path | None, inputs: dict[str, Any], *, device: str = "auto",

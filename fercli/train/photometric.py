@@ -23,6 +23,7 @@ Nothing here imports Typer or Rich.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -56,13 +57,21 @@ def dct_matrix(n: int = 8) -> torch.Tensor:
     return d.float()
 
 
+@lru_cache(maxsize=8)
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(DCT matrix, luminance table) on `device`, made once: the train step calls jpeg_with
+    every step, and a host-to-device copy there would be a sync per step (and, under a CUDA
+    graph, a copy baked into the capture). The warm-up steps before a capture fill the cache."""
+    return dct_matrix().to(device, dtype), JPEG_LUMA.to(device)
+
+
 def jpeg_table(quality: torch.Tensor) -> torch.Tensor:
     """(B, 8, 8) quantisation steps at IJG quality q (B,) in [1, 100]: the table scaled by
     5000 / q below 50 and 200 − 2q from 50, (T·s + 50) // 100, at least 1 (libjpeg's
     jpeg_quality_scaling; the quality is rounded to an integer, as encoders take it)."""
     q = quality.round().clamp(1, 100)
     scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)  # (B,)
-    table = JPEG_LUMA.to(quality.device)[None] * scale[:, None, None]
+    table = _constants(quality.device, torch.float32)[1][None] * scale[:, None, None]
     return torch.floor((table + 50) / 100).clamp(min=1)
 
 
@@ -75,7 +84,7 @@ def jpeg_with(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     ph, pw = -h % 8, -w % 8
     px = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
     hh, ww = h + ph, w + pw
-    d = dct_matrix().to(x.device, x.dtype)
+    d = _constants(x.device, x.dtype)[0]
     blocks = (px.reshape(b, hh // 8, 8, ww // 8, 8).permute(0, 1, 3, 2, 4) * 255 - 128)  # (B, by, bx, 8, 8)
     coef = d @ blocks @ d.T
     step = jpeg_table(quality).to(x.dtype)[:, None, None]  # (B, 1, 1, 8, 8)
