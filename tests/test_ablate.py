@@ -212,13 +212,16 @@ def test_fer2013_ladder_is_planned_for_ckplus_without_imagenet(tiny_ck: Path, tm
     assert ablate._ladder(cfg, plan.datasets[0], True) == (ablate.PAPER_LADDER, "paper")
 
 
-def _fake_done_run(run: ablate.PlannedRun, accuracy: float | None, code: str = "c0de", epochs_done: int = 0) -> None:
+def _fake_done_run(run: ablate.PlannedRun, accuracy: float | None, code: str = "c0de", epochs_done: int = 0,
+                   device: str = "cpu (x86_64, 1 threads)") -> None:
     """A run directory as `fer train` + `fer evaluate` leave it: finished with `accuracy`, or
     (None) interrupted after `epochs_done` epochs."""
     d = run.run_dir
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"config": dataclasses.asdict(run.tcfg), "code_version": code,
-                                               "dataset": {"sha256": run.ds.sha256}}))
+                                               "dataset": {"sha256": run.ds.sha256}, "device": device,
+                                               "precision": "fp32", "torch_version": "2.14.1",
+                                               "started": "2026-12-07T00:40:21+00:00"}))
     if accuracy is None:
         (d / "history.csv").write_text("epoch,val_acc\n" + "".join(f"{e},0.5\n" for e in range(1, epochs_done + 1)))
         return
@@ -392,6 +395,58 @@ def test_fold_heading_counts_the_rows_ahead_not_only_the_slowest() -> None:
     assert folds_label(10, 10, 0, 1) == "0–1 of all 10 folds done, by row"  # two rows at 1/10, two at 0/10
     assert folds_label(10, 10, 1, 1) == "1 of all 10 folds done"
     assert folds_label(3, 10, 3, 3) == "first 3 of 10 folds (--folds-limit)"
+    assert folds_label(4, 10, 2, 3, ids=[3, 4, 5, 7]) == "2–3 of folds 3–5, 7 of 10 (--folds) done, by row"
+    assert folds_label(10, 10, 10, 10, ids=list(range(10))) == "all 10 folds"
+
+
+def test_folds_parse_ranges_and_lists() -> None:
+    assert launch.parse_folds("3-5, 8") == (3, 4, 5, 8)
+    assert launch.parse_folds("9,0") == (0, 9) and launch.parse_folds(None) is None
+    for bad in ("", "a", "5-3", "1,1", "2-4,3", "-1"):
+        with pytest.raises(FerError):
+            launch.parse_folds(bad)
+
+
+def test_ladder_in_parts_of_whole_folds_reads_as_one_table(tiny_ck: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    out = tmp_path / "abl"
+    k = ablate.plan_ablation(ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, device="cpu",
+                                                 out=str(out))).datasets[0].num_folds
+    part = ablate.plan_ablation(ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, device="cpu", out=str(out),
+                                                    folds=(1, 2)))
+    assert sorted({r.fold for r in part.runs}) == [1, 2] and len(part.runs) == 8  # whole folds: every row
+    names = [r.name for r in ablate.FER2013_LADDER]
+    # part one (fold 0) by one code on one machine, part two (folds 1-2) by another
+    first = ablate.plan_ablation(ablate.AblateConfig(dataset=str(tiny_ck), epochs=10, device="cpu", out=str(out),
+                                                     folds=(0,)))
+    for r in first.runs:
+        _fake_done_run(r, 0.70 + 0.05 * names.index(r.rung.name), code="aaaa", device="cpu (x86_64, 1 threads)")
+    for r in part.runs:
+        _fake_done_run(r, 0.60 + 0.05 * names.index(r.rung.name) + 0.01 * r.fold, code="bbbb",
+                       device="cuda (NVIDIA H200)")
+    base = ["ablate", "--dataset", str(tiny_ck), "--epochs", "10", "--device", "cpu", "--out", str(out)]
+    res = runner.invoke(app, [*base, "--folds", "1-2", "--progress", "--json"])
+    assert res.exit_code == 0, res.output
+    (table,) = json.loads(res.stdout)["tables"]
+    assert table["folds"]["ids"] == [1, 2] and table["folds"]["label"] == f"folds 1–2 of {k} (--folds)"
+    assert [r["folds_done"] for r in table["rows"]] == [2] * 4
+    # the whole ladder's view reads both parts: three folds in every row, each run naming its code and machine
+    res = runner.invoke(app, [*base, "--progress", "--json"])
+    assert res.exit_code == 0, res.output
+    (table,) = json.loads(res.stdout)["tables"]
+    assert [r["folds_done"] for r in table["rows"]] == [3] * 4
+    assert [s["n"] for s in table["steps"]] == [3] * 3
+    assert [s["mean_diff"] for s in table["steps"]] == [pytest.approx(5.0)] * 3
+    runs = {r["fold"]: r for r in table["rows"][0]["runs"]}
+    assert (runs[0]["code_version"], runs[0]["device"]) == ("aaaa", "cpu (x86_64, 1 threads)")
+    assert (runs[2]["code_version"], runs[2]["device"], runs[2]["precision"]) == ("bbbb", "cuda (NVIDIA H200)", "fp32")
+    for bad, why in ((["--folds", str(k)], f"has folds 0–{k - 1}"),
+                     (["--folds", "1", "--folds-limit", "2"], "give one"),
+                     (["--folds", "x"], "fold ids or ranges")):
+        res = runner.invoke(app, [*base, *bad, "--progress"])
+        assert res.exit_code != 0 and why in " ".join(res.stderr.split()) and "Traceback" not in res.output, bad
 
 
 

@@ -251,6 +251,11 @@ class Plan:
 def _folds(cfg: AblateConfig, ds: _Dataset) -> list[int | None]:
     if not ds.kfold:
         return [None]
+    if cfg.folds is not None:
+        missing = [f for f in cfg.folds if not 0 <= f < ds.num_folds]
+        if missing:
+            raise FerError(f"--folds {','.join(map(str, missing))}: {ds.path} has folds 0–{ds.num_folds - 1}")
+        return list(cfg.folds)
     return list(range(ds.num_folds if cfg.folds_limit is None else min(cfg.folds_limit, ds.num_folds)))
 
 
@@ -262,6 +267,8 @@ def plan_ablation(cfg: AblateConfig, *, download: bool = True) -> Plan:
     _recipe(cfg)  # an unknown --preset fails here, before any run
     if cfg.folds_limit is not None and cfg.folds_limit < 1:
         raise FerError(f"--folds-limit must be ≥ 1, got {cfg.folds_limit}")
+    if cfg.folds is not None and cfg.folds_limit is not None:
+        raise FerError("--folds and --folds-limit both choose the folds: give one")
     if not cfg.seeds:
         raise FerError("--seeds needs at least one seed")
     datasets = _resolve_datasets(cfg.dataset)
@@ -329,7 +336,9 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
             "weights": {"available": plan.weights_ok, "reason": plan.weights_reason},
             "folds": ({"planned": len(folds), "used": len(folds), "total": ds.num_folds, "done_every_row": done_folds,
                        "done_some_row": most_folds,
-                       "label": folds_label(len(folds), ds.num_folds, done_folds, most_folds)} if ds.kfold else None),
+                       "ids": folds,
+                       "label": folds_label(len(folds), ds.num_folds, done_folds, most_folds,
+                                            ids=folds if cfg.folds is not None else None)} if ds.kfold else None),
             "rows": rows,
             # each row − the row above, fold by fold (seed by seed): whether a step helps
             "steps": paired_steps(rows),
@@ -340,7 +349,8 @@ def build_tables(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], 
 def _settings(cfg: AblateConfig) -> dict[str, Any]:
     preset = _recipe(cfg)
     return {**preset, "seeds": list(cfg.seeds), "train_subset": cfg.train_subset, "init_from": cfg.init_from,
-            "folds_limit": cfg.folds_limit, "device": cfg.device}
+            "folds_limit": cfg.folds_limit, "folds": list(cfg.folds) if cfg.folds is not None else None,
+            "device": cfg.device}
 
 
 def ladder_result(cfg: AblateConfig, plan: Plan, finished: dict[tuple[str, str], list[dict[str, Any]]]

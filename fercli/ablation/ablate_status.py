@@ -24,6 +24,9 @@ from fercli.ablation.ablate import (
 from fercli.ablation.ablate_estimate import epochs_done
 from fercli.provenance import code_version
 
+# What a finished run's config.json says of where it ran, carried into the table's runs.
+_PROVENANCE = ("device", "precision", "torch_version", "started")
+
 
 def run_state(run: PlannedRun) -> dict[str, Any]:
     """One planned run as it stands on disk: done (test accuracy read), trained (not evaluated
@@ -37,12 +40,15 @@ def run_state(run: PlannedRun) -> dict[str, Any]:
     problem = config_problem(d, run.tcfg, run.ds.sha256)
     if problem is not None:
         return {**info, "state": "other", "reason": problem, "epochs_done": 0}
-    code = (cached_record(d / "config.json") or {}).get("code_version")
+    record = cached_record(d / "config.json") or {}
+    code = record.get("code_version")
     summary, metrics = cached_record(d / "train_summary.json"), cached_record(d / "metrics.json")
     if summary is not None and metrics is not None and isinstance(metrics.get("accuracy"), (int, float)):
+        # where and how it ran, from its own record: a ladder read from several parts names each run's
         return {**info, "state": "done", "accuracy": float(metrics["accuracy"]), "split": metrics.get("split"),
                 "best_epoch": metrics.get("best_epoch"), "seconds": summary.get("seconds"),
-                "epochs_done": run.tcfg.epochs, "code_version": code}
+                "epochs_done": run.tcfg.epochs, "code_version": code,
+                **{k: record.get(k) for k in _PROVENANCE}}
     if summary is not None:
         return {**info, "state": "trained", "epochs_done": run.tcfg.epochs, "seconds": summary.get("seconds"),
                 "code_version": code}
@@ -59,7 +65,8 @@ def ladder_progress(cfg: AblateConfig) -> dict[str, Any]:
             finished.setdefault((r.ds.key, r.rung.name), []).append(
                 {"seed": r.seed, "fold": r.fold, "run_dir": st["run_dir"], "status": "done",
                  "accuracy": st["accuracy"], "split": st["split"], "best_epoch": st["best_epoch"],
-                 "seconds": st["seconds"], "code_version": st["code_version"]})
+                 "seconds": st["seconds"], "code_version": st["code_version"],
+                 **{k: st[k] for k in _PROVENANCE}})
     result = ladder_result(cfg, plan, finished)
     counts: dict[str, int] = {}
     for st in states:

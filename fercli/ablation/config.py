@@ -15,6 +15,9 @@ class AblateConfig:
     preset: str = "short"  # a name of fercli.train.config.PRESETS
     out: str | None = None
     folds_limit: int | None = None
+    # k-fold: train and report only these fold ids (a ladder too long for one sitting is run as
+    # parts, each a set of whole folds; `--progress` over their run directories reads them together)
+    folds: tuple[int, ...] | None = None
     train_subset: int | None = None
     weights: str | None = None
     batch_size: int | None = None

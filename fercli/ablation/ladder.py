@@ -167,10 +167,26 @@ def add_changes(rows: list[dict[str, Any]]) -> None:
         prev = r
 
 
-def folds_label(planned: int, total: int, done: int, most: int | None = None) -> str:
+def _span(ids: list[int]) -> str:
+    """[3, 4, 5, 7] -> "3–5, 7"."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def folds_label(planned: int, total: int, done: int, most: int | None = None,
+                ids: list[int] | None = None) -> str:
     """The table heading's fold count: `done` folds in every row, `most` in the furthest row
-    (a stopped ladder has some rows one fold ahead: "0–1 of all 10 folds done, by row")."""
-    what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
+    (a stopped ladder has some rows one fold ahead: "0–1 of all 10 folds done, by row");
+    `ids`, the folds --folds chose."""
+    if ids is not None and planned < total:
+        what = f"folds {_span(ids)} of {total} (--folds)"
+    else:
+        what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
     if done >= planned:
         return what
     if most is not None and most > done:

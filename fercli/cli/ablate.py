@@ -14,7 +14,7 @@ from fercli.ablation.config import AblateConfig
 from fercli.cli import options, report
 from fercli.cli.app import app
 from fercli.data import registry
-from fercli.train.launch import parse_devices, parse_seeds
+from fercli.train.launch import parse_devices, parse_folds, parse_seeds
 
 A = AblateConfig  # every default below is AblateConfig's own
 
@@ -201,6 +201,7 @@ def ablate(
     preset: options.Preset = A.preset,
     out: Optional[Path] = typer.Option(A.out, "--out", "-o", help="Where the per-run directories and ablation.json/csv go. \\[default: runs/ablate-<dataset>]"),
     folds_limit: Optional[int] = typer.Option(A.folds_limit, "--folds-limit", help="CK+: run only the first N folds (labelled as such)."),
+    folds: Optional[str] = typer.Option(None if A.folds is None else ",".join(map(str, A.folds)), "--folds", help="CK+: run only these fold ids, e.g. 3-9 or 0,2,5 (labelled as such): a ladder too long for one sitting runs as parts of whole folds, and `--progress` over their run directories reads them as one table."),
     train_subset: options.TrainSubset = A.train_subset,
     batch_size: Optional[int] = typer.Option(A.batch_size, help="Batch size of every run. \\[default: the preset's]"),
     lr: Optional[float] = typer.Option(A.lr, help="Peak learning rate of every run. \\[default: the preset's]"),
@@ -236,6 +237,7 @@ def ablate(
         return
     cfg = AblateConfig(dataset=dataset, epochs=epochs, seeds=parse_seeds(seeds) or (), device=device,
                        preset=preset, out=str(out) if out is not None else None, folds_limit=folds_limit,
+                       folds=parse_folds(folds),
                        train_subset=train_subset, weights=str(weights) if weights is not None else None,
                        batch_size=batch_size, lr=lr, force=force, threads=threads, jobs=jobs,
                        devices=parse_devices(devices), init_from=None if init_from.lower() == "none" else init_from,

@@ -64,3 +64,27 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
     if len(set(seeds)) != len(seeds):
         raise FerError(f"--seeds {text!r} repeats a seed")
     return seeds
+
+
+def parse_folds(text: str | None) -> tuple[int, ...] | None:
+    """--folds "3-9" or "0,2,5" -> (3, ..., 9) / (0, 2, 5) (`fer ablate`), sorted; None when the
+    option is not given. Whether each id exists is the dataset's question (fercli.ablation)."""
+    if text is None:
+        return None
+    folds: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi) if hi else int(lo)
+            if last < first:
+                raise ValueError
+            folds += range(first, last + 1)
+    except ValueError:
+        raise FerError(f"--folds {text!r} must be fold ids or ranges, e.g. 3-9 or 0,2,5") from None
+    if not folds:
+        raise FerError("--folds needs at least one fold id")
+    if len(set(folds)) != len(folds):
+        raise FerError(f"--folds {text!r} names a fold twice")
+    return tuple(sorted(folds))
