@@ -397,6 +397,7 @@ def test_fold_heading_counts_the_rows_ahead_not_only_the_slowest() -> None:
     assert folds_label(3, 10, 3, 3) == "first 3 of 10 folds (--folds-limit)"
     assert folds_label(4, 10, 2, 3, ids=[3, 4, 5, 7]) == "2–3 of folds 3–5, 7 of 10 (--folds) done, by row"
     assert folds_label(10, 10, 10, 10, ids=list(range(10))) == "all 10 folds"
+    assert folds_label(1, 10, 1, 1, ids=[3]) == "fold 3 of 10 (--folds)"
 
 
 def test_folds_parse_ranges_and_lists() -> None:

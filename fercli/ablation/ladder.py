@@ -184,7 +184,7 @@ def folds_label(planned: int, total: int, done: int, most: int | None = None,
     (a stopped ladder has some rows one fold ahead: "0–1 of all 10 folds done, by row");
     `ids`, the folds --folds chose."""
     if ids is not None and planned < total:
-        what = f"folds {_span(ids)} of {total} (--folds)"
+        what = f"{'fold' if len(ids) == 1 else 'folds'} {_span(ids)} of {total} (--folds)"
     else:
         what = f"first {planned} of {total} folds (--folds-limit)" if planned < total else f"all {total} folds"
     if done >= planned:
