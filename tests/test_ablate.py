@@ -154,6 +154,8 @@ def test_tiny_ablation_runs_caches_and_resumes(tiny_ck: Path, tmp_path: Path, mo
     assert (run.parent / f"{run.name}.log").is_file() and (run / "train_summary.json").is_file()
     assert not (out / "ResNet34" / "seed0" / "fold0.log").exists()  # cached runs start no child
     assert json.loads((run / "config.json").read_text())["resumes"]  # resumed, not started over
+    # read as its child ended: the table's accuracy is the metrics.json written then
+    assert runs["ResNet34_FER2013Pretrain_BCN"][0]["accuracy"] == json.loads((run / "metrics.json").read_text())["accuracy"]
 
     # A cached run is reused only if config, dataset sha256 and code version agree.
     cfg = ablate.AblateConfig(dataset=str(tiny_ck), epochs=1, train_subset=8, batch_size=4, seeds=(0,), device="cpu")
@@ -398,6 +400,26 @@ def test_fold_heading_counts_the_rows_ahead_not_only_the_slowest() -> None:
     assert folds_label(4, 10, 2, 3, ids=[3, 4, 5, 7]) == "2–3 of folds 3–5, 7 of 10 (--folds) done, by row"
     assert folds_label(10, 10, 10, 10, ids=list(range(10))) == "all 10 folds"
     assert folds_label(1, 10, 1, 1, ids=[3]) == "fold 3 of 10 (--folds)"
+
+
+def test_jobs_read_each_test_fold_as_its_run_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_evaluate(ecfg: object) -> dict:
+        calls.append(ecfg.target)  # type: ignore[attr-defined]
+        if ecfg.target == "bad":  # type: ignore[attr-defined]
+            raise FerError("bad: no best.pt")
+        return {"accuracy": 0.9}
+
+    monkeypatch.setattr(ablate, "evaluate_target", fake_evaluate)
+    seen: list[str] = []
+    evaluated: dict[str, dict] = {}
+    on_event = ablate._evaluate_finished_job(ablate.AblateConfig(device="cpu"), lambda k, i: seen.append(k), evaluated)
+    for status, out in (("done", "a"), ("skipped", "b"), ("failed", "c"), ("killed", "d"), ("done", "bad")):
+        on_event("job_end", {"status": status, "out": out})
+    on_event("job_start", {"name": "e"})
+    assert calls == ["a", "bad"] and evaluated == {"a": {"accuracy": 0.9}}  # a failed one is left to _run_one
+    assert seen == ["job_end"] * 5 + ["job_start"]  # every event still reaches the progress display
 
 
 def test_folds_parse_ranges_and_lists() -> None:

@@ -192,19 +192,36 @@ def _decide(cfg: AblateConfig, tcfg: Any, run_dir: Path, sha256: str) -> tuple[s
 
 
 def _run_one(cfg: AblateConfig, decision: tuple[str, str | None, Any], run_dir: Path, emit: Any,
-             info: dict[str, Any], trained: bool = False) -> dict[str, Any]:
+             info: dict[str, Any], trained: bool = False, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (unless cached, or `trained` already by a --jobs child) one run, then evaluate
     its selected checkpoint; the status says what happened to it in this ablation."""
     status, reason, tcfg = decision
     emit("ablate_run", {**info, "status": status, "reason": reason, "run_dir": str(run_dir)})
     if status != "cached" and not trained:
         train(tcfg, on_event=emit)
-    metrics = cached_record(run_dir / "metrics.json") if status == "cached" else None
+    if metrics is None and status == "cached":
+        metrics = cached_record(run_dir / "metrics.json")
     if metrics is None or not isinstance(metrics.get("accuracy"), (int, float)):
         metrics = evaluate_target(EvaluateConfig(target=str(run_dir), device=cfg.device, write=True))
     return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": status,
             "accuracy": float(metrics["accuracy"]), "split": metrics.get("split"),
             "best_epoch": metrics.get("best_epoch"), "rerun_reason": reason}
+
+
+def _evaluate_finished_job(cfg: AblateConfig, emit: Any, evaluated: dict[str, dict[str, Any]]) -> Any:
+    """--jobs' event callback: each run that trains to the end has its test fold read at once
+    (into `evaluated`, by run directory), so a ladder stopped part way keeps its whole folds
+    evaluated (`--progress` shows them done), not only trained. A failed evaluation is left to
+    _run_one, which evaluates again and says why."""
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        if kind == "job_end" and info.get("status") == "done":
+            try:
+                evaluated[str(info["out"])] = evaluate_target(
+                    EvaluateConfig(target=str(info["out"]), device=cfg.device, write=True))
+            except FerError:
+                pass
+        emit(kind, info)
+    return on_event
 
 
 def _ladder(cfg: AblateConfig, ds: _Dataset, weights_ok: bool) -> tuple[tuple[Rung, ...], str]:
@@ -379,12 +396,14 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         estimate = estimate_wall_time(plan.runs, [d[0] for d in decisions], cfg.device, on_event=emit)
         emit("ablate_estimate", estimate)
     trained_by_job = [False] * len(plan.runs)
+    evaluated: dict[str, dict[str, Any]] = {}  # run directory -> its metrics, read as its job ended
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate
         # processes (a failed one leaves the others alone, and is retried in-process below);
         # the loop below then evaluates them, and reports each as decided above.
         todo = [i for i, d in enumerate(decisions) if d[0] != "cached"]
-        rep = run_configs([decisions[i][2] for i in todo], jobs=cfg.jobs, devices=cfg.devices, on_event=emit)
+        rep = run_configs([decisions[i][2] for i in todo], jobs=cfg.jobs, devices=cfg.devices,
+                          on_event=_evaluate_finished_job(cfg, emit, evaluated))
         emit("jobs_done", {k: v for k, v in rep.items() if k != "results"})
         for i, r in zip(todo, rep["results"], strict=True):
             trained_by_job[i] = r.status == "done"
@@ -393,7 +412,8 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
         info = {"index": i + 1, "total": len(plan.runs), "dataset": r.ds.key, "row": r.rung.name, "seed": r.seed,
                 "fold": r.fold}
         done.setdefault((r.ds.key, r.rung.name), []).append(
-            _run_one(cfg, decisions[i], r.run_dir, emit, info, trained=trained_by_job[i]))
+            _run_one(cfg, decisions[i], r.run_dir, emit, info, trained=trained_by_job[i],
+                     metrics=evaluated.get(str(r.run_dir))))
 
     result = ladder_result(cfg, plan, done)
     result["runs"] = {"total": len(plan.runs),
