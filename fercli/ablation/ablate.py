@@ -400,7 +400,8 @@ def run_ablation(cfg: AblateConfig, on_event: Any = None) -> dict[str, Any]:
     if cfg.jobs > 1 or cfg.devices:
         # --jobs: every run that needs training trains first, up to N at once in separate
         # processes (a failed one leaves the others alone, and is retried in-process below);
-        # the loop below then evaluates them, and reports each as decided above.
+        # each one's test fold is read as its child ends, and the loop below reports each as
+        # decided above.
         todo = [i for i, d in enumerate(decisions) if d[0] != "cached"]
         rep = run_configs([decisions[i][2] for i in todo], jobs=cfg.jobs, devices=cfg.devices,
                           on_event=_evaluate_finished_job(cfg, emit, evaluated))
