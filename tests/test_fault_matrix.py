@@ -211,7 +211,7 @@ def _fake_ablation_runs(mp: pytest.MonkeyPatch) -> None:
     """Ablate's training and evaluation replaced by a result: the case is about its JSON/CSV."""
     from fercli.ablation import ablate
 
-    def run_one(cfg, decision, run_dir, emit, info, trained=False):  # type: ignore[no-untyped-def]
+    def run_one(cfg, decision, run_dir, emit, info, trained=False, metrics=None):  # type: ignore[no-untyped-def]
         return {"seed": info["seed"], "fold": info["fold"], "run_dir": str(run_dir), "status": "trained",
                 "accuracy": 0.5, "split": "fold 0", "best_epoch": 1, "rerun_reason": None}
 
